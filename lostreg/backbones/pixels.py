@@ -1,0 +1,58 @@
+"""``pixels``: a weight-free baseline backbone (LOST on raw pixels).
+
+Each patch's feature is its normalised pixels, flattened (3 * 16 * 16 = 768 values). The
+padding is zero after normalisation, as for the ViTs, so padded patches are all-zero
+features, orthogonal to everything. This is a real, if weak, baseline and it lets end-to-end
+tests exercise the whole pipeline without downloaded weights.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lostreg.backbones.base import Backbone, FeatureKind
+from lostreg.backbones.registry import BackboneSpec, register_builder
+from lostreg.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+
+class PixelBackbone(Backbone):
+    """Patch features = normalised pixels of the patch. No weights, no layers."""
+
+    def __init__(self, spec: BackboneSpec, device: torch.device) -> None:
+        self.spec = spec
+        self.device = device
+        self._patch_size = spec.patch_size or 16
+
+    @property
+    def patch_size(self) -> int:
+        return self._patch_size
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 0
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        return IMAGENET_MEAN
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        return IMAGENET_STD
+
+    def extract(self, images: torch.Tensor, which: FeatureKind = "k", layer: int = -1) -> torch.Tensor:
+        """(B, 3, H, W) normalised -> (B, rows*cols, 3*p*p); ``which`` and ``layer`` do not apply."""
+        if which != "k" or layer != -1:
+            raise ValueError("the pixels backbone has no attention layers: use which='k', layer=-1")
+        p = self.patch_size
+        if images.shape[-2] % p or images.shape[-1] % p:
+            raise ValueError(f"image size {tuple(images.shape[-2:])} is not a multiple of the patch size {p}")
+        # unfold gives (B, 3*p*p, L) with L patches in row-major order.
+        return F.unfold(images.to(self.device, torch.float32), kernel_size=p, stride=p).transpose(1, 2)
+
+
+@register_builder("pixels")
+def build_pixels(spec: BackboneSpec, weights: str | None, device: torch.device) -> PixelBackbone:
+    if weights not in (None, "pretrained", "random"):
+        raise ValueError("the pixels backbone has no weights: do not pass --weights")
+    return PixelBackbone(spec, device)

@@ -1,0 +1,147 @@
+"""The backbone registry: lostreg names -> how to build the model and feed it.
+
+Names follow timm's grammar, shortened: ``<method>_vit<size><patch>[_reg]``, e.g.
+``dinov2_vits14_reg`` = DINOv2 ViT-S/14 with 4 registers = timm
+``vit_small_patch14_reg4_dinov2.lvd142m``. Always the *tagged* timm name: the untagged one is a
+supervised model with other weights and normalisation.
+
+Nothing here builds or downloads a model; :func:`lostreg.backbones.build_backbone` does.
+Patch size and register count in a spec are the published facts used for listings; the
+feature extractor reads both from the built model (tests check they agree).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Callable, TYPE_CHECKING
+
+from lostreg.backbones.pos_embed import PosEmbedInterp
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lostreg.backbones.base import Backbone
+
+
+class UnknownBackboneError(ValueError):
+    """Raised for a backbone name that is neither registered nor a timm ViT."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build one backbone.
+
+    Attributes:
+        name: lostreg name (``dinov2_vits14_reg``).
+        family: ``dino``, ``dinov2``, ``dinov2_reg``, ``timm`` (any other timm ViT) or ``pixels``.
+        timm_name: tagged timm model name, None for weight-free backbones.
+        patch_size: published patch size in pixels (informative; the model is the authority).
+        num_registers: published register count (informative; the model is the authority).
+        pos_embed_interp: position-embedding resize of the family's official code.
+        builder: name of the builder in :data:`BUILDERS` that makes the :class:`Backbone`.
+        official_url: where the family's official checkpoint lives (for error messages).
+    """
+
+    name: str
+    family: str
+    timm_name: str | None
+    patch_size: int | None
+    num_registers: int
+    pos_embed_interp: PosEmbedInterp = PosEmbedInterp.TIMM
+    builder: str = "timm_vit"
+    official_url: str | None = None
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+ALIASES: dict[str, str] = {
+    "dino": "dino_vits16",
+    "dinov2": "dinov2_vits14",
+    "dinov2_reg": "dinov2_vits14_reg",
+}
+#: builder name -> callable(spec, weights, device) -> Backbone; filled by the builder modules.
+BUILDERS: dict[str, Callable[..., "Backbone"]] = {}
+
+
+def register_backbone(spec: BackboneSpec) -> BackboneSpec:
+    """Add ``spec`` to the registry under ``spec.name`` (names are unique)."""
+    if spec.name in _REGISTRY or spec.name in ALIASES:
+        raise ValueError(f"backbone {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def register_builder(name: str) -> Callable[[Callable[..., "Backbone"]], Callable[..., "Backbone"]]:
+    """Decorator that makes a backbone builder available to specs with ``builder=name``."""
+
+    def wrap(fn: Callable[..., "Backbone"]) -> Callable[..., "Backbone"]:
+        BUILDERS[name] = fn
+        return fn
+
+    return wrap
+
+
+_DINO_URL = "https://dl.fbaipublicfiles.com/dino/"
+_DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2/"
+
+# DINO v1 (Caron et al. 2021): the LOST paper's backbones.
+for _size, _patch, _timm in [
+    ("s", 16, "vit_small_patch16_224.dino"),
+    ("s", 8, "vit_small_patch8_224.dino"),
+    ("b", 16, "vit_base_patch16_224.dino"),
+    ("b", 8, "vit_base_patch8_224.dino"),
+]:
+    register_backbone(BackboneSpec(
+        name=f"dino_vit{_size}{_patch}", family="dino", timm_name=_timm, patch_size=_patch,
+        num_registers=0, pos_embed_interp=PosEmbedInterp.OFFSET_0_1, official_url=_DINO_URL,
+    ))
+
+# DINOv2 (Oquab et al. 2023) and DINOv2 with 4 registers (Darcet et al. 2024).
+for _size, _timm_size in [("s", "small"), ("b", "base"), ("l", "large"), ("g", "giant")]:
+    register_backbone(BackboneSpec(
+        name=f"dinov2_vit{_size}14", family="dinov2", timm_name=f"vit_{_timm_size}_patch14_dinov2.lvd142m",
+        patch_size=14, num_registers=0, pos_embed_interp=PosEmbedInterp.OFFSET_0_1, official_url=_DINOV2_URL,
+    ))
+    register_backbone(BackboneSpec(
+        name=f"dinov2_vit{_size}14_reg", family="dinov2_reg",
+        timm_name=f"vit_{_timm_size}_patch14_reg4_dinov2.lvd142m", patch_size=14, num_registers=4,
+        pos_embed_interp=PosEmbedInterp.TIMM, official_url=_DINOV2_URL,
+    ))
+
+# Weight-free baseline: LOST on raw normalised pixels (see lostreg.backbones.pixels).
+register_backbone(BackboneSpec(
+    name="pixels", family="pixels", timm_name=None, patch_size=16, num_registers=0, builder="pixels",
+))
+
+
+def list_backbones(include_aliases: bool = True) -> list[str]:
+    """Registered names (and aliases), sorted."""
+    names = sorted(_REGISTRY)
+    return names + sorted(ALIASES) if include_aliases else names
+
+
+def resolve_backbone(name: str) -> BackboneSpec:
+    """Look up a registered name or alias; otherwise accept any timm VisionTransformer name.
+
+    Raises:
+        UnknownBackboneError: listing the valid names (and close matches).
+    """
+    key = ALIASES.get(name, name)
+    if key in _REGISTRY:
+        return _REGISTRY[key]
+    if _is_timm_vit(name):
+        return BackboneSpec(name=name, family="timm", timm_name=name, patch_size=None, num_registers=0)
+    close = difflib.get_close_matches(name, list_backbones(), n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise UnknownBackboneError(
+        f"unknown backbone {name!r}.{hint} Valid names: {', '.join(list_backbones())}, "
+        "or any timm VisionTransformer name such as vit_base_patch16_224.augreg_in21k."
+    )
+
+
+def _is_timm_vit(name: str) -> bool:
+    import timm
+
+    arch = name.split(".")[0]
+    if not timm.is_model(arch):
+        return False
+    # Only timm's VisionTransformer family exposes the blocks[i].attn.qkv layout LOST reads.
+    return timm.models.is_model_in_modules(arch, ["vision_transformer"])

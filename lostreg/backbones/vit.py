@@ -1,0 +1,187 @@
+"""timm Vision Transformers as LOST feature extractors (DINO, DINOv2, DINOv2+reg, any timm ViT).
+
+The forward pass is written out over timm's modules instead of hooking ``model.forward``:
+the token sequence is assembled here so that each family's official position-embedding
+interpolation can be applied (timm's differs for DINO and plain DINOv2), blocks after the
+requested layer are never run, and no hook can be left behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import torch
+from torch import nn
+
+from lostreg.backbones.base import Backbone, FeatureKind
+from lostreg.backbones.pos_embed import resize_patch_pos_embed
+from lostreg.backbones.registry import BackboneSpec, register_builder
+from lostreg.backbones.weights import WeightsError, hub_weights_file, load_into_model, read_state_dict
+
+log = logging.getLogger(__name__)
+
+_FEATURE_SLICE = {"q": 0, "k": 1, "v": 2}
+
+
+class TimmViTBackbone(Backbone):
+    """LOST features from a timm ``VisionTransformer``.
+
+    Args:
+        spec: registry entry (its ``pos_embed_interp`` picks the official interpolation).
+        model: a timm VisionTransformer built with ``dynamic_img_size=True``, in eval mode.
+        device: where the model lives and features are returned.
+        random_weights: True when the weights are random (boxes are meaningless).
+    """
+
+    def __init__(self, spec: BackboneSpec, model: nn.Module, device: torch.device, random_weights: bool) -> None:
+        _check_supported(model, spec.name)
+        self.spec = spec
+        self.model = model.to(device).eval()
+        self.device = device
+        self._random = random_weights
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        self._mean = tuple(float(m) for m in cfg.get("mean", (0.485, 0.456, 0.406)))
+        self._std = tuple(float(s) for s in cfg.get("std", (0.229, 0.224, 0.225)))
+
+    @property
+    def patch_size(self) -> int:
+        ph, pw = self.model.patch_embed.patch_size
+        if ph != pw:
+            raise ValueError(f"{self.name}: non-square patches {ph}x{pw} are not supported")
+        return int(ph)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return int(self.model.num_prefix_tokens)
+
+    @property
+    def num_registers(self) -> int:
+        return int(getattr(self.model, "num_reg_tokens", 0))
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.model.blocks)
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        return self._mean  # type: ignore[return-value]
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        return self._std  # type: ignore[return-value]
+
+    @property
+    def is_random(self) -> bool:
+        return self._random
+
+    def tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Input tokens of the first block: (B, num_prefix_tokens + rows*cols, D).
+
+        Order is [CLS, registers, patches row-major], position embeddings added the family's way.
+        """
+        model = self.model
+        p = self.patch_size
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        if images.shape[-2] % p or images.shape[-1] % p:
+            raise ValueError(f"image size {tuple(images.shape[-2:])} is not a multiple of the patch size {p}")
+        x = model.patch_embed(images)  # (B, rows, cols, D) with dynamic_img_size
+        batch, rows, cols, dim = x.shape
+        x = x.reshape(batch, rows * cols, dim)
+
+        prefix = []
+        if model.cls_token is not None:
+            prefix.append(model.cls_token.expand(batch, -1, -1))
+        if model.reg_token is not None:
+            prefix.append(model.reg_token.expand(batch, -1, -1))
+
+        if model.pos_embed is not None:
+            # no_embed_class: position embeddings cover patches only (DINOv2+reg in timm);
+            # otherwise the first entries belong to the prefix tokens (DINO, DINOv2).
+            n_pos_prefix = 0 if model.no_embed_class else model.num_prefix_tokens
+            pos_prefix = model.pos_embed[:, :n_pos_prefix]
+            pos_patch = resize_patch_pos_embed(
+                model.pos_embed[:, n_pos_prefix:],
+                grid_hw=(rows, cols),
+                pretrained_grid_hw=tuple(model.patch_embed.grid_size),
+                mode=self.spec.pos_embed_interp,
+            )
+            if model.no_embed_class:
+                x = torch.cat(prefix + [x + pos_patch], dim=1)
+            else:
+                x = torch.cat(prefix + [x], dim=1) + torch.cat([pos_prefix, pos_patch], dim=1)
+        else:
+            x = torch.cat(prefix + [x], dim=1)
+        return model.norm_pre(model.patch_drop(x))
+
+    def block_input(self, images: torch.Tensor, layer: int = -1) -> torch.Tensor:
+        """Tokens entering block ``layer``: (B, num_prefix_tokens + rows*cols, D)."""
+        index = self._layer_index(layer)
+        x = self.tokens(images)
+        for block in self.model.blocks[:index]:
+            x = block(x)
+        return x
+
+    def qkv(self, images: torch.Tensor, layer: int = -1) -> torch.Tensor:
+        """Output of block ``layer``'s attention qkv linear (bias included), all tokens.
+
+        Returns:
+            (B, num_prefix_tokens + rows*cols, 3*D): channels [0:D] = q, [D:2D] = k, [2D:3D] = v,
+            heads concatenated in head order within each.
+        """
+        block = self.model.blocks[self._layer_index(layer)]
+        return block.attn.qkv(block.norm1(self.block_input(images, layer)))
+
+    @torch.inference_mode()
+    def extract(self, images: torch.Tensor, which: FeatureKind = "k", layer: int = -1) -> torch.Tensor:
+        if which not in _FEATURE_SLICE:
+            raise ValueError(f"features.which must be one of q, k, v; got {which!r}")
+        images = images.to(self.device, torch.float32)
+        qkv = self.qkv(images, layer)
+        dim = qkv.shape[-1] // 3
+        start = _FEATURE_SLICE[which] * dim
+        return qkv[:, self.num_prefix_tokens:, start:start + dim].float()
+
+    def _layer_index(self, layer: int) -> int:
+        n = self.num_layers
+        if not -n <= layer < n:
+            raise ValueError(f"{self.name} has {n} blocks; layer must be in [{-n}, {n - 1}], got {layer}")
+        return layer % n
+
+
+def _check_supported(model: nn.Module, name: str) -> None:
+    needed = ("patch_embed", "blocks", "num_prefix_tokens", "cls_token", "reg_token", "pos_embed")
+    if not all(hasattr(model, a) for a in needed) or not all(
+        hasattr(b, "norm1") and hasattr(getattr(b, "attn", None), "qkv") for b in model.blocks
+    ):
+        raise ValueError(
+            f"{name}: not a timm VisionTransformer with a fused qkv projection in every block; "
+            "LOST needs blocks[i].attn.qkv"
+        )
+
+
+@register_builder("timm_vit")
+def build_timm_vit(spec: BackboneSpec, weights: str | None, device: torch.device) -> TimmViTBackbone:
+    """Build ``spec.timm_name`` with ``weights``: None/"pretrained" (hub), "random", or a file path."""
+    import timm
+
+    assert spec.timm_name is not None
+    weights = weights or "pretrained"
+    # Default img_size keeps the pretrained position grid; dynamic_img_size accepts any grid.
+    model = timm.create_model(spec.timm_name, pretrained=False, num_classes=0, dynamic_img_size=True)
+    random_weights = weights == "random"
+    if random_weights:
+        warnings.warn(
+            f"{spec.name}: RANDOM weights (--weights random): boxes are meaningless; "
+            "use this only to test the pipeline.",
+            stacklevel=2,
+        )
+    else:
+        path = hub_weights_file(spec.timm_name) if weights == "pretrained" else weights
+        state = read_state_dict(path)
+        load_into_model(model, state, source=str(path), arch=f"{spec.name} ({spec.timm_name})")
+    return TimmViTBackbone(spec, model, device, random_weights=random_weights)
+
+
+__all__ = ["TimmViTBackbone", "build_timm_vit", "WeightsError"]

@@ -1,0 +1,250 @@
+"""Backbone registry, official position-embedding interpolation and q/k/v extraction.
+
+All models are randomly initialised (no download); sizes are kept small.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+from lostreg.backbones import (
+    ALIASES,
+    UnknownBackboneError,
+    build_backbone,
+    list_backbones,
+    resolve_backbone,
+)
+from lostreg.backbones.pos_embed import PosEmbedInterp, interpolate_with_offset
+from lostreg.backbones.vit import TimmViTBackbone
+
+
+def _random(name: str) -> TimmViTBackbone:
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        backbone = build_backbone(name, weights="random", device="cpu")
+    assert isinstance(backbone, TimmViTBackbone)
+    return backbone
+
+
+@pytest.fixture(scope="module")
+def dinov2_reg() -> TimmViTBackbone:
+    return _random("dinov2_reg")
+
+
+@pytest.fixture(scope="module")
+def dino() -> TimmViTBackbone:
+    return _random("dino")
+
+
+# --- registry ---------------------------------------------------------------------------------
+
+
+def test_required_names_and_aliases_resolve() -> None:
+    required = [
+        "dino_vits16", "dino_vits8", "dino_vitb16", "dino_vitb8",
+        "dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14", "dinov2_vitg14",
+    ]
+    required += [f"{n}_reg" for n in required if n.startswith("dinov2")]
+    for name in required:
+        spec = resolve_backbone(name)
+        assert spec.name == name
+        assert spec.timm_name is not None and "." in spec.timm_name, "always the tagged timm name"
+    assert resolve_backbone("dino").name == "dino_vits16"
+    assert resolve_backbone("dinov2").name == "dinov2_vits14"
+    assert resolve_backbone("dinov2_reg").name == "dinov2_vits14_reg"
+    assert set(ALIASES) <= set(list_backbones())
+
+
+@pytest.mark.parametrize("name", [n for n in list_backbones(include_aliases=False) if n != "pixels"])
+def test_spec_facts_agree_with_timm_model(name: str) -> None:
+    """Published patch size / register count in the registry match the model timm builds."""
+    spec = resolve_backbone(name)
+    assert timm.models.get_pretrained_cfg(spec.timm_name) is not None, "tag must exist in timm"
+    with torch.device("meta"):  # architecture only: no memory, no weights
+        model = timm.create_model(spec.timm_name, pretrained=False, num_classes=0, dynamic_img_size=True)
+    assert model.patch_embed.patch_size == (spec.patch_size, spec.patch_size)
+    assert model.num_prefix_tokens == 1 + spec.num_registers
+    assert tuple(model.pretrained_cfg["mean"]) == (0.485, 0.456, 0.406)
+    expected_interp = PosEmbedInterp.TIMM if spec.family == "dinov2_reg" else PosEmbedInterp.OFFSET_0_1
+    assert spec.pos_embed_interp is expected_interp
+
+
+def test_unknown_backbone_lists_valid_names() -> None:
+    with pytest.raises(UnknownBackboneError) as err:
+        resolve_backbone("dinov3_regg")
+    message = str(err.value)
+    assert "dinov3_regg" in message and "dinov2_vits14_reg" in message and "dino_vitb8" in message
+    with pytest.raises(UnknownBackboneError):
+        resolve_backbone("resnet50")  # a timm model, but not a ViT with qkv
+
+
+def test_any_timm_vit_name_works() -> None:
+    spec = resolve_backbone("vit_tiny_patch16_224.augreg_in21k")
+    assert spec.family == "timm" and spec.pos_embed_interp is PosEmbedInterp.TIMM
+    backbone = _random("vit_tiny_patch16_224.augreg_in21k")
+    assert backbone.patch_size == 16 and backbone.num_prefix_tokens == 1
+    assert backbone.mean == (0.5, 0.5, 0.5), "normalisation comes from the model's pretrained config"
+    feats = backbone.extract(torch.randn(1, 3, 32, 48))
+    assert feats.shape == (1, 6, 192)
+
+
+def test_prefix_tokens_are_read_from_the_model(dinov2_reg: TimmViTBackbone, dino: TimmViTBackbone) -> None:
+    assert dinov2_reg.num_prefix_tokens == 5 and dinov2_reg.num_registers == 4
+    assert dino.num_prefix_tokens == 1 and dino.num_registers == 0
+    assert dinov2_reg.patch_size == 14 and dino.patch_size == 16
+
+
+# --- position embeddings ----------------------------------------------------------------------
+
+
+def _official_offset_formula(pos_patch: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """The DINO/DINOv2 hub formula, written out independently: scale by (n + 0.1) / sqrt(N)."""
+    n = pos_patch.shape[1]
+    side = math.sqrt(n)
+    grid = pos_patch.reshape(1, int(side), int(side), -1).permute(0, 3, 1, 2)
+    out = torch.nn.functional.interpolate(
+        grid, scale_factor=((rows + 0.1) / side, (cols + 0.1) / side), mode="bicubic"
+    )
+    return out.permute(0, 2, 3, 1).reshape(1, rows * cols, -1)
+
+
+@pytest.mark.parametrize("grid", [(24, 32), (27, 36), (5, 9), (14, 14), (40, 13)])
+def test_offset_interpolation_matches_official_formula(grid: tuple[int, int]) -> None:
+    torch.manual_seed(1)
+    pos = torch.randn(1, 14 * 14, 8)
+    ours = interpolate_with_offset(pos, grid)
+    if grid == (14, 14):
+        assert torch.equal(ours, pos), "official code returns the table untouched at the pretrained grid"
+    else:
+        assert torch.equal(ours, _official_offset_formula(pos, *grid))
+
+
+def test_offset_interpolation_differs_from_timm_resize() -> None:
+    """Why lostreg does the DINO/DINOv2 resize itself: timm's size-based resize is not the same."""
+    torch.manual_seed(2)
+    pos = torch.randn(1, 14 * 14, 8)
+    timm_resized = timm.layers.resample_abs_pos_embed(pos, new_size=[24, 32], old_size=[14, 14], num_prefix_tokens=0)
+    rel = (interpolate_with_offset(pos, (24, 32)) - timm_resized).norm() / timm_resized.norm()
+    assert rel > 0.01
+
+
+def _patch_pos_added(backbone: TimmViTBackbone, x: torch.Tensor) -> torch.Tensor:
+    """Position embedding the backbone added to the patch tokens (tokens - patch embedding)."""
+    with torch.no_grad():
+        tokens = backbone.tokens(x)
+        emb = backbone.model.patch_embed(x).flatten(1, 2)
+    return tokens[:, backbone.num_prefix_tokens:] - emb
+
+
+def test_dino_family_uses_official_interpolation(dino: TimmViTBackbone) -> None:
+    x = torch.randn(1, 3, 16 * 5, 16 * 7)
+    pos = dino.model.pos_embed.detach()
+    expected = _official_offset_formula(pos[:, 1:], 5, 7)
+    torch.testing.assert_close(_patch_pos_added(dino, x), expected, rtol=0, atol=1e-5)
+    # The CLS token gets its own (un-interpolated) position embedding.
+    with torch.no_grad():
+        cls = dino.tokens(x)[:, 0]
+    torch.testing.assert_close(cls, (dino.model.cls_token + pos[:, 0]).squeeze(1), rtol=0, atol=1e-6)
+
+
+def test_plain_dinov2_uses_official_interpolation() -> None:
+    backbone = _random("dinov2_vits14")
+    x = torch.randn(1, 3, 14 * 6, 14 * 4)
+    expected = _official_offset_formula(backbone.model.pos_embed.detach()[:, 1:], 6, 4)
+    torch.testing.assert_close(_patch_pos_added(backbone, x), expected, rtol=0, atol=1e-5)
+
+
+def test_dinov2_reg_uses_antialiased_size_resize(dinov2_reg: TimmViTBackbone) -> None:
+    """Official DINOv2+reg: interpolate_offset=0, antialias=True -> F.interpolate(size=...)."""
+    x = torch.randn(1, 3, 14 * 6, 14 * 4)
+    pos = dinov2_reg.model.pos_embed.detach()  # timm: patches only (no_embed_class)
+    g = int(math.isqrt(pos.shape[1]))
+    grid = pos.reshape(1, g, g, -1).permute(0, 3, 1, 2)
+    expected = F.interpolate(grid, size=(6, 4), mode="bicubic", antialias=True)
+    expected = expected.permute(0, 2, 3, 1).reshape(1, 24, -1)
+    torch.testing.assert_close(_patch_pos_added(dinov2_reg, x), expected, rtol=0, atol=1e-5)
+
+
+def test_reg_forward_equals_timm_forward(dinov2_reg: TimmViTBackbone) -> None:
+    """Where timm's interpolation is the official one, our token assembly is timm's exactly."""
+    x = torch.randn(2, 3, 14 * 3, 14 * 5)
+    with torch.no_grad():
+        ours = dinov2_reg.block_input(x, layer=-1)
+        ours = dinov2_reg.model.norm(dinov2_reg.model.blocks[-1](ours))
+        ref = dinov2_reg.model.forward_features(x)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
+
+
+# --- q / k / v ----------------------------------------------------------------------------------
+
+
+def test_qkv_reproduce_the_blocks_attention(dinov2_reg: TimmViTBackbone) -> None:
+    """softmax(q k^T / sqrt(d)) v from the extracted q, k, v equals the block's own attention."""
+    torch.manual_seed(3)
+    x = torch.randn(1, 3, 14 * 3, 14 * 5)  # non-square: 3 x 5 patches + 5 prefix tokens
+    layer = -1
+    block = dinov2_reg.model.blocks[layer]
+    attn = block.attn
+    with torch.no_grad():
+        inp = dinov2_reg.block_input(x, layer)
+        reference = attn(block.norm1(inp))
+        qkv = dinov2_reg.qkv(x, layer)
+    n_tokens, dim = inp.shape[1], inp.shape[2]
+    heads = attn.num_heads
+    q, k, v = (t.reshape(1, n_tokens, heads, dim // heads).transpose(1, 2) for t in qkv.split(dim, dim=-1))
+    weights = (q @ k.transpose(-1, -2) / math.sqrt(dim // heads)).softmax(dim=-1)
+    out = attn.proj((weights @ v).transpose(1, 2).reshape(1, n_tokens, dim))
+    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5)
+    # extract() returns exactly the patch part of each slice, prefix tokens dropped.
+    for i, which in enumerate("qkv"):
+        feats = dinov2_reg.extract(x, which=which, layer=layer)
+        assert feats.shape == (1, 15, dim)
+        assert torch.equal(feats, qkv[:, 5:, i * dim:(i + 1) * dim])
+
+
+def test_layer_selection_and_errors(dino: TimmViTBackbone) -> None:
+    x = torch.randn(1, 3, 32, 48)
+    last = dino.extract(x, "k", -1)
+    assert torch.equal(last, dino.extract(x, "k", dino.num_layers - 1))
+    assert not torch.equal(last, dino.extract(x, "k", 0))
+    with pytest.raises(ValueError, match="layer must be in"):
+        dino.extract(x, "k", dino.num_layers)
+    with pytest.raises(ValueError, match="one of q, k, v"):
+        dino.extract(x, "z")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        dino.extract(torch.randn(1, 3, 30, 48))
+
+
+def test_batch_items_are_independent(dinov2_reg: TimmViTBackbone) -> None:
+    x = torch.randn(3, 3, 28, 42)
+    batched = dinov2_reg.extract(x)
+    for i in range(3):
+        torch.testing.assert_close(batched[i:i + 1], dinov2_reg.extract(x[i:i + 1]), rtol=0, atol=1e-5)
+
+
+def test_no_hooks_left_behind(dinov2_reg: TimmViTBackbone) -> None:
+    dinov2_reg.extract(torch.randn(1, 3, 28, 28))
+    for module in dinov2_reg.model.modules():
+        assert not module._forward_hooks and not module._forward_pre_hooks
+
+
+# --- pixels baseline ----------------------------------------------------------------------------
+
+
+def test_pixels_backbone_features_are_patch_pixels() -> None:
+    backbone = build_backbone("pixels", device="cpu")
+    x = torch.randn(1, 3, 32, 48)
+    feats = backbone.extract(x)
+    assert feats.shape == (1, 6, 3 * 16 * 16)
+    # patch (row 1, col 2) is flat index 1 * 3 + 2 = 5
+    patch = x[0, :, 16:32, 32:48].reshape(-1)
+    torch.testing.assert_close(feats[0, 5], patch, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="no attention layers"):
+        backbone.extract(x, which="q")
