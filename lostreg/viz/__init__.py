@@ -1,0 +1,1 @@
+"""Pictures: boxes and seeds drawn on images (diagnostic figures come later)."""
