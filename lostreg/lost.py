@@ -3,7 +3,7 @@
 Pure and I/O-free: features in, patch-unit box out. Converting the box to pixels of the
 original image is :func:`lostreg.boxes.patch_box_to_pixels`.
 
-The behaviour follows ``/work/shared/spec/lost.md`` section 3 (reference: valeoai/LOST,
+The behaviour follows the lostreg LOST specification, section 3 (reference: valeoai/LOST,
 ``object_discovery.py``) step by step, with these documented lostreg rules:
 
 * Degree ties are broken by the lowest flat patch index (stable sort). The reference
