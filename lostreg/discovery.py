@@ -36,6 +36,38 @@ class LostConfig:
 
 
 @dataclass(frozen=True)
+class ImagePreparer:
+    """CPU preprocessing for one backbone: optional downscale, normalise, pad.
+
+    Small and picklable, so data-loader worker processes can run it without the model.
+    """
+
+    patch_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    max_size: int | None = None
+
+    def __call__(self, image_rgb: np.ndarray, name: str) -> "PreparedImage":
+        """(H, W, 3) uint8 RGB -> :class:`PreparedImage`.
+
+        Raises:
+            lostreg.preprocess.ImageTooSmallError: image smaller than one patch.
+        """
+        original_hw = (int(image_rgb.shape[0]), int(image_rgb.shape[1]))
+        resized = downscale_to_max_size(image_rgb, self.max_size)
+        padded = to_padded_tensor(resized, self.patch_size, self.mean, self.std)
+        return PreparedImage(name=name, original_hw=original_hw, padded=padded)
+
+    def padded_hw(self, image_hw: tuple[int, int]) -> tuple[int, int]:
+        """(H, W) of the padded tensor for an image of size ``image_hw``, without decoding it."""
+        h, w = image_hw
+        if self.max_size is not None and max(h, w) > self.max_size:
+            return (-1, -1)  # depends on the resize rounding; callers treat it as "unknown"
+        p = self.patch_size
+        return (-(-h // p) * p, -(-w // p) * p)
+
+
+@dataclass(frozen=True)
 class PreparedImage:
     """One image ready for the backbone.
 
@@ -103,17 +135,11 @@ class ObjectDiscoverer:
         self.backbone = backbone
         self.config = config
         self.max_size = max_size
+        self.preparer = ImagePreparer(backbone.patch_size, backbone.mean, backbone.std, max_size)
 
     def prepare(self, image_rgb: np.ndarray, name: str) -> PreparedImage:
-        """(H, W, 3) uint8 RGB -> :class:`PreparedImage` (CPU work only).
-
-        Raises:
-            lostreg.preprocess.ImageTooSmallError: image smaller than one patch.
-        """
-        original_hw = (int(image_rgb.shape[0]), int(image_rgb.shape[1]))
-        resized = downscale_to_max_size(image_rgb, self.max_size)
-        padded = to_padded_tensor(resized, self.backbone.patch_size, self.backbone.mean, self.backbone.std)
-        return PreparedImage(name=name, original_hw=original_hw, padded=padded)
+        """(H, W, 3) uint8 RGB -> :class:`PreparedImage` (CPU work only); see :class:`ImagePreparer`."""
+        return self.preparer(image_rgb, name)
 
     def prepare_path(self, path: str | Path) -> PreparedImage:
         """Read (EXIF-oriented RGB) and prepare one file. Raises ImageReadError / ImageTooSmallError."""

@@ -109,8 +109,12 @@ class SyntheticImage:
 # ---------------------------------------------------------------------------- pixels
 
 
-def _background(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
-    corners = rng.uniform(40, 215, size=(2, 2, 3))  # colours at the four corners
+def _background(width: int, height: int, rng: np.random.Generator, scene: str = "gradient") -> np.ndarray:
+    if scene == "simple":
+        # Bright, low-contrast background (one colour, +-15 gradient): objects stand out.
+        corners = rng.uniform(165, 200, size=3) + rng.uniform(-15, 15, size=(2, 2, 3))
+    else:
+        corners = rng.uniform(40, 215, size=(2, 2, 3))  # colours at the four corners
     ys = np.linspace(0.0, 1.0, height)[:, None, None]
     xs = np.linspace(0.0, 1.0, width)[None, :, None]
     top = corners[0, 0] * (1 - xs) + corners[0, 1] * xs
@@ -159,8 +163,12 @@ def render_image(
     boxes: Sequence[tuple[int, int, int, int]],
     rng: np.random.Generator,
     kinds: Sequence[str] | None = None,
+    scene: str = "gradient",
 ) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
     """Draw flat shapes in ``boxes`` on a noisy gradient.
+
+    ``scene="gradient"``: four random corner colours and shapes of any colour (hard for raw
+    pixels). ``scene="simple"``: a bright low-contrast background and dark shapes.
 
     Args:
         width: Image width W.
@@ -173,14 +181,14 @@ def render_image(
         ``(image, extents)``: HWC ``uint8`` RGB, and per box the exact extent of the
         drawn pixels (equal to the box for rectangles; may be 1 px tighter for ellipses).
     """
-    img = _background(width, height, rng)
+    img = _background(width, height, rng, scene)
     extents = []
     for i, box in enumerate(boxes):
         kind = kinds[i] if kinds is not None else ("rect" if rng.random() < 0.5 else "ellipse")
         mask = _shape_mask(box, kind, width, height)
         if not mask.any():  # a tiny ellipse can vanish; fall back to its rectangle
             mask = _shape_mask(box, "rect", width, height)
-        img[mask] = rng.uniform(0, 255, size=3)
+        img[mask] = rng.uniform(0, 255, size=3) if scene == "gradient" else rng.uniform(10, 90, size=3)
         extents.append(_extent(mask))
     return np.clip(np.rint(img), 0, 255).astype(np.uint8), extents
 
@@ -257,6 +265,7 @@ def write_voc_image(
     rng: np.random.Generator | None = None,
     float_coords: bool = False,
     kinds: Sequence[str] | None = None,
+    scene: str = "gradient",
 ) -> SyntheticImage:
     """Render ``objects`` and write ``JPEGImages/<id>.jpg`` and ``Annotations/<id>.xml``.
 
@@ -265,7 +274,7 @@ def write_voc_image(
     """
     voc_dir = Path(voc_dir)
     rng = rng if rng is not None else np.random.default_rng(0)
-    pixels, extents = render_image(width, height, [o.box_xyxy for o in objects], rng, kinds)
+    pixels, extents = render_image(width, height, [o.box_xyxy for o in objects], rng, kinds, scene)
     objects = tuple(
         SyntheticObject(o.name, ext, o.difficult, o.truncated, o.iscrowd) for o, ext in zip(objects, extents)
     )
@@ -295,6 +304,7 @@ def write_voc_dataset(
     difficult_prob: float = 0.25,
     all_hard: Sequence[int] = (),
     float_coords: bool = False,
+    scene: str = "gradient",
 ) -> list[SyntheticImage]:
     """Write ``<root>/VOCdevkit/VOC<year>/`` with ``n_images`` images.
 
@@ -322,7 +332,7 @@ def write_voc_dataset(
             difficult = i in all_hard or bool(rng.random() < difficult_prob)
             name = VOC_CLASSES[int(rng.integers(len(VOC_CLASSES)))]
             objects.append(SyntheticObject(name, box, difficult=difficult, truncated=touches))
-        images.append(write_voc_image(voc_dir, image_id, width, height, objects, rng, float_coords))
+        images.append(write_voc_image(voc_dir, image_id, width, height, objects, rng, float_coords, scene=scene))
     ids = [im.image_id for im in images]
     write_voc_split(voc_dir, "trainval", ids)
     write_voc_split(voc_dir, "train", ids[0::2])

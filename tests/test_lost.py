@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from lostreg.boxes import patch_box_to_pixels
-from lostreg.lost import LostResult, lost, strict_fp32
+from lostreg.lost import LostResult, lost
+from lostreg.precision import strict_fp32
 
 BG = (1.0, 0.0)
 OBJ = (-1.0, 1.0)  # OBJ.OBJ = 2, OBJ.BG = -1, BG.BG = 1

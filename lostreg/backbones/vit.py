@@ -17,11 +17,14 @@ from torch import nn
 from lostreg.backbones.base import Backbone, FeatureKind
 from lostreg.backbones.pos_embed import resize_patch_pos_embed
 from lostreg.backbones.registry import BackboneSpec, register_builder
+from lostreg.precision import strict_fp32
 from lostreg.backbones.weights import WeightsError, hub_weights_file, load_into_model, read_state_dict
 
 log = logging.getLogger(__name__)
 
 _FEATURE_SLICE = {"q": 0, "k": 1, "v": 2}
+#: ``--weights random`` is this seed's initialisation, the same on every run.
+RANDOM_WEIGHTS_SEED = 0
 
 
 class TimmViTBackbone(Backbone):
@@ -138,7 +141,9 @@ class TimmViTBackbone(Backbone):
         if which not in _FEATURE_SLICE:
             raise ValueError(f"features.which must be one of q, k, v; got {which!r}")
         images = images.to(self.device, torch.float32)
-        qkv = self.qkv(images, layer)
+        # The features feed LOST's sign thresholds: no TF32 in the patch-embedding conv or matmuls.
+        with strict_fp32():
+            qkv = self.qkv(images, layer)
         dim = qkv.shape[-1] // 3
         start = _FEATURE_SLICE[which] * dim
         return qkv[:, self.num_prefix_tokens:, start:start + dim].float()
@@ -169,7 +174,10 @@ def build_timm_vit(spec: BackboneSpec, weights: str | None, device: torch.device
     assert spec.timm_name is not None
     weights = weights or "pretrained"
     # Default img_size keeps the pretrained position grid; dynamic_img_size accepts any grid.
-    model = timm.create_model(spec.timm_name, pretrained=False, num_classes=0, dynamic_img_size=True)
+    # Random init is seeded (0) without touching the caller's RNG, so "random" runs repeat.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        model = timm.create_model(spec.timm_name, pretrained=False, num_classes=0, dynamic_img_size=True)
     random_weights = weights == "random"
     if random_weights:
         warnings.warn(

@@ -1,0 +1,1 @@
+"""Hydra configs of lostreg, installed as the package ``lostreg.configs``."""

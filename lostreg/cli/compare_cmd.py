@@ -1,0 +1,48 @@
+"""``lostreg compare``: CorLoc of ``lostreg eval`` run directories, beside published numbers.
+
+stdout: a markdown table (rows = backbone + protocol, column pairs ``<dataset> ours`` /
+``<dataset> published``) and its footnotes. stderr: one line per bad run directory and per
+ambiguous cell. Exit code 0, 1 when any run directory was bad (the table still shows the
+others), 2 when none was usable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lostreg.evaluation.compare import RunError, build_table, load_runs, to_csv, to_markdown
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                        help="run directories of `lostreg eval` (config.yaml + metrics.json) or quoted glob "
+                             "patterns, e.g. 'outputs/*/*/*'")
+    parser.add_argument("--csv", type=Path, default=None, metavar="PATH", help="also write the table as CSV")
+    parser.add_argument("--no-published", action="store_true", help="leave out the published numbers")
+
+
+def run(args: argparse.Namespace) -> int:
+    errors: list[RunError] = []
+
+    def report(err: RunError) -> None:
+        errors.append(err)
+        print(f"lostreg: error: {err}", file=sys.stderr)
+
+    runs = load_runs(args.run_dirs, on_error=report)
+    if not runs:
+        print("lostreg: error: no usable run directory", file=sys.stderr)
+        return 2
+    table = build_table(runs, include_published=not args.no_published)
+    for warning in table.warnings:
+        print(f"lostreg: warning: {warning}", file=sys.stderr)
+    sys.stdout.write(to_markdown(table))
+    if args.csv is not None:
+        try:
+            to_csv(table, args.csv)
+        except OSError as err:
+            print(f"lostreg: error: {args.csv}: cannot write CSV: {err.strerror or err}", file=sys.stderr)
+            return 2
+        print(f"wrote {args.csv}", file=sys.stderr)
+    return 1 if errors else 0

@@ -1,0 +1,86 @@
+"""``lostreg eval``: CorLoc of LOST on a dataset, configured by hydra overrides.
+
+    lostreg eval backbone=dinov2_reg dataset=voc07 dataset.root=/data lost.k_patches=50
+    lostreg eval --multirun backbone=dino,dinov2,dinov2_reg dataset=voc07,voc12,coco20k
+
+Exit codes: 0 done (images that failed are recorded in preds.jsonl and counted as misses),
+2 nothing could run (bad config, dataset layout, weights, or a run directory of another
+config), 130 interrupted (everything computed so far is saved; re-run to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from lostreg.backbones import UnknownBackboneError, WeightsError, WeightsUnavailableError
+from lostreg.config import ConfigError, compose_config, expand_sweeps
+from lostreg.datasets import DatasetLayoutError
+from lostreg.evaluation.corloc import format_corloc
+from lostreg.evaluation.runner import RunConfigMismatch, run_eval
+
+_USER_ERRORS = (ConfigError, DatasetLayoutError, RunConfigMismatch, UnknownBackboneError, WeightsError,
+                WeightsUnavailableError, ValueError, KeyError)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("overrides", nargs="*",
+                        help="hydra overrides: backbone=NAME dataset=voc07|voc12|coco20k|coco|folder "
+                             "dataset.root=... lost.k_patches=100 lost.gram_bias=0 features.which=k "
+                             "features.layer=-1 weights=pretrained|random|PATH device=auto batch_size=8 "
+                             "num_workers=2 run_dir=...")
+    parser.add_argument("--multirun", "-m", action="store_true",
+                        help="sweep comma-separated values (backbone=dino,dinov2,dinov2_reg), one run each")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        runs = expand_sweeps(args.overrides) if args.multirun else [list(args.overrides)]
+        configs = [compose_config(overrides) for overrides in runs]
+    except _USER_ERRORS as err:
+        print(f"lostreg: error: {err}", file=sys.stderr)
+        return 2
+    if args.cfg:
+        from omegaconf import OmegaConf
+
+        for cfg in configs:
+            print(OmegaConf.to_yaml(cfg, resolve=True))
+        return 0
+
+    status = 0
+    run_dirs: list[Path] = []
+    for overrides, cfg in zip(runs, configs):
+        command = "lostreg eval " + " ".join(shlex.quote(o) for o in overrides)
+        if len(configs) > 1:
+            print(f"== {command}", file=sys.stderr)
+        try:
+            metrics = run_eval(cfg, progress=not args.no_progress, command=command)
+        except KeyboardInterrupt:
+            print(f"lostreg: interrupted; everything computed is saved in {cfg.run_dir}; "
+                  "run the same command again to resume", file=sys.stderr)
+            return 130
+        except _USER_ERRORS as err:
+            print(f"lostreg: error: {err}", file=sys.stderr)
+            status = 2
+            continue
+        run_dirs.append(Path(cfg.run_dir))
+        _report(metrics, Path(cfg.run_dir))
+    if len(run_dirs) > 1:
+        from lostreg.evaluation.compare import build_table, load_runs, to_markdown
+
+        print(to_markdown(build_table(load_runs([str(d) for d in run_dirs]), include_published=True)))
+    return status
+
+
+def _report(metrics: dict, run_dir: Path) -> None:
+    if metrics["corloc"] is not None:
+        print(format_corloc(metrics))
+    else:
+        print(f"{metrics['total']} images, no ground truth: boxes in {run_dir / 'preds.jsonl'}")
+    if metrics["failed"]:
+        print(f"{metrics['failed']} images failed (counted as misses; see 'error' in preds.jsonl)", file=sys.stderr)
+    print(f"run directory: {run_dir}", file=sys.stderr)

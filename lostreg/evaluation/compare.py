@@ -1,0 +1,483 @@
+"""CorLoc of several ``lostreg eval`` run directories in one table, beside published numbers.
+
+Pure functions, no printing: :func:`load_runs` reads run directories into
+:class:`RunSummary` items, :func:`build_table` arranges them (rows = backbone + protocol,
+column groups = datasets), :func:`to_markdown` and :func:`to_csv` render the table.
+
+A run directory holds ``config.yaml`` (the composed, resolved hydra config) and
+``metrics.json`` (``corloc``, ``hits``, ``total``, ``failed``, ``num_images``, ``complete``).
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lostreg.evaluation.published import (
+    PUBLIC_CHECKPOINT_NOTE,
+    PUBLISHED,
+    PUBLISHED_DATASETS,
+    SOURCE_PUBLIC_SWEEP,
+    SOURCE_REGISTERS,
+    PublishedResult,
+    lostreg_backbone_for,
+    published_for,
+)
+
+__all__ = [
+    "DATASET_LABELS",
+    "Row",
+    "RunError",
+    "RunSummary",
+    "Table",
+    "build_table",
+    "load_run",
+    "load_runs",
+    "to_csv",
+    "to_markdown",
+]
+
+#: Column-group titles; the first three are always shown, others only when a run has them.
+DATASET_LABELS = {"voc07": "VOC07", "voc12": "VOC12", "coco20k": "COCO20k", "coco": "COCO", "folder": "folder"}
+MAIN_DATASETS = ("voc07", "voc12", "coco20k")
+
+# Protocol defaults of configs/config.yaml (the LOST paper's); only departures name a row.
+DEFAULT_PROTOCOL: dict[str, Any] = {
+    "which": "k", "layer": -1, "k_patches": 100, "gram_bias": 0.0, "max_size": None, "weights": "pretrained",
+}
+DEFAULT_PROTOCOL_TEXT = "default"
+DEFAULT_PROTOCOL_NOTE = (
+    "keys of the last layer, k=100, Gram bias 0, native resolution, pretrained weights (the LOST paper's)"
+)
+RANDOM_NOTE = "RANDOM weights: randomly initialised backbone, a pipeline test only; its CorLoc is meaningless"
+
+_CONFIG_KEYS = ("backbone.name", "dataset.name", "weights", "lost.k_patches", "lost.gram_bias",
+                "features.which", "features.layer", "max_size")
+_METRIC_KEYS = ("corloc", "hits", "total", "num_images", "complete")
+
+
+class RunError(ValueError):
+    """A run directory that cannot be read; ``str(err)`` is one line naming it."""
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What the table needs from one run directory.
+
+    Attributes:
+        run_dir: The directory.
+        backbone: lostreg backbone name (``backbone.name``).
+        dataset: ``dataset.name`` (``voc07``, ``voc12``, ``coco20k``, ``coco``, ``folder``).
+        weights: ``pretrained``, ``random`` or a checkpoint path.
+        which: ``q``, ``k`` or ``v``.
+        layer: Block index, negative from the end.
+        k_patches: LOST's k.
+        gram_bias: Added to the Gram matrix.
+        max_size: Downscale limit in pixels, ``None`` for native resolution.
+        corloc: Percent, ``None`` when not computed (no image, no ground truth).
+        hits: Images hit; ``None`` without ground truth (folder).
+        total: Images evaluated so far (failed ones included, as misses).
+        failed: Images on which LOST failed.
+        num_images: Size of the dataset.
+        complete: Every image of the dataset is done.
+    """
+
+    run_dir: Path
+    backbone: str
+    dataset: str
+    weights: str
+    which: str
+    layer: int
+    k_patches: int
+    gram_bias: float
+    max_size: int | None
+    corloc: float | None
+    hits: int | None
+    total: int
+    failed: int
+    num_images: int
+    complete: bool
+
+    @property
+    def is_random(self) -> bool:
+        """The backbone had random weights."""
+        return self.weights == "random"
+
+    @property
+    def protocol(self) -> str:
+        """The departures from the default protocol, e.g. ``"which=q layer=-2"``, or ``"default"``."""
+        parts = []
+        if self.which != DEFAULT_PROTOCOL["which"]:
+            parts.append(f"which={self.which}")
+        if self.layer != DEFAULT_PROTOCOL["layer"]:
+            parts.append(f"layer={self.layer}")
+        if self.k_patches != DEFAULT_PROTOCOL["k_patches"]:
+            parts.append(f"k={self.k_patches}")
+        if self.gram_bias != DEFAULT_PROTOCOL["gram_bias"]:
+            parts.append(f"bias={self.gram_bias:g}")
+        if self.max_size is not None:
+            parts.append(f"max_size={self.max_size}")
+        if self.weights != DEFAULT_PROTOCOL["weights"]:
+            parts.append(f"weights={self.weights}")
+        return " ".join(parts) or DEFAULT_PROTOCOL_TEXT
+
+    @property
+    def row_key(self) -> tuple[str, str]:
+        """``(backbone, protocol)``: runs with one key share a table row."""
+        return self.backbone, self.protocol
+
+    def published(self) -> PublishedResult | None:
+        """The published row this run compares with (see :func:`published_for`)."""
+        return published_for(self.backbone, which=self.which, layer=self.layer, k_patches=self.k_patches,
+                              gram_bias=self.gram_bias, weights=self.weights)
+
+
+def _select(data: Any, dotted: str, source: Path) -> Any:
+    node = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise RunError(f"{source}: missing key {dotted!r}")
+        node = node[part]
+    return node
+
+
+def _typed(value: Any, kind: type, key: str, source: Path, optional: bool = False) -> Any:
+    if value is None and optional:
+        return None
+    # bool is an int to Python: a yaml/json `true` where a number belongs is a broken file.
+    if isinstance(value, bool) != (kind is bool):
+        raise RunError(f"{source}: {key!r} must be {kind.__name__}, got {value!r}")
+    if kind is float and isinstance(value, int):
+        return float(value)
+    if not isinstance(value, kind):
+        raise RunError(f"{source}: {key!r} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def load_run(run_dir: str | Path) -> RunSummary:
+    """Read one run directory.
+
+    Raises:
+        RunError: not a directory, a missing or unreadable ``config.yaml`` /
+            ``metrics.json``, or a missing or mistyped key; the message names the path.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir}: not a run directory (no such directory)")
+    config_path, metrics_path = run_dir / "config.yaml", run_dir / "metrics.json"
+    for path in (config_path, metrics_path):
+        if not path.is_file():
+            raise RunError(f"{run_dir}: not a run directory (no {path.name}; written by `lostreg eval`)")
+    try:
+        config = yaml.safe_load(config_path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise RunError(f"{config_path}: unreadable: {' '.join(str(err).split())}") from None
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except (OSError, ValueError) as err:
+        raise RunError(f"{metrics_path}: unreadable: {err}") from None
+    if not isinstance(metrics, dict):
+        raise RunError(f"{metrics_path}: expected a JSON object")
+    cfg = {key: _select(config, key, config_path) for key in _CONFIG_KEYS}
+    for key in _METRIC_KEYS:
+        if key not in metrics:
+            raise RunError(f"{metrics_path}: missing key {key!r}")
+    corloc = _typed(metrics["corloc"], float, "corloc", metrics_path, optional=True)
+    if corloc is not None and math.isnan(corloc):
+        corloc = None
+    return RunSummary(
+        run_dir=run_dir,
+        backbone=str(cfg["backbone.name"]),
+        dataset=str(cfg["dataset.name"]).lower(),
+        weights=str(cfg["weights"]),
+        which=str(cfg["features.which"]),
+        layer=_typed(cfg["features.layer"], int, "features.layer", config_path),
+        k_patches=_typed(cfg["lost.k_patches"], int, "lost.k_patches", config_path),
+        gram_bias=_typed(cfg["lost.gram_bias"], float, "lost.gram_bias", config_path),
+        # 0 means "off", as null does: one protocol, one row.
+        max_size=_typed(cfg["max_size"], int, "max_size", config_path, optional=True) or None,
+        corloc=corloc,
+        hits=_typed(metrics["hits"], int, "hits", metrics_path, optional=True),
+        total=_typed(metrics["total"], int, "total", metrics_path),
+        failed=_typed(metrics.get("failed", 0), int, "failed", metrics_path),
+        num_images=_typed(metrics["num_images"], int, "num_images", metrics_path),
+        complete=_typed(metrics["complete"], bool, "complete", metrics_path),
+    )
+
+
+def _expand(pattern: str) -> list[Path]:
+    """A literal existing path as is, else the sorted glob matches (``**`` recursive)."""
+    if Path(pattern).exists() or not any(c in pattern for c in "*?["):
+        return [Path(pattern)]
+    return [Path(p) for p in sorted(glob.glob(pattern, recursive=True))]
+
+
+def load_runs(
+    paths: Iterable[str | Path],
+    on_error: Callable[[RunError], None] | None = None,
+) -> list[RunSummary]:
+    """Read run directories given as paths or glob patterns.
+
+    Args:
+        paths: Run directories or glob patterns (``outputs/voc07/*/*``). A directory
+            matched twice is read once.
+        on_error: Called with each :class:`RunError` (bad directory, pattern matching
+            nothing); the others are still read. ``None``: the first error is raised.
+
+    Returns:
+        The readable runs, in the order given (matches of one pattern sorted).
+    """
+    runs: list[RunSummary] = []
+    seen: set[Path] = set()
+    for pattern in paths:
+        matches = _expand(str(pattern))
+        if not matches:
+            err = RunError(f"{pattern}: no run directory matches this pattern")
+            if on_error is None:
+                raise err
+            on_error(err)
+        for match in matches:
+            resolved = match.resolve()
+            if resolved in seen:
+                continue
+            seen.add(resolved)
+            try:
+                runs.append(load_run(match))
+            except RunError as err:
+                if on_error is None:
+                    raise
+                on_error(err)
+    return runs
+
+
+@dataclass
+class Row:
+    """One table row: our runs of one backbone + protocol, or a published result alone.
+
+    Attributes:
+        backbone: lostreg backbone name; for a published-only row, the paper's label.
+        protocol: :attr:`RunSummary.protocol`; for a published-only row, its protocol note.
+        runs: dataset name -> our run (empty for a published-only row).
+        published: The published row shown beside ours (or alone), if any.
+    """
+
+    backbone: str
+    protocol: str
+    runs: dict[str, RunSummary] = field(default_factory=dict)
+    published: PublishedResult | None = None
+
+    @property
+    def is_published_only(self) -> bool:
+        """No run of ours: the row only shows a published result."""
+        return not self.runs
+
+    @property
+    def is_random(self) -> bool:
+        """Our runs of this row used random weights."""
+        return any(run.is_random for run in self.runs.values())
+
+
+@dataclass
+class Table:
+    """A comparison table.
+
+    Attributes:
+        datasets: Column groups, in order (VOC07, VOC12, COCO20k, then any others present).
+        rows: Our rows (sorted by backbone, default protocol first), then published-only rows.
+        include_published: Whether published columns and rows are part of the table.
+        warnings: One line each, e.g. two runs for one cell (the one with fewer images is dropped).
+    """
+
+    datasets: tuple[str, ...]
+    rows: list[Row]
+    include_published: bool = True
+    warnings: list[str] = field(default_factory=list)
+
+    def published_columns(self) -> tuple[str, ...]:
+        """Datasets that get a "published" column."""
+        return tuple(d for d in self.datasets if d in PUBLISHED_DATASETS) if self.include_published else ()
+
+
+def _progress(run: RunSummary) -> str:
+    return f"{run.total}/{run.num_images} images"
+
+
+def build_table(runs: Iterable[RunSummary], include_published: bool = True) -> Table:
+    """Arrange runs into rows (backbone + protocol) and dataset columns.
+
+    Two runs with the same row and dataset are ambiguous: the one with more images done
+    is kept (then a complete one, then the first given) and a warning names both.
+
+    Args:
+        runs: From :func:`load_runs`.
+        include_published: Add published numbers beside matching rows, and a row for
+            each published result that no row of ours matches.
+    """
+    rows: dict[tuple[str, str], Row] = {}
+    warnings: list[str] = []
+    for run in runs:
+        row = rows.setdefault(run.row_key, Row(backbone=run.backbone, protocol=run.protocol))
+        kept = row.runs.get(run.dataset)
+        if kept is not None:
+            winner, loser = (run, kept) if (run.total, run.complete) > (kept.total, kept.complete) else (kept, run)
+            warnings.append(
+                f"two runs for {run.backbone} [{run.protocol}] on {run.dataset}: kept {winner.run_dir} "
+                f"({_progress(winner)}), ignored {loser.run_dir} ({_progress(loser)})"
+            )
+            run = winner
+        row.runs[run.dataset] = run
+
+    datasets = list(MAIN_DATASETS)
+    extra = {run.dataset for row in rows.values() for run in row.runs.values()} - set(MAIN_DATASETS)
+    datasets += sorted(extra, key=lambda d: (list(DATASET_LABELS).index(d) if d in DATASET_LABELS else 99, d))
+
+    # Default protocol first within a backbone, so "ours vs published" leads each group.
+    ordered = sorted(rows.values(), key=lambda r: (r.backbone, r.protocol != DEFAULT_PROTOCOL_TEXT, r.protocol))
+    if include_published:
+        for row in ordered:
+            first = next(iter(row.runs.values()))
+            row.published = first.published()  # the same for every run of the row: same protocol
+        shown = {row.published.key for row in ordered if row.published is not None}
+        ordered += [Row(backbone=p.label, protocol=p.protocol, published=p) for p in PUBLISHED if p.key not in shown]
+    return Table(datasets=tuple(datasets), rows=ordered, include_published=include_published, warnings=warnings)
+
+
+# ------------------------------------------------------------------------------ rendering
+
+
+def _sources(table: Table) -> list[str]:
+    """Published sources cited in the table, in first-use order ([1], [2], ...)."""
+    sources: list[str] = []
+    for row in table.rows:
+        if row.published is not None and row.published.source not in sources:
+            sources.append(row.published.source)
+    return sources
+
+
+def _ours_cell(run: RunSummary | None) -> str:
+    if run is None:
+        return "-"
+    text = "n/a" if run.corloc is None else f"{run.corloc:.2f}"
+    return text + ("*" if not run.complete else "")
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def to_markdown(table: Table) -> str:
+    """Render as a markdown table followed by footnotes.
+
+    Columns: ``backbone | protocol | VOC07 ours | VOC07 published | ... | published source``
+    (no published columns with ``include_published=False``; other datasets get an "ours"
+    column only). Ours: two decimals, ``*`` when incomplete, ``-`` when not run, ``n/a``
+    when the run has no CorLoc. Published-only rows start with ``published:``.
+    """
+    published_cols = table.published_columns()
+    sources = _sources(table)
+    header = ["backbone", "protocol"]
+    for d in table.datasets:
+        label = DATASET_LABELS.get(d, d)
+        header.append(f"{label} ours")
+        if d in published_cols:
+            header.append(f"{label} published")
+    if published_cols:
+        header.append("published source")
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    footnotes: list[str] = []
+    for row in table.rows:
+        if row.is_published_only:
+            assert row.published is not None
+            ours_name = lostreg_backbone_for(row.published.key)
+            backbone = f"published: {row.backbone}" + (f" [lostreg: {ours_name}]" if ours_name else "")
+        else:
+            backbone = row.backbone + (" (RANDOM weights)" if row.is_random else "")
+        cells = [backbone, row.protocol]
+        for d in table.datasets:
+            run = row.runs.get(d)
+            cells.append("" if row.is_published_only else _ours_cell(run))
+            if run is not None and not run.complete:
+                footnotes.append(f"\\* incomplete: {row.backbone} [{row.protocol}] {DATASET_LABELS.get(d, d)}: "
+                                 f"{_progress(run)} ({run.run_dir})")
+            if d in published_cols:
+                value = row.published.corloc(d) if row.published is not None else None
+                cells.append("-" if value is None else f"{value:.1f}")
+        if published_cols:
+            cells.append(f"[{sources.index(row.published.source) + 1}]" if row.published is not None else "")
+        lines.append("| " + " | ".join(_escape(c) for c in cells) + " |")
+
+    notes = [f"protocol {DEFAULT_PROTOCOL_TEXT}: {DEFAULT_PROTOCOL_NOTE}; otherwise only the departures "
+             "from it are named.",
+             "ours: CorLoc in percent (hits / images evaluated), two decimals; - not run."]
+    notes += footnotes
+    if any(row.is_random for row in table.rows):
+        notes.append(RANDOM_NOTE + ".")
+    if published_cols:
+        notes += [f"[{i}] {source}." for i, source in enumerate(sources, start=1)]
+        if any(s in sources for s in (SOURCE_REGISTERS, SOURCE_PUBLIC_SWEEP)):
+            notes.append("Why the public-checkpoint numbers differ from Table 3: " + PUBLIC_CHECKPOINT_NOTE)
+    # A blank line between notes keeps them separate paragraphs in rendered markdown.
+    return "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n"
+
+
+def csv_header(table: Table) -> list[str]:
+    """CSV columns of :func:`to_csv`."""
+    header = ["row_type", "backbone", "protocol", "random_weights"]
+    for d in table.datasets:
+        header += [f"{d}_ours", f"{d}_images_done", f"{d}_num_images", f"{d}_complete"]
+        if d in table.published_columns():
+            header.append(f"{d}_published")
+    if table.published_columns():
+        header += ["published_label", "published_source"]
+    return header
+
+
+def csv_rows(table: Table) -> list[list[str]]:
+    """The rows of :func:`to_csv` (without header): numbers as plain text, empty when missing."""
+    published_cols = table.published_columns()
+    out = []
+    for row in table.rows:
+        cells = ["published" if row.is_published_only else "ours", row.backbone, row.protocol,
+                 "" if row.is_published_only else str(int(row.is_random))]
+        for d in table.datasets:
+            run = row.runs.get(d)
+            if run is None:
+                cells += ["", "", "", ""]
+            else:
+                cells += ["" if run.corloc is None else repr(run.corloc), str(run.total), str(run.num_images),
+                          str(int(run.complete))]
+            if d in published_cols:
+                value = row.published.corloc(d) if row.published is not None else None
+                cells.append("" if value is None else repr(value))
+        if published_cols:
+            cells += [row.published.label, row.published.source] if row.published is not None else ["", ""]
+        out.append(cells)
+    return out
+
+
+def to_csv(table: Table, path: str | Path) -> Path:
+    """Write the table as CSV: one row per backbone + protocol, then published-only rows.
+
+    ``row_type`` is ``ours`` or ``published``; per dataset ``<d>_ours`` (full precision),
+    ``<d>_images_done``, ``<d>_num_images``, ``<d>_complete`` (0/1) and, for VOC07 /
+    VOC12 / COCO20k, ``<d>_published``. Missing values are empty cells.
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(csv_header(table))
+        writer.writerows(csv_rows(table))
+    return path

@@ -1,0 +1,342 @@
+"""`lostreg compare` and the published numbers, on fake run directories (no model, no data)."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from omegaconf import OmegaConf
+
+from lostreg.cli.main import main
+from lostreg.config import compose_config
+from lostreg.evaluation.compare import RunError, build_table, load_run, load_runs, to_csv, to_markdown
+from lostreg.evaluation.published import PUBLISHED, published_by_key, published_for
+
+DATASET_SIZE = {"voc07": 5011, "voc12": 11540, "coco20k": 19817, "coco": 50, "folder": 7}
+# Datasets that need more than a `name` to compose (their required keys are ???).
+DATASET_EXTRA = {"coco": ["dataset.annotation_json=a.json", "dataset.image_dir=img"], "folder": ["dataset.root=x"]}
+
+
+@functools.lru_cache(maxsize=None)
+def composed_yaml(overrides: tuple[str, ...]) -> str:
+    """The resolved config as `lostreg eval` saves it (composing is the slow part: cached)."""
+    return OmegaConf.to_yaml(compose_config(list(overrides)), resolve=True)
+
+
+def make_run(
+    root: Path,
+    name: str,
+    backbone: str,
+    dataset: str,
+    corloc: float | None,
+    done: int | None = None,
+    overrides: tuple[str, ...] = (),
+) -> Path:
+    """Write a run directory the way `lostreg eval` does: composed config, resolved; metrics.json."""
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    overrides = (f"backbone={backbone}", f"dataset={dataset}", *DATASET_EXTRA.get(dataset, []), *overrides)
+    (run_dir / "config.yaml").write_text(composed_yaml(overrides))
+    n = DATASET_SIZE[dataset]
+    done = n if done is None else done
+    hits = None if corloc is None else round(corloc * done / 100)
+    metrics = {"corloc": corloc, "hits": hits, "total": done, "failed": 0, "num_images": n,
+               "complete": done == n, "dataset": dataset, "backbone": backbone}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    return run_dir
+
+
+@pytest.fixture()
+def runs(tmp_path: Path) -> Path:
+    """dino / dinov2 / dinov2_reg on the three datasets; one incomplete run, one random-weights run."""
+    root = tmp_path / "runs"
+    make_run(root, "dino_voc07", "dino_vits16", "voc07", 61.87)
+    make_run(root, "dino_voc12", "dino_vits16", "voc12", 63.95)
+    make_run(root, "dino_coco20k", "dino_vits16", "coco20k", 50.66)
+    make_run(root, "dinov2_voc07", "dinov2_vitl14", "voc07", 34.81)
+    make_run(root, "dinov2_voc12", "dinov2_vitl14", "voc12", 39.5)
+    make_run(root, "dinov2reg_voc07", "dinov2_vitl14_reg", "voc07", 54.1)
+    make_run(root, "dinov2reg_voc12", "dinov2_vitl14_reg", "voc12", 41.2, done=1000)  # incomplete
+    make_run(root, "dinov2reg_coco20k_v", "dinov2_vitl14_reg", "coco20k", 40.5,
+             overrides=("features.which=v", "features.layer=-2", "lost.gram_bias=-0.25"))
+    make_run(root, "random_voc07", "dinov2_reg", "voc07", 3.0, overrides=("weights=random",))
+    return root
+
+
+def parse_markdown(text: str) -> tuple[list[str], dict[tuple[str, str], dict[str, str]], list[str]]:
+    """(header, {(backbone cell, protocol cell): {column: cell}}, lines after the table)."""
+    lines = text.splitlines()
+    table = [line for line in lines if line.startswith("|")]
+    split = lambda line: [c.strip() for c in line.strip().strip("|").split("|")]  # noqa: E731
+    header = split(table[0])
+    assert set(table[1]) <= {"|", "-"}
+    rows = {}
+    for line in table[2:]:
+        cells = split(line)
+        assert len(cells) == len(header), line
+        rows[(cells[0], cells[1])] = dict(zip(header, cells))
+    notes = [line for line in lines if line and not line.startswith("|")]
+    return header, rows, notes
+
+
+def compare(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(["compare", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ------------------------------------------------------------------------------ published data
+
+
+def test_published_numbers_are_the_spec_table() -> None:
+    got = {p.key: (p.voc07, p.voc12, p.coco20k) for p in PUBLISHED}
+    assert got == {
+        "lost_dino_vits16": (61.9, 64.0, 50.7),
+        "lost_dino_vits8": (55.5, 57.0, 49.5),
+        "lost_dino_vitb16": (60.1, 63.3, 50.0),
+        "registers_t3_dinov2": (35.3, 40.2, 26.9),
+        "registers_t3_dinov2_reg": (55.4, 60.0, 42.0),
+        "public_sweep_dinov2": (32.2, 36.8, 25.4),
+        "public_sweep_dinov2_reg": (56.2, 60.2, 42.3),
+    }
+    assert all(p.source and p.protocol for p in PUBLISHED)
+    assert published_by_key("lost_dino_vits8").corloc("voc12") == 57.0
+    assert published_by_key("lost_dino_vits8").corloc("coco") is None
+
+
+@pytest.mark.parametrize(
+    ("backbone", "kwargs", "expected"),
+    [
+        ("dino_vits16", {}, "lost_dino_vits16"),
+        ("dino_vits8", {}, "lost_dino_vits8"),
+        ("dino_vitb16", {}, "lost_dino_vitb16"),
+        ("dinov2_vitl14", {}, "registers_t3_dinov2"),
+        ("dinov2_vitl14_reg", {}, "registers_t3_dinov2_reg"),
+        ("dinov2_vitl14_reg", {"gram_bias": -0.3}, "registers_t3_dinov2_reg"),  # their bias is unpublished
+        ("dino_vits16", {"gram_bias": -0.3}, None),  # LOST had no bias
+        ("dino_vits16", {"which": "q"}, None),
+        ("dino_vits16", {"layer": -2}, None),
+        ("dino_vits16", {"k_patches": 50}, None),
+        ("dino_vits16", {"weights": "random"}, None),
+        ("dinov2_vits14_reg", {}, None),
+        ("dino_vitb8", {}, None),
+    ],
+)
+def test_published_for_maps_only_the_same_protocol(backbone: str, kwargs: dict[str, Any], expected: str | None) -> None:
+    found = published_for(backbone, **kwargs)
+    assert (found.key if found else None) == expected
+
+
+# ------------------------------------------------------------------------------ loading
+
+
+def test_load_run_reads_eval_config_and_metrics(runs: Path) -> None:
+    run = load_run(runs / "dinov2reg_coco20k_v")
+    assert (run.backbone, run.dataset, run.which, run.layer, run.gram_bias) == (
+        "dinov2_vitl14_reg", "coco20k", "v", -2, -0.25)
+    assert run.protocol == "which=v layer=-2 bias=-0.25"
+    assert run.corloc == 40.5 and run.complete and run.num_images == 19817
+    random_run = load_run(runs / "random_voc07")
+    assert random_run.backbone == "dinov2_vits14_reg"  # the alias is resolved by the config group
+    assert random_run.is_random and random_run.protocol == "weights=random"
+    assert load_run(runs / "dino_voc07").protocol == "default"
+
+
+def test_protocol_names_k_and_max_size(tmp_path: Path) -> None:
+    run = load_run(make_run(tmp_path, "r", "dino", "voc07", 50.0, overrides=("lost.k_patches=50", "max_size=1024")))
+    assert run.protocol == "k=50 max_size=1024"
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        (lambda d: (d / "metrics.json").unlink(), "no metrics.json"),
+        (lambda d: (d / "config.yaml").unlink(), "no config.yaml"),
+        (lambda d: (d / "metrics.json").write_text("{not json"), "metrics.json: unreadable"),
+        (lambda d: (d / "metrics.json").write_text('{"corloc": 1.0}'), "missing key 'hits'"),
+        (lambda d: (d / "config.yaml").write_text("backbone: {name: dino_vits16}\n"), "missing key 'dataset.name'"),
+        (lambda d: (d / "config.yaml").write_text("a: [unclosed\n"), "config.yaml: unreadable"),
+        (lambda d: (d / "metrics.json").write_text(
+            '{"corloc": 1.0, "hits": 1, "total": "5", "num_images": 5, "complete": true}'), "'total' must be int"),
+    ],
+)
+def test_bad_run_dir_errors_name_it(tmp_path: Path, breakage: Any, message: str) -> None:
+    run_dir = make_run(tmp_path, "broken", "dino", "voc07", 50.0)
+    breakage(run_dir)
+    with pytest.raises(RunError, match=message) as info:
+        load_run(run_dir)
+    assert "broken" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_load_runs_expands_globs_and_reports_errors(runs: Path, tmp_path: Path) -> None:
+    (runs / "not_a_run").mkdir()
+    errors: list[RunError] = []
+    loaded = load_runs([str(runs / "dino_*"), str(runs / "dino_voc07"), str(runs / "not_a_run"),
+                        str(tmp_path / "nothing*")], on_error=errors.append)
+    assert [r.run_dir.name for r in loaded] == ["dino_coco20k", "dino_voc07", "dino_voc12"]  # sorted, deduplicated
+    assert len(errors) == 2
+    assert "not_a_run" in str(errors[0]) and "nothing*" in str(errors[1])
+    with pytest.raises(RunError, match="not_a_run"):
+        load_runs([runs / "not_a_run"])
+
+
+# ------------------------------------------------------------------------------ the table
+
+
+def test_markdown_table_ours_beside_published(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = compare(capsys, str(runs / "*"))
+    assert code == 0, err
+    header, rows, notes = parse_markdown(out)
+    assert header == ["backbone", "protocol", "VOC07 ours", "VOC07 published", "VOC12 ours", "VOC12 published",
+                      "COCO20k ours", "COCO20k published", "published source"]
+
+    dino = rows[("dino_vits16", "default")]
+    assert (dino["VOC07 ours"], dino["VOC07 published"]) == ("61.87", "61.9")
+    assert (dino["VOC12 ours"], dino["VOC12 published"]) == ("63.95", "64.0")
+    assert (dino["COCO20k ours"], dino["COCO20k published"]) == ("50.66", "50.7")
+
+    v2 = rows[("dinov2_vitl14", "default")]
+    assert (v2["VOC07 ours"], v2["VOC07 published"], v2["VOC12 ours"]) == ("34.81", "35.3", "39.50")
+    assert (v2["COCO20k ours"], v2["COCO20k published"]) == ("-", "26.9")  # not run; published still shown
+
+    reg = rows[("dinov2_vitl14_reg", "default")]
+    assert (reg["VOC07 ours"], reg["VOC07 published"]) == ("54.10", "55.4")
+    assert (reg["VOC12 ours"], reg["VOC12 published"]) == ("41.20*", "60.0")
+
+    sweep = rows[("dinov2_vitl14_reg", "which=v layer=-2 bias=-0.25")]
+    assert (sweep["COCO20k ours"], sweep["COCO20k published"], sweep["VOC07 ours"]) == ("40.50", "-", "-")
+
+    random_row = rows[("dinov2_vits14_reg (RANDOM weights)", "weights=random")]
+    assert random_row["VOC07 ours"] == "3.00" and random_row["VOC07 published"] == "-"
+
+    # Sources: LOST paper [1] and registers paper [2] beside our rows, each named in a footnote.
+    assert dino["published source"] == "[1]" and v2["published source"] == reg["published source"] == "[2]"
+    assert any(n.startswith("[1] LOST paper") for n in notes)
+    assert any(n.startswith("[2] Registers paper") and "Table 3" in n for n in notes)
+    assert any("\\* incomplete: dinov2_vitl14_reg [default] VOC12: 1000/11540 images" in n for n in notes)
+    assert any(n.startswith("RANDOM weights") and "meaningless" in n for n in notes)
+    assert any(n.startswith("Why the public-checkpoint numbers differ from Table 3") and "ImageNet-22k" in n
+               for n in notes)
+
+
+def test_published_rows_without_a_run_are_labelled(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = compare(capsys, str(runs / "*"))
+    _, rows, notes = parse_markdown(out)
+    published = {key: row for key, row in rows.items() if key[0].startswith("published:")}
+    # The rows shown beside ours (ViT-S/16, both Table 3 rows) are not repeated.
+    assert sorted(key[0] for key in published) == [
+        "published: LOST (DINO) ViT-B/16 [lostreg: dino_vitb16]",
+        "published: LOST (DINO) ViT-S/8 [lostreg: dino_vits8]",
+        "published: LOST (DINOv2+reg, public checkpoint) ViT-L/14",
+        "published: LOST (DINOv2, public checkpoint) ViT-L/14",
+    ]
+    s8 = published[next(k for k in published if "ViT-S/8" in k[0])]
+    assert (s8["VOC07 ours"], s8["VOC07 published"], s8["VOC12 published"], s8["COCO20k published"]) == (
+        "", "55.5", "57.0", "49.5")
+    pub_reg = published[next(k for k in published if "DINOv2+reg, public" in k[0])]
+    assert (pub_reg["VOC07 published"], pub_reg["VOC12 published"], pub_reg["COCO20k published"]) == (
+        "56.2", "60.2", "42.3")
+    assert "swept" in pub_reg["protocol"] and pub_reg["published source"] == "[3]"
+    assert any(n.startswith("[3] public DINOv2 checkpoints") for n in notes)
+    # Published-only rows come after all of ours.
+    keys = list(rows)
+    assert all(k[0].startswith("published:") for k in keys[keys.index(next(iter(published))):])
+
+
+def test_no_published(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = compare(capsys, str(runs / "*"), "--no-published")
+    header, rows, notes = parse_markdown(out)
+    assert code == 0
+    assert header == ["backbone", "protocol", "VOC07 ours", "VOC12 ours", "COCO20k ours"]
+    assert not any(key[0].startswith("published") for key in rows)
+    assert not any(n.startswith("[1]") or "Table 3" in n for n in notes)
+
+
+def test_other_datasets_get_columns_only_when_present(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_run(tmp_path, "voc", "dino", "voc07", 60.0)
+    _, out, _ = compare(capsys, str(tmp_path / "voc"))
+    assert "COCO ours" not in out and "folder" not in out
+    make_run(tmp_path, "coco", "dino", "coco", 44.0)
+    make_run(tmp_path, "folder", "dino", "folder", None)  # no ground truth: no CorLoc
+    _, out, _ = compare(capsys, str(tmp_path / "*"))
+    header, rows, _ = parse_markdown(out)
+    assert header[-3:] == ["COCO ours", "folder ours", "published source"]
+    row = rows[("dino_vits16", "default")]
+    assert (row["COCO ours"], row["folder ours"], row["VOC07 ours"]) == ("44.00", "n/a", "60.00")
+
+
+def test_duplicate_cell_keeps_more_images_and_warns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_run(tmp_path, "a_partial", "dino", "voc07", 70.0, done=100)
+    make_run(tmp_path, "b_full", "dino", "voc07", 61.0)
+    code, out, err = compare(capsys, str(tmp_path / "a_partial"), str(tmp_path / "b_full"))
+    assert code == 0
+    _, rows, _ = parse_markdown(out)
+    assert rows[("dino_vits16", "default")]["VOC07 ours"] == "61.00"
+    warning = [line for line in err.splitlines() if line.startswith("lostreg: warning:")]
+    assert len(warning) == 1 and "a_partial" in warning[0] and "b_full" in warning[0]
+    assert "kept" in warning[0] and warning[0].index("b_full") < warning[0].index("a_partial")
+
+
+def test_csv_round_trip(runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    csv_path = tmp_path / "out" / "table.csv"
+    code, out, _ = compare(capsys, str(runs / "*"), "--csv", str(csv_path))
+    assert code == 0 and "| backbone |" in out  # the markdown still goes to stdout
+    with csv_path.open(newline="") as f:
+        records = list(csv.DictReader(f))
+    by_key = {(r["backbone"], r["protocol"]): r for r in records}
+    dino = by_key[("dino_vits16", "default")]
+    assert dino["row_type"] == "ours" and dino["random_weights"] == "0"
+    assert float(dino["voc07_ours"]) == 61.87 and float(dino["voc07_published"]) == 61.9
+    assert float(dino["coco20k_ours"]) == 50.66 and float(dino["coco20k_published"]) == 50.7
+    assert dino["published_label"] == "LOST (DINO) ViT-S/16" and "LOST paper" in dino["published_source"]
+
+    reg = by_key[("dinov2_vitl14_reg", "default")]
+    assert float(reg["voc12_ours"]) == 41.2 and reg["voc12_complete"] == "0"
+    assert (reg["voc12_images_done"], reg["voc12_num_images"]) == ("1000", "11540")
+    assert reg["coco20k_ours"] == "" and float(reg["coco20k_published"]) == 42.0  # empty cell for missing
+
+    assert by_key[("dinov2_vits14_reg", "weights=random")]["random_weights"] == "1"
+    published = [r for r in records if r["row_type"] == "published"]
+    assert len(published) == 4 and all(r["voc07_ours"] == "" and r["voc07_published"] for r in published)
+    assert all(r["published_source"] for r in published)
+    assert len(records) == 5 + 4  # one row per backbone + protocol, then published-only rows
+
+
+def test_build_table_pure_functions(runs: Path, tmp_path: Path) -> None:
+    table = build_table(load_runs([runs / "dino_voc07"]), include_published=False)
+    assert table.datasets == ("voc07", "voc12", "coco20k") and len(table.rows) == 1
+    assert "61.87" in to_markdown(table)
+    path = to_csv(table, tmp_path / "t.csv")
+    assert path.read_text().splitlines()[0].startswith("row_type,backbone,protocol,random_weights,voc07_ours")
+
+
+# ------------------------------------------------------------------------------ exit codes
+
+
+def test_bad_run_dirs_exit_1_and_table_still_printed(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = runs.parent / "bad_run"
+    bad.mkdir()
+    (bad / "config.yaml").write_text("backbone: {name: dino_vits16}\n")
+    code, out, err = compare(capsys, str(runs / "dino_voc07"), str(bad), str(runs.parent / "missing"))
+    assert code == 1
+    assert "61.87" in out
+    errors = [line for line in err.splitlines() if line.startswith("lostreg: error:")]
+    assert len(errors) == 2
+    assert "bad_run" in errors[0] and "no metrics.json" in errors[0]
+    assert "missing" in errors[1]
+
+
+def test_no_usable_run_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = compare(capsys, str(tmp_path / "nothing_*"))
+    assert code == 2 and out == ""
+    assert "nothing_*" in err and "no usable run directory" in err
+
+
+def test_needs_a_run_dir(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["compare"])
+    assert info.value.code == 2

@@ -1,0 +1,298 @@
+"""``lostreg eval`` end to end on generated datasets in the official formats."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import synthetic
+from lostreg.cli.main import main
+from lostreg.evaluation import runner
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def independent_corloc(preds: list[dict], gt_by_id: dict[str, list[tuple[int, int, int, int]]]) -> tuple[int, int]:
+    """Hits and total, written out here from the spec (IoU, no +1, >= 0.5 with any GT box)."""
+    hits = 0
+    for p in preds:
+        box = p["box_xyxy"]
+        best = 0.0
+        for g in gt_by_id[p["image_id"]] if box else []:
+            iw = max(0, min(box[2], g[2]) - max(box[0], g[0]))
+            ih = max(0, min(box[3], g[3]) - max(box[1], g[1]))
+            inter = iw * ih
+            union = (box[2] - box[0]) * (box[3] - box[1]) + (g[2] - g[0]) * (g[3] - g[1]) - inter
+            best = max(best, inter / union)
+        hits += best >= 0.5
+    return hits, len(preds)
+
+
+def read_preds(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "preds.jsonl").read_text().splitlines()]
+
+
+def sorted_lines(run_dir: Path) -> list[str]:
+    return sorted((run_dir / "preds.jsonl").read_text().splitlines())
+
+
+def metrics_without_timings(run_dir: Path) -> dict:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics.pop("timings")
+    return metrics
+
+
+def voc_gt(images: list[synthetic.SyntheticImage]) -> dict[str, list[tuple[int, int, int, int]]]:
+    return {im.image_id: [o.box_xyxy for o in im.objects] for im in images}
+
+
+@pytest.fixture(scope="module")
+def simple_voc(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[synthetic.SyntheticImage]]:
+    root = tmp_path_factory.mktemp("voc_simple")
+    images = synthetic.write_voc_dataset(
+        root, n_images=30, sizes=((500, 375), (375, 500)), max_objects=1, seed=3, scene="simple"
+    )
+    return root, images
+
+
+@pytest.fixture(scope="module")
+def small_voc(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[synthetic.SyntheticImage]]:
+    root = tmp_path_factory.mktemp("voc_small")
+    images = synthetic.write_voc_dataset(root, n_images=12, seed=4, sizes=((160, 120), (120, 160), (150, 100)))
+    return root, images
+
+
+def test_pixels_baseline_on_simple_single_object_scenes(
+    simple_voc: tuple[Path, list], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, images = simple_voc
+    run_dir = tmp_path / "run"
+    code = main(["eval", "--no-progress", "backbone=pixels", "dataset=voc07", f"dataset.root={root}",
+                 "batch_size=8", "num_workers=2", f"run_dir={run_dir}"])
+    out = capsys.readouterr().out
+    assert code == 0
+    preds = read_preds(run_dir)
+    hits, total = independent_corloc(preds, voc_gt(images))
+    assert total == 30
+    assert f"CorLoc: {100 * hits / total:.2f} ({hits}/{total})" in out
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert (metrics["hits"], metrics["total"], metrics["failed"]) == (hits, 30, 0)
+    assert metrics["complete"] is True
+    # LOST on raw pixels finds a dark flat object on a bright, low-contrast background.
+    assert hits / total >= 0.9
+    assert set(os.listdir(run_dir)) >= {"config.yaml", "run.json", "preds.jsonl", "metrics.json"}
+    session = json.loads((run_dir / "run.json").read_text())["sessions"][0]
+    assert session["versions"]["torch"] and "batch_size" in session
+
+
+def test_random_vit_end_to_end_matches_independent_corloc(
+    small_voc: tuple[Path, list], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, images = small_voc
+    run_dir = tmp_path / "vit"
+    code = main(["eval", "--no-progress", "backbone=dinov2_reg", "weights=random", "dataset=voc07",
+                 f"dataset.root={root}", "num_workers=0", f"run_dir={run_dir}"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "RANDOM weights" in captured.err
+    preds = read_preds(run_dir)
+    hits, total = independent_corloc(preds, voc_gt(images))
+    assert total == 12
+    assert f"CorLoc: {100 * hits / total:.2f} ({hits}/{total})" in captured.out
+    for p in preds:
+        x1, y1, x2, y2 = p["box_xyxy"]
+        assert 0 <= x1 < x2 <= p["width"] and 0 <= y1 < y2 <= p["height"]
+        assert x1 % 14 == 0 and y1 % 14 == 0, "boxes start on the patch grid"
+
+
+def test_batch_size_never_changes_a_box(simple_voc: tuple[Path, list], tmp_path: Path) -> None:
+    """Batch 1 and batch 8 (VOC's 500x375 / 375x500 sizes) give identical predictions.
+
+    Bitwise-identical features need batch-invariant float kernels; on CPU they are at these
+    sizes (README: tiny images of a few patches may differ in the last bit).
+    """
+    root, _ = simple_voc
+    for batch, workers in ((1, 0), (8, 2)):
+        assert main(["eval", "--no-progress", "backbone=dino", "weights=random", "dataset=voc07",
+                     f"dataset.root={root}", f"batch_size={batch}", f"num_workers={workers}",
+                     f"run_dir={tmp_path / str(batch)}"]) == 0
+    assert sorted_lines(tmp_path / "1") == sorted_lines(tmp_path / "8")
+
+
+def test_coco_format_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    coco = synthetic.write_coco_dataset(tmp_path / "coco", n_images=8, seed=5, crowd_images=(0, 3))
+    run_dir = tmp_path / "run"
+    code = main(["eval", "--no-progress", "backbone=pixels", "dataset=coco",
+                 f"dataset.annotation_json={coco.annotation_json}", f"dataset.image_dir={coco.image_dir}",
+                 "num_workers=0", f"run_dir={run_dir}"])
+    assert code == 0
+    gt = {im.image_id: [o.box_xyxy for o in im.objects if not o.iscrowd] for im in coco.images}
+    preds = read_preds(run_dir)
+    hits, total = independent_corloc(preds, gt)
+    assert total == 8
+    assert f"({hits}/{total})" in capsys.readouterr().out
+    assert all(len(p["gt_boxes_xyxy"]) == len(gt[p["image_id"]]) for p in preds), "crowd boxes are not GT"
+
+
+def test_coco20k_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    coco = synthetic.write_coco20k_root(tmp_path / "COCO", n_images=6, seed=6)
+    chosen = [int(im.image_id) for im in coco.images[:4]]
+    filelist = synthetic.write_coco20k_filelist(tmp_path / "list.txt", chosen)
+    code = main(["eval", "--no-progress", "backbone=pixels", "dataset=coco20k", f"dataset.root={tmp_path / 'COCO'}",
+                 f"dataset.filelist_path={filelist}", "num_workers=0", f"run_dir={tmp_path / 'run'}"])
+    assert code == 0, capsys.readouterr().err
+    assert sorted(int(p["image_id"]) for p in read_preds(tmp_path / "run")) == sorted(chosen)
+
+
+def test_bad_image_is_recorded_and_the_run_goes_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    images = synthetic.write_voc_dataset(tmp_path / "voc", n_images=5, seed=7)
+    images[2].path.write_bytes(images[2].path.read_bytes()[:200])  # truncated JPEG
+    run_dir = tmp_path / "run"
+    code = main(["eval", "--no-progress", "backbone=pixels", "dataset=voc07", f"dataset.root={tmp_path / 'voc'}",
+                 "num_workers=0", f"run_dir={run_dir}"])
+    captured = capsys.readouterr()
+    assert code == 0
+    preds = {p["image_id"]: p for p in read_preds(run_dir)}
+    assert len(preds) == 5
+    bad = preds[images[2].image_id]
+    assert bad["box_xyxy"] is None and bad["hit"] is False and str(images[2].path) in bad["error"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["failed"] == 1 and metrics["total"] == 5, "a failed image is a miss in the denominator"
+    assert "1 images failed" in captured.err
+
+
+def test_run_dir_of_another_config_is_refused(small_voc: tuple[Path, list], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    root, _ = small_voc
+    base = ["eval", "--no-progress", "backbone=pixels", "dataset=voc07", f"dataset.root={root}",
+            "num_workers=0", f"run_dir={tmp_path / 'run'}"]
+    assert main(base) == 0
+    before = sorted_lines(tmp_path / "run")
+    assert main(base + ["lost.k_patches=50"]) == 2
+    err = capsys.readouterr().err
+    assert "another configuration" in err and "lost.k_patches: 100 in the run dir, 50 now" in err
+    assert sorted_lines(tmp_path / "run") == before
+    # Execution settings cannot change a box, so they may differ on resume.
+    assert main(base + ["batch_size=3"]) == 0
+    assert sorted_lines(tmp_path / "run") == before
+
+
+def test_keyboard_interrupt_then_resume_equals_uninterrupted(
+    small_voc: tuple[Path, list], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, _ = small_voc
+    args = ["eval", "--no-progress", "backbone=dino", "weights=random", "dataset=voc07", f"dataset.root={root}",
+            "batch_size=2", "num_workers=0"]
+    assert main(args + [f"run_dir={tmp_path / 'full'}"]) == 0
+
+    real = runner._discover_items
+    calls = {"n": 0}
+
+    def interrupt_on_third(*a, **k):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(runner, "_discover_items", interrupt_on_third)
+    assert main(args + [f"run_dir={tmp_path / 'cut'}"]) == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+    partial = read_preds(tmp_path / "cut")
+    assert 0 < len(partial) < 12
+    assert json.loads((tmp_path / "cut" / "metrics.json").read_text())["complete"] is False
+    monkeypatch.setattr(runner, "_discover_items", real)
+    assert main(args + [f"run_dir={tmp_path / 'cut'}"]) == 0
+    assert sorted_lines(tmp_path / "cut") == sorted_lines(tmp_path / "full")
+    assert metrics_without_timings(tmp_path / "cut") == metrics_without_timings(tmp_path / "full")
+    sessions = json.loads((tmp_path / "cut" / "run.json").read_text())["sessions"]
+    assert [s["interrupted"] for s in sessions] == [True, False]
+    assert sessions[1]["resumed_with"] == len(partial)
+
+
+_KILLER = textwrap.dedent("""
+    import os, signal, sys
+    from lostreg.evaluation import runner
+    from lostreg.cli.main import main
+
+    real_append = runner.PredictionStore.append
+    state = {"batches": 0}
+
+    def append_then_die(self, records):
+        records = list(records)
+        state["batches"] += 1
+        if state["batches"] == 3:
+            # Die in the middle of a write: half a line reaches the file, then SIGKILL.
+            import json
+            line = json.dumps(records[0]) + "\\n"
+            with self.path.open("a") as f:
+                f.write(line[: len(line) // 2])
+                f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_append(self, records)
+
+    runner.PredictionStore.append = append_then_die
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_sigkill_mid_write_then_resume_equals_uninterrupted(small_voc: tuple[Path, list], tmp_path: Path) -> None:
+    root, _ = small_voc
+    args = ["eval", "--no-progress", "backbone=pixels", "dataset=voc07", f"dataset.root={root}",
+            "batch_size=2", "num_workers=2"]
+    assert main(args + [f"run_dir={tmp_path / 'full'}"]) == 0
+    script = tmp_path / "killer.py"
+    script.write_text(_KILLER)
+    killed = subprocess.run([sys.executable, str(script), *args, f"run_dir={tmp_path / 'cut'}"],
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    raw = (tmp_path / "cut" / "preds.jsonl").read_text()
+    assert not raw.endswith("\n"), "the kill left a partial line"
+    resumed = subprocess.run([sys.executable, "-m", "lostreg.cli.main", *args, f"run_dir={tmp_path / 'cut'}"],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert sorted_lines(tmp_path / "cut") == sorted_lines(tmp_path / "full")
+    assert metrics_without_timings(tmp_path / "cut") == metrics_without_timings(tmp_path / "full")
+    ids = [p["image_id"] for p in read_preds(tmp_path / "cut")]
+    assert len(ids) == len(set(ids)) == 12, "no image counted twice"
+
+
+def test_multirun_sweeps_and_prints_the_table(small_voc: tuple[Path, list], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    root, _ = small_voc
+    code = main(["eval", "--multirun", "--no-progress", "backbone=pixels", "dataset=voc07", f"dataset.root={root}",
+                 "lost.k_patches=10,100", "num_workers=0", f"run_dir={tmp_path}/k${{lost.k_patches}}"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert (tmp_path / "k10" / "metrics.json").exists() and (tmp_path / "k100" / "metrics.json").exists()
+    assert out.count("CorLoc: ") == 2 and "|" in out
+
+
+def test_folder_dataset_has_boxes_but_no_corloc(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    images = synthetic.write_voc_dataset(tmp_path / "voc", n_images=3, seed=8)
+    folder = images[0].path.parent
+    code = main(["eval", "--no-progress", "backbone=pixels", "dataset=folder", f"dataset.root={folder}",
+                 "num_workers=0", f"run_dir={tmp_path / 'run'}"])
+    out = capsys.readouterr().out
+    assert code == 0 and "no ground truth" in out
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["corloc"] is None and metrics["total"] == 3
+
+
+def test_missing_dataset_shows_expected_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["eval", "backbone=pixels", "dataset=voc07", f"dataset.root={tmp_path}", f"run_dir={tmp_path / 'r'}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "VOC2007" in err and "Annotations" in err and "JPEGImages" in err
+
+
+def test_bad_override_is_one_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", "backbone=nonexistent"]) == 2
+    err = capsys.readouterr().err
+    assert "backbone/nonexistent" in err and "dinov2_reg" in err
