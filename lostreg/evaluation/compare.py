@@ -50,6 +50,9 @@ DATASET_LABELS = {"voc07": "VOC07", "voc12": "VOC12", "coco20k": "COCO20k", "coc
 MAIN_DATASETS = ("voc07", "voc12", "coco20k")
 
 # Protocol defaults of configs/config.yaml (the LOST paper's); only departures name a row.
+#: Backbones without weights: their ``weights`` setting is ignored by the builder.
+WEIGHT_FREE_BACKBONES = frozenset({"pixels"})
+
 DEFAULT_PROTOCOL: dict[str, Any] = {
     "which": "k", "layer": -1, "k_patches": 100, "gram_bias": 0.0, "max_size": None, "weights": "pretrained",
 }
@@ -108,8 +111,8 @@ class RunSummary:
 
     @property
     def is_random(self) -> bool:
-        """The backbone had random weights."""
-        return self.weights == "random"
+        """The backbone had random weights (weight-free backbones such as ``pixels`` never do)."""
+        return self.weights == "random" and self.backbone not in WEIGHT_FREE_BACKBONES
 
     @property
     def protocol(self) -> str:
@@ -125,7 +128,7 @@ class RunSummary:
             parts.append(f"bias={self.gram_bias:g}")
         if self.max_size is not None:
             parts.append(f"max_size={self.max_size}")
-        if self.weights != DEFAULT_PROTOCOL["weights"]:
+        if self.weights != DEFAULT_PROTOCOL["weights"] and self.backbone not in WEIGHT_FREE_BACKBONES:
             parts.append(f"weights={self.weights}")
         return " ".join(parts) or DEFAULT_PROTOCOL_TEXT
 

@@ -1,0 +1,176 @@
+"""Readers: exported label files back to lostreg boxes, and eval run directories.
+
+Label readers return boxes as ``(x1, y1, x2, y2)`` integer pixels, 0-based, max exclusive
+(:mod:`lostreg.boxes`), so an export read back compares with ``preds.jsonl`` to the pixel.
+The run reader never modifies the run directory (``lostreg eval`` may still be writing it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from lostreg.boxes import voc_to_xyxy
+from lostreg.evaluation.ap import image_order_key
+
+__all__ = [
+    "LabelBox",
+    "RunNotFoundError",
+    "VocLabels",
+    "default_root",
+    "read_run_config",
+    "read_run_predictions",
+    "read_voc_xml",
+    "read_yolo_txt",
+]
+
+Box = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class LabelBox:
+    """One labelled box: class (YOLO index or VOC name) and ``(x1, y1, x2, y2)`` pixels, max exclusive."""
+
+    label: int | str
+    box_xyxy: Box
+
+
+@dataclass(frozen=True)
+class VocLabels:
+    """A VOC annotation file: ``filename``, ``path`` (None if absent), image size, objects."""
+
+    filename: str
+    path: str | None
+    width: int
+    height: int
+    objects: tuple[LabelBox, ...]
+
+
+class RunNotFoundError(FileNotFoundError):
+    """The folder is not an eval run directory (no ``preds.jsonl``)."""
+
+
+def read_yolo_txt(path: str | os.PathLike[str], width: int, height: int) -> list[LabelBox]:
+    """Read a YOLO label file (``class cx cy w h`` per line, normalised) back to pixel boxes.
+
+    ``x1 = round((cx - w / 2) * W)``, ``x2 = round((cx + w / 2) * W)`` (y likewise with H):
+    the inverse of :func:`lostreg.export.formats.yolo_line`, exact to the pixel for
+    what it writes. Blank lines are skipped.
+
+    Raises:
+        ValueError: a line without 5 fields, or a normalised value outside [0, 1].
+    """
+    boxes = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 5:
+            raise ValueError(f"{path}:{number}: expected 'class cx cy w h', got {line!r}")
+        cx, cy, w, h = (float(v) for v in fields[1:])
+        if not all(0.0 <= v <= 1.0 for v in (cx, cy, w, h)):
+            raise ValueError(f"{path}:{number}: values must be normalised to [0, 1], got {line!r}")
+        box = (
+            round((cx - w / 2) * width), round((cy - h / 2) * height),
+            round((cx + w / 2) * width), round((cy + h / 2) * height),
+        )
+        boxes.append(LabelBox(int(fields[0]), box))
+    return boxes
+
+
+def _text(elem: ET.Element | None, tag: str, where: Path) -> str:
+    child = None if elem is None else elem.find(tag)
+    if child is None or child.text is None or not child.text.strip():
+        raise ValueError(f"{where}: missing <{tag}>")
+    return child.text.strip()
+
+
+def read_voc_xml(path: str | os.PathLike[str]) -> VocLabels:
+    """Read a VOC annotation: 1-based inclusive corners back to 0-based max-exclusive boxes.
+
+    Uses :func:`lostreg.boxes.voc_to_xyxy`, which refuses non-integer corners rather than
+    truncate them.
+
+    Raises:
+        ValueError: missing fields or non-integer values.
+        xml.etree.ElementTree.ParseError: not XML.
+    """
+    where = Path(path)
+    root = ET.parse(where).getroot()
+    size = root.find("size")
+    path_el = root.find("path")
+    objects = []
+    for obj in root.findall("object"):
+        bndbox = obj.find("bndbox")
+        corners = [_text(bndbox, t, where) for t in ("xmin", "ymin", "xmax", "ymax")]
+        objects.append(LabelBox(_text(obj, "name", where), voc_to_xyxy(*corners)))
+    return VocLabels(
+        filename=_text(root, "filename", where),
+        path=path_el.text.strip() if path_el is not None and path_el.text else None,
+        width=int(_text(size, "width", where)),
+        height=int(_text(size, "height", where)),
+        objects=tuple(objects),
+    )
+
+
+def read_run_predictions(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The records of ``<run_dir>/preds.jsonl``, sorted by image id (:func:`image_order_key`).
+
+    Read-only: a last line cut short by a kill (no newline) is ignored, not truncated; the
+    first record of an image id wins, as in the runner.
+
+    Raises:
+        RunNotFoundError: no ``preds.jsonl``.
+        ValueError: a corrupt complete line.
+    """
+    from lostreg.evaluation.runner import PREDS_FILE
+
+    preds_path = Path(run_dir) / PREDS_FILE
+    if not preds_path.is_file():
+        raise RunNotFoundError(f"{run_dir} is not an eval run directory: no {PREDS_FILE} in it")
+    data = preds_path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    records: dict[str, dict[str, Any]] = {}
+    for number, line in enumerate(complete.decode("utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{preds_path}:{number}: corrupt prediction line ({err})") from None
+        records.setdefault(str(record["image_id"]), record)
+    return sorted(records.values(), key=lambda r: image_order_key(r["image_id"]))
+
+
+def read_run_config(run_dir: str | os.PathLike[str]) -> DictConfig | None:
+    """The run's ``config.yaml`` (None when absent)."""
+    from lostreg.evaluation.runner import CONFIG_FILE
+
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        return None
+    cfg = OmegaConf.load(path)
+    return cfg if isinstance(cfg, DictConfig) else None
+
+
+def default_root(cfg: DictConfig | None) -> Path | None:
+    """The folder export paths are relative to by default: the run's dataset root.
+
+    ``dataset.image_dir`` for ``coco``, ``dataset.root`` for ``voc07``, ``voc12``,
+    ``coco20k`` and ``folder`` (its parent when the folder dataset was one image file).
+    None when unknown (then paths are written absolute).
+    """
+    if cfg is None or "dataset" not in cfg:
+        return None
+    dataset = cfg.dataset
+    value = dataset.get("image_dir") if str(dataset.get("name")) == "coco" else dataset.get("root")
+    if value is None:
+        return None
+    root = Path(os.path.expanduser(str(value)))
+    return root.parent if root.is_file() else root
