@@ -10,7 +10,7 @@ import sys
 from typing import Callable, Sequence
 
 from lostreg import __version__
-from lostreg.cli import backbones_cmd, compare_cmd, data_cmd, discover_cmd, eval_cmd
+from lostreg.cli import backbones_cmd, compare_cmd, data_cmd, discover_cmd, eval_cmd, export_cmd
 
 # name -> (add_arguments, run)
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {
@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[a
     "eval": (eval_cmd.add_arguments, eval_cmd.run, "CorLoc of LOST on a dataset (hydra overrides)"),
     "compare": (compare_cmd.add_arguments, compare_cmd.run, "CorLoc table of eval runs beside published numbers"),
     "data": (data_cmd.add_arguments, data_cmd.run, "check dataset layouts, fetch the COCO20k list"),
+    "export": (export_cmd.add_arguments, export_cmd.run, "write pseudo-boxes for detector training"),
     "backbones": (backbones_cmd.add_arguments, backbones_cmd.run, "list the backbones lostreg knows"),
 }
 

@@ -11,6 +11,8 @@ Conventions (stated because each one changes the number):
 * **Boxes.** ``box_xyxy`` and ``gt_boxes_xyxy`` of the ``preds.jsonl`` lines are integer
   pixels, max exclusive; they are given to COCOeval as ``[x1, y1, x2 - x1, y2 - y1]``.
   COCOeval's box IoU has no "+1" pixel term, so it equals :func:`lostreg.boxes.iou_xyxy`.
+  The ground truth is the run's (integer boxes; COCO crowd boxes already dropped by the
+  reader), so COCOeval on a dataset's original float annotations can differ slightly.
 * **Scores.** LOST gives one box per image and no confidence, so every detection gets
   score 1.0. All detections then tie, and the precision/recall curve depends on the order
   of the tied detections. COCOeval sorts detections by score with numpy's *stable*

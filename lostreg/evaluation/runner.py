@@ -60,26 +60,39 @@ class PredictionStore:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def load(self) -> dict[str, dict[str, Any]]:
-        """Records by image id. Truncates a partial last line left by a kill."""
+    def read(self) -> dict[str, dict[str, Any]]:
+        """Records by image id, read-only: a partial last line (left by a kill) is ignored.
+
+        Raises:
+            ValueError: a complete line that is not JSON, naming the file and line.
+        """
         if not self.path.exists():
             return {}
-        data = self.path.read_bytes()
-        complete = data[: data.rfind(b"\n") + 1]
-        if len(complete) != len(data):
-            with self.path.open("r+b") as f:
-                f.truncate(len(complete))
         records: dict[str, dict[str, Any]] = {}
-        for number, line in enumerate(complete.decode("utf-8").splitlines(), start=1):
+        for number, line in enumerate(self._complete_bytes().decode("utf-8").splitlines(), start=1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise RuntimeError(f"{self.path}:{number}: corrupt prediction line ({err})") from None
+                raise ValueError(f"{self.path}:{number}: corrupt prediction line ({err})") from None
             # First occurrence wins; later duplicates cannot appear through this class.
             records.setdefault(str(record["image_id"]), record)
         return records
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        """:meth:`read`, then truncate a partial last line so that appends start on a line."""
+        records = self.read()
+        if self.path.exists():
+            complete = len(self._complete_bytes())
+            if complete != self.path.stat().st_size:
+                with self.path.open("r+b") as f:
+                    f.truncate(complete)
+        return records
+
+    def _complete_bytes(self) -> bytes:
+        data = self.path.read_bytes()
+        return data[: data.rfind(b"\n") + 1]
 
     def append(self, records: Iterable[dict[str, Any]]) -> None:
         lines = "".join(json.dumps(r) + "\n" for r in records)

@@ -121,7 +121,8 @@ def split_failed(records: Sequence[Record]) -> tuple[list[Record], list[FailedIm
     for record in records:
         if is_failed(record):
             error = record.get("error") or "no box"
-            failed.append(FailedImage(str(record["image_id"]), str(record.get("image", "")), " ".join(str(error).split())))
+            one_line = " ".join(str(error).split())
+            failed.append(FailedImage(str(record["image_id"]), str(record.get("image", "")), one_line))
         else:
             ok.append(record)
     return ok, failed

@@ -7,7 +7,6 @@ The run reader never modifies the run directory (``lostreg eval`` may still be w
 
 from __future__ import annotations
 
-import json
 import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ __all__ = [
     "RunNotFoundError",
     "VocLabels",
     "default_root",
+    "parse_yolo_line",
     "read_run_config",
     "read_run_predictions",
     "read_voc_xml",
@@ -56,31 +56,48 @@ class RunNotFoundError(FileNotFoundError):
     """The folder is not an eval run directory (no ``preds.jsonl``)."""
 
 
-def read_yolo_txt(path: str | os.PathLike[str], width: int, height: int) -> list[LabelBox]:
-    """Read a YOLO label file (``class cx cy w h`` per line, normalised) back to pixel boxes.
+def parse_yolo_line(line: str, width: int, height: int) -> LabelBox:
+    """One YOLO line ``class cx cy w h`` (normalised) back to a pixel box.
 
     ``x1 = round((cx - w / 2) * W)``, ``x2 = round((cx + w / 2) * W)`` (y likewise with H):
-    the inverse of :func:`lostreg.export.formats.yolo_line`, exact to the pixel for
-    what it writes. Blank lines are skipped.
+    the inverse of :func:`lostreg.export.formats.yolo_line`, exact to the pixel for what
+    it writes.
 
     Raises:
-        ValueError: a line without 5 fields, or a normalised value outside [0, 1].
+        ValueError: not 5 fields, or a normalised value outside [0, 1].
+    """
+    fields = line.split()
+    if len(fields) != 5:
+        raise ValueError(f"expected 'class cx cy w h', got {line!r}")
+    cx, cy, w, h = (float(v) for v in fields[1:])
+    if not all(0.0 <= v <= 1.0 for v in (cx, cy, w, h)):
+        raise ValueError(f"YOLO values must be normalised to [0, 1], got {line!r}")
+    box = (
+        round((cx - w / 2) * width), round((cy - h / 2) * height),
+        round((cx + w / 2) * width), round((cy + h / 2) * height),
+    )
+    return LabelBox(int(fields[0]), box)
+
+
+def read_yolo_txt(path: str | os.PathLike[str], width: int, height: int) -> list[LabelBox]:
+    """Read a YOLO label file (one :func:`parse_yolo_line` per non-blank line).
+
+    Args:
+        path: ``labels/<stem>.txt``.
+        width: Width W of the image the labels belong to (YOLO files do not store it).
+        height: Height H.
+
+    Raises:
+        ValueError: a malformed line, with file and line number.
     """
     boxes = []
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        fields = line.split()
-        if not fields:
+        if not line.strip():
             continue
-        if len(fields) != 5:
-            raise ValueError(f"{path}:{number}: expected 'class cx cy w h', got {line!r}")
-        cx, cy, w, h = (float(v) for v in fields[1:])
-        if not all(0.0 <= v <= 1.0 for v in (cx, cy, w, h)):
-            raise ValueError(f"{path}:{number}: values must be normalised to [0, 1], got {line!r}")
-        box = (
-            round((cx - w / 2) * width), round((cy - h / 2) * height),
-            round((cx + w / 2) * width), round((cy + h / 2) * height),
-        )
-        boxes.append(LabelBox(int(fields[0]), box))
+        try:
+            boxes.append(parse_yolo_line(line, width, height))
+        except ValueError as err:
+            raise ValueError(f"{path}:{number}: {err}") from None
     return boxes
 
 
@@ -129,22 +146,12 @@ def read_run_predictions(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]
         RunNotFoundError: no ``preds.jsonl``.
         ValueError: a corrupt complete line.
     """
-    from lostreg.evaluation.runner import PREDS_FILE
+    from lostreg.evaluation.runner import PREDS_FILE, PredictionStore
 
     preds_path = Path(run_dir) / PREDS_FILE
     if not preds_path.is_file():
         raise RunNotFoundError(f"{run_dir} is not an eval run directory: no {PREDS_FILE} in it")
-    data = preds_path.read_bytes()
-    complete = data[: data.rfind(b"\n") + 1]
-    records: dict[str, dict[str, Any]] = {}
-    for number, line in enumerate(complete.decode("utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{preds_path}:{number}: corrupt prediction line ({err})") from None
-        records.setdefault(str(record["image_id"]), record)
+    records = PredictionStore(preds_path).read()
     return sorted(records.values(), key=lambda r: image_order_key(r["image_id"]))
 
 
