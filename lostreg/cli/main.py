@@ -10,7 +10,7 @@ import sys
 from typing import Callable, Sequence
 
 from lostreg import __version__
-from lostreg.cli import backbones_cmd, compare_cmd, data_cmd, discover_cmd, eval_cmd, export_cmd
+from lostreg.cli import backbones_cmd, compare_cmd, data_cmd, discover_cmd, eval_cmd, export_cmd, inspect_cmd, report_cmd
 
 # name -> (add_arguments, run)
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {
@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[a
     "compare": (compare_cmd.add_arguments, compare_cmd.run, "CorLoc table of eval runs beside published numbers"),
     "data": (data_cmd.add_arguments, data_cmd.run, "check dataset layouts, fetch the COCO20k list"),
     "export": (export_cmd.add_arguments, export_cmd.run, "write pseudo-boxes for detector training"),
+    "report": (report_cmd.add_arguments, report_cmd.run, "self-contained HTML report of eval runs"),
+    "inspect": (inspect_cmd.add_arguments, inspect_cmd.run, "diagnostic figures: token norms, attention, PCA, LOST internals"),
     "backbones": (backbones_cmd.add_arguments, backbones_cmd.run, "list the backbones lostreg knows"),
 }
 

@@ -1,1 +1,1 @@
-"""Pictures: boxes and seeds drawn on images (diagnostic figures come later)."""
+"""Pictures: boxes and seeds drawn on images (diagnostic figures: lostreg.diagnostics.figures)."""

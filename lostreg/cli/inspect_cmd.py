@@ -1,0 +1,254 @@
+"""``lostreg inspect``: diagnostic figures of one image: token norms, attention, PCA, LOST internals.
+
+    lostreg inspect photo.jpg --backbone dinov2 --output out/
+    lostreg inspect photo.jpg --compare dino,dinov2,dinov2_reg --output out/
+    lostreg inspect skimage:astronaut --compare dino,dinov2_reg --weights dino=dino.pth,dinov2_reg=reg.pth
+
+Writes into ``--output``, per backbone ``<name>_norms.png``, ``<name>_attention.png`` (not for
+backbones without attention, such as ``pixels``: the summary says why), ``<name>_pca.png`` and
+``<name>_lost.png``; ``compare.png`` (one column per backbone) when there are several; and
+``summary.json``. stdout: one JSON line per backbone (``backbone``, ``outlier_share``,
+``max_norm``, ``seed_rc``, ``box_xyxy``). Exit code 0 on success, 1 when the image could not be
+read or a backbone failed on it, 2 when nothing could run (bad option, backbone or weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lostreg.backbones import (
+    Backbone,
+    UnknownBackboneError,
+    WeightsError,
+    WeightsUnavailableError,
+    build_backbone,
+    resolve_backbone,
+)
+from lostreg.discovery import LostConfig
+from lostreg.io.images import ImageReadError, load_image_rgb
+from lostreg.preprocess import ImageTooSmallError
+from lostreg.samples import SAMPLES
+
+DEFAULT_BACKBONE = "dinov2_reg"
+DEFAULT_MAX_SIZE = 1024
+SAMPLE_PREFIX = "skimage:"
+SUMMARY_FILE = "summary.json"
+COMPARE_FILE = "compare.png"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("image", help=f"an image file, or {SAMPLE_PREFIX}NAME for a bundled photo "
+                                      f"({', '.join(SAMPLES)})")
+    parser.add_argument("--backbone", default=None,
+                        help=f"backbone name or alias (default {DEFAULT_BACKBONE} when --compare is not given)")
+    parser.add_argument("--compare", default=None, metavar="A,B,C",
+                        help="several backbones side by side, e.g. dino,dinov2,dinov2_reg (after --backbone if given)")
+    parser.add_argument("--weights", default="pretrained",
+                        help="for every backbone: 'pretrained' (timm hub, cached), 'random' (pipeline test only) or "
+                             "a checkpoint path; or per backbone: dino=PATH,dinov2_reg=PATH (others: pretrained; "
+                             "a bare item sets the default, e.g. random,dino=PATH)")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--output", type=Path, required=True, help="folder for the PNG figures and summary.json")
+    parser.add_argument("--norm-threshold", default="mad", metavar="mad|mad:K|150|FLOAT",
+                        help="high-norm outlier rule: 'mad' = median + 5*1.4826*MAD of the image's norms (default), "
+                             "'mad:K' another K, or a fixed norm such as the registers paper's 150 (stated for its own "
+                             "large DINOv2 models; norms of other models differ)")
+    parser.add_argument("--norm-source", choices=["final", "prenorm"], default="final",
+                        help="token norms after the final LayerNorm (default; timm forward_features, DINOv2's "
+                             "x_norm_patchtokens) or of the last block's output before it")
+    parser.add_argument("--max-size", type=int, default=DEFAULT_MAX_SIZE,
+                        help=f"downscale images whose longer side exceeds this first (default {DEFAULT_MAX_SIZE}; "
+                             "0 = native resolution)")
+    parser.add_argument("--k-patches", type=int, default=100, help="LOST k (default 100)")
+    parser.add_argument("--gram-bias", type=float, default=0.0, help="added to the Gram matrix (default 0)")
+    parser.add_argument("--which", choices=["q", "k", "v"], default="k", help="LOST features (default k)")
+    parser.add_argument("--layer", type=int, default=-1,
+                        help="block of LOST's features and of the attention maps, negative from the end (default -1)")
+
+
+def _error(message: str) -> None:
+    print(f"lostreg: error: {message}", file=sys.stderr)
+
+
+def backbone_names(backbone: str | None, compare: str | None) -> list[str]:
+    """Canonical backbone names to inspect, in order, without duplicates.
+
+    Raises:
+        UnknownBackboneError: a name is unknown.
+    """
+    requested = ([backbone] if backbone else []) + [n.strip() for n in (compare or "").split(",") if n.strip()]
+    if not requested:
+        requested = [DEFAULT_BACKBONE]
+    names: list[str] = []
+    for name in requested:
+        canonical = resolve_backbone(name).name
+        if canonical not in names:
+            names.append(canonical)
+    return names
+
+
+def parse_weights(text: str, names: list[str]) -> dict[str, str]:
+    """``--weights`` -> weights per canonical backbone name.
+
+    A value without ``NAME=`` applies to every backbone (an existing file path is always taken
+    whole, even with ``=`` or ``,`` in it); ``NAME=VALUE`` items set one backbone each (aliases
+    accepted); a bare item among them sets the default of the others (else ``pretrained``).
+
+    Raises:
+        ValueError: unknown or not-inspected backbone in an item, two defaults, or an empty value.
+    """
+    if Path(text).exists() or "=" not in text:
+        return {name: text for name in names}
+    default: str | None = None
+    chosen: dict[str, str] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if "=" not in item:
+            if default is not None:
+                raise ValueError(f"--weights: two defaults ({default!r}, {item!r}); name the backbone: NAME=VALUE")
+            default = item
+            continue
+        key, value = (s.strip() for s in item.split("=", 1))
+        try:
+            canonical = resolve_backbone(key).name
+        except UnknownBackboneError:
+            raise ValueError(f"--weights: {key!r} is not a backbone name (expected NAME=VALUE items)") from None
+        if canonical not in names:
+            raise ValueError(f"--weights: {key!r} is not among the inspected backbones ({', '.join(names)})")
+        if not value:
+            raise ValueError(f"--weights: no value for {key!r}")
+        chosen[canonical] = value
+    return {name: chosen.get(name, default or "pretrained") for name in names}
+
+
+def _load_image(text: str) -> np.ndarray:
+    if text.startswith(SAMPLE_PREFIX) and not Path(text).exists():
+        sample = text[len(SAMPLE_PREFIX):]
+        if sample not in SAMPLES:
+            raise ImageReadError(text, f"unknown sample; choose one of {', '.join(SAMPLES)}")
+        return SAMPLES[sample]()
+    return load_image_rgb(text)
+
+
+def _build(names: list[str], weights: dict[str, str], device: str) -> list[Backbone]:
+    backbones = []
+    for name in names:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the random-weights warning is printed below, louder
+            backbone = build_backbone(name, weights=weights[name], device=device)
+        if backbone.is_random:
+            print(f"WARNING: {backbone.name} has RANDOM weights (--weights random): every map and box is "
+                  "meaningless; use this only to test the pipeline.", file=sys.stderr)
+        backbones.append(backbone)
+    return backbones
+
+
+def run(args: argparse.Namespace) -> int:
+    # Imported here: matplotlib and the diagnostics are only needed by this command.
+    from lostreg.diagnostics.figures import (
+        attention_figure,
+        comparison_figure,
+        lost_figure,
+        norms_figure,
+        pca_figure,
+        save_figure,
+    )
+    from lostreg.diagnostics.tokens import NormThreshold, inspect_image
+
+    try:
+        threshold = NormThreshold.parse(args.norm_threshold)
+        if args.k_patches < 1:
+            raise ValueError(f"--k-patches must be >= 1, got {args.k_patches}")
+        if args.max_size < 0:
+            raise ValueError(f"--max-size must be >= 0, got {args.max_size}")
+        names = backbone_names(args.backbone, args.compare)
+        weights = parse_weights(args.weights, names)
+    except (UnknownBackboneError, ValueError) as err:
+        _error(str(err))
+        return 2
+
+    try:
+        image = _load_image(args.image)
+    except ImageReadError as err:
+        _error(str(err))
+        return 1
+
+    try:
+        backbones = _build(names, weights, args.device)
+    except (UnknownBackboneError, WeightsError, WeightsUnavailableError, ValueError) as err:
+        _error(str(err))
+        return 2
+
+    for backbone in backbones:
+        blocks = len(getattr(getattr(backbone, "model", None), "blocks", ()))
+        if blocks and not -blocks <= args.layer < blocks:
+            _error(f"{backbone.name} has {blocks} blocks; --layer must be in [{-blocks}, {blocks - 1}], got {args.layer}")
+            return 2
+
+    config = LostConfig(k_patches=args.k_patches, gram_bias=args.gram_bias, which=args.which, layer=args.layer)
+    max_size = args.max_size or None
+    out_dir: Path = args.output
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    inspections = []
+    records: list[dict[str, Any]] = []
+    for backbone in backbones:
+        if backbone.name == "pixels" and (config.which != "k" or config.layer != -1):
+            # pixels has no layers: its features ignore --which/--layer, as discover refuses them.
+            cfg = LostConfig(k_patches=config.k_patches, gram_bias=config.gram_bias)
+        else:
+            cfg = config
+        try:
+            insp = inspect_image(backbone, image, args.image, cfg, max_size=max_size,
+                                 norm_source=args.norm_source, threshold=threshold)
+        except ImageTooSmallError as err:
+            _error(f"{args.image}: {err}")
+            return 1
+        except Exception as err:  # e.g. CUDA out of memory, a bad --layer: report, go on with the others
+            _error(f"{args.image}: {backbone.name}: {type(err).__name__}: {err}")
+            records.append({"backbone": backbone.name, "error": f"{type(err).__name__}: {err}"})
+            failed += 1
+            continue
+        figures = {"norms": norms_figure(insp), "pca": pca_figure(insp), "lost": lost_figure(insp)}
+        if insp.cls_attention is not None or insp.register_attention is not None:
+            figures["attention"] = attention_figure(insp)
+        record = insp.summary()
+        record["figures"] = {}
+        for kind, fig in figures.items():
+            name = f"{insp.backbone}_{kind}.png"
+            save_figure(fig, out_dir / name)
+            record["figures"][kind] = name
+        if cfg is not config:
+            record["note"] = "pixels has no layers: --which/--layer do not apply"
+        inspections.append(insp)
+        records.append(record)
+        print(json.dumps({key: record[key] for key in ("backbone", "outlier_share", "max_norm", "seed_rc", "box_xyxy")}))
+        sys.stdout.flush()
+
+    compare_name = None
+    if len(inspections) > 1:
+        save_figure(comparison_figure(inspections), out_dir / COMPARE_FILE)
+        compare_name = COMPARE_FILE
+    summary = {
+        "image": args.image,
+        "width": int(image.shape[1]),
+        "height": int(image.shape[0]),
+        "max_size": max_size,
+        "norm_threshold": str(threshold),
+        "norm_source": args.norm_source,
+        "lost": {"k_patches": config.k_patches, "gram_bias": config.gram_bias, "which": config.which,
+                 "layer": config.layer},
+        "backbones": records,
+        "comparison_figure": compare_name,
+    }
+    (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"figures and {SUMMARY_FILE} in {out_dir}", file=sys.stderr)
+    return 1 if failed else 0

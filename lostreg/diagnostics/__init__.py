@@ -1,0 +1,53 @@
+"""Why LOST works or fails on an image: token norms, attention, PCA and LOST's internals.
+
+* :mod:`lostreg.diagnostics.tokens`: the numbers (pure tensor code): :func:`inspect_image` runs
+  everything for one image and backbone and returns an :class:`Inspection`.
+* :mod:`lostreg.diagnostics.figures`: matplotlib figures of inspections, one backbone or several
+  side by side.
+
+``lostreg inspect`` is the command-line front end.
+"""
+
+from lostreg.diagnostics.tokens import (
+    DEFAULT_MAD_K,
+    MAD_TO_SIGMA,
+    PAPER_NORM_THRESHOLD,
+    Inspection,
+    LostMaps,
+    NormOutliers,
+    NormSource,
+    NormThreshold,
+    PrefixAttention,
+    ViTTrace,
+    find_outliers,
+    inspect_image,
+    lost_maps,
+    patch_token_norms,
+    pca_project,
+    pca_rgb,
+    prefix_attention,
+    robust_threshold,
+    trace_vit,
+)
+
+__all__ = [
+    "DEFAULT_MAD_K",
+    "MAD_TO_SIGMA",
+    "PAPER_NORM_THRESHOLD",
+    "Inspection",
+    "LostMaps",
+    "NormOutliers",
+    "NormSource",
+    "NormThreshold",
+    "PrefixAttention",
+    "ViTTrace",
+    "find_outliers",
+    "inspect_image",
+    "lost_maps",
+    "patch_token_norms",
+    "pca_project",
+    "pca_rgb",
+    "prefix_attention",
+    "robust_threshold",
+    "trace_vit",
+]

@@ -1,0 +1,669 @@
+"""Token diagnostics: output-token norms, high-norm outliers, prefix-token attention, PCA, LOST maps.
+
+Pure computations, no plotting (:mod:`lostreg.diagnostics.figures` draws them). Conventions:
+
+* Token order is ``[CLS, register_1..register_R, patches row-major]`` (timm's), so a patch
+  tensor reshapes to ``(rows, cols)`` of the padded image's patch grid; padded patches are
+  included, as they are in LOST.
+* **Output-token norms** are L2 norms of the patch tokens. ``norm_source="final"`` (default) takes
+  them after the model's final LayerNorm, i.e. what timm's ``forward_features`` returns and
+  DINOv2's ``x_norm_patchtokens``, the features users take from these models; ``"prenorm"``
+  takes the raw output of the last block, before that LayerNorm (the LayerNorm rescales every
+  token, so how far the artifacts stand out can differ between the two; both are offered). The
+  registers paper's absolute threshold of 150 was stated for the output tokens of its own large
+  DINOv2 models; norms depend on width, depth, weights and the norm source, so 150 need not mean
+  anything for ViT-S, for ``prenorm`` or for random weights. The default rule is therefore
+  relative to the image's own norms: :func:`robust_threshold`.
+* **Attention maps** are recomputed from block ``layer``'s q and k exactly as the model does
+  (q and k norm layers, ``scale = head_dim ** -0.5``, softmax over **all** tokens, prefix tokens
+  included); the patch columns of the CLS and register rows are then reshaped to the grid. A
+  map therefore sums to the query's attention mass on patches, not to 1.
+* **PCA** runs on the same tokens as the norms, in float64, via ``eigh`` of the smaller Gram
+  matrix of the centred tokens (deterministic, unlike ``torch.pca_lowrank``'s random
+  projections), with the sign of each component fixed so that its largest-magnitude score is
+  positive.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from lostreg.backbones.base import Backbone
+from lostreg.backbones.vit import TimmViTBackbone
+from lostreg.boxes import patch_box_to_pixels, rescale_box_xyxy
+from lostreg.discovery import LostConfig
+from lostreg.lost import LostResult, lost
+from lostreg.precision import strict_fp32
+from lostreg.preprocess import downscale_to_max_size, to_padded_tensor
+
+__all__ = [
+    "DEFAULT_MAD_K",
+    "MAD_TO_SIGMA",
+    "PAPER_NORM_THRESHOLD",
+    "Inspection",
+    "LostMaps",
+    "NormOutliers",
+    "NormSource",
+    "NormThreshold",
+    "PrefixAttention",
+    "ViTTrace",
+    "find_outliers",
+    "inspect_image",
+    "lost_maps",
+    "patch_token_norms",
+    "pca_project",
+    "pca_rgb",
+    "prefix_attention",
+    "robust_threshold",
+    "trace_vit",
+]
+
+NormSource = Literal["final", "prenorm"]
+
+#: Scale that turns a median absolute deviation into a standard deviation for normal data.
+MAD_TO_SIGMA = 1.4826
+#: Default k of ``median + k * MAD``. Five robust standard deviations: for Gaussian-like norms a
+#: false alarm is ~3e-7 per token (one token in about 3500 VOC-sized images at p=14), while the artifacts
+#: of the registers paper sit at several times the typical norm, far beyond 5 sigma. k=3 would flag
+#: about one ordinary token per VOC image (0.13% of ~1000) and blur the "share" it reports.
+DEFAULT_MAD_K = 5.0
+#: The registers paper's absolute cut ("norm > 150"), stated for its own large DINOv2 models.
+PAPER_NORM_THRESHOLD = 150.0
+
+
+# --- one forward pass --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ViTTrace:
+    """What one forward pass of a timm ViT gives the diagnostics.
+
+    Attributes:
+        final: (B, T, D) float32, tokens after the final norm (timm ``forward_features``).
+        prenorm: (B, T, D) float32, output of the last block, before the final norm.
+        qkv: (B, T, 3*D) float32, block ``layer``'s qkv-linear output (LOST's features come from it).
+        layer: Non-negative index of the block whose qkv is kept.
+        num_prefix_tokens: CLS + registers at the start of T.
+        num_registers: R (0 without registers).
+        has_class_token: Whether token 0 is a CLS token.
+        grid_hw: (rows, cols); T = num_prefix_tokens + rows * cols.
+    """
+
+    final: torch.Tensor
+    prenorm: torch.Tensor
+    qkv: torch.Tensor
+    layer: int
+    num_prefix_tokens: int
+    num_registers: int
+    has_class_token: bool
+    grid_hw: tuple[int, int]
+
+
+def _block_index(num_blocks: int, layer: int) -> int:
+    if not -num_blocks <= layer < num_blocks:
+        raise ValueError(f"the model has {num_blocks} blocks; layer must be in [{-num_blocks}, {num_blocks - 1}], got {layer}")
+    return layer % num_blocks
+
+
+def trace_vit(backbone: TimmViTBackbone, images: torch.Tensor, layer: int = -1) -> ViTTrace:
+    """Run all blocks once, keeping the final tokens and block ``layer``'s qkv.
+
+    The block calls are those of :meth:`TimmViTBackbone.extract` (same modules, same order, fp32
+    without TF32), so the k slice of :attr:`ViTTrace.qkv` equals ``extract(images, "k", layer)``
+    bit for bit on the same device and batch.
+
+    Args:
+        backbone: a built ViT backbone.
+        images: (B, 3, H, W) normalised and padded (H, W multiples of the patch size).
+        layer: block whose qkv is kept, negative from the end.
+    """
+    model = backbone.model
+    index = _block_index(len(model.blocks), layer)
+    p = backbone.patch_size
+    images = images.to(backbone.device, torch.float32)
+    grid_hw = (int(images.shape[-2]) // p, int(images.shape[-1]) // p)
+    with torch.inference_mode(), strict_fp32():
+        x = backbone.tokens(images)
+        qkv = None
+        for i, block in enumerate(model.blocks):
+            if i == index:
+                qkv = block.attn.qkv(block.norm1(x))
+            x = block(x)
+        final = model.norm(x)
+    assert qkv is not None
+    return ViTTrace(
+        final=final.float(),
+        prenorm=x.float(),
+        qkv=qkv.float(),
+        layer=index,
+        num_prefix_tokens=backbone.num_prefix_tokens,
+        num_registers=backbone.num_registers,
+        has_class_token=getattr(model, "cls_token", None) is not None,
+        grid_hw=grid_hw,
+    )
+
+
+def patch_token_norms(tokens: torch.Tensor, num_prefix_tokens: int, grid_hw: tuple[int, int]) -> torch.Tensor:
+    """L2 norms of the patch tokens on the grid.
+
+    Args:
+        tokens: (B, num_prefix_tokens + rows*cols, D).
+        num_prefix_tokens: leading tokens to drop.
+        grid_hw: (rows, cols).
+
+    Returns:
+        (B, rows, cols) float32.
+    """
+    rows, cols = grid_hw
+    patches = tokens[:, num_prefix_tokens:]
+    if patches.shape[1] != rows * cols:
+        raise ValueError(f"{patches.shape[1]} patch tokens do not fill a {rows}x{cols} grid")
+    return torch.linalg.vector_norm(patches.float(), dim=-1).reshape(-1, rows, cols)
+
+
+# --- high-norm outliers ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NormThreshold:
+    """How the outlier threshold is chosen.
+
+    Attributes:
+        kind: ``"mad"`` (``median + k * 1.4826 * MAD`` of the image's own norms) or
+            ``"absolute"`` (a fixed norm value, e.g. the paper's 150).
+        value: k for ``mad``, the norm for ``absolute``.
+    """
+
+    kind: Literal["mad", "absolute"] = "mad"
+    value: float = DEFAULT_MAD_K
+
+    @classmethod
+    def parse(cls, text: str) -> "NormThreshold":
+        """``"mad"``, ``"mad:K"``, or a positive number (``"150"``: the paper's cut).
+
+        Raises:
+            ValueError: anything else (one line).
+        """
+        text = str(text).strip().lower()
+        match = re.fullmatch(r"mad(?::(.+))?", text)
+        try:
+            if match:
+                k = DEFAULT_MAD_K if match.group(1) is None else float(match.group(1))
+                if not math.isfinite(k) or k < 0:
+                    raise ValueError
+                return cls("mad", k)
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"norm threshold must be 'mad', 'mad:K' (K >= 0) or a positive number, got {text!r}") from None
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"norm threshold must be a positive number, got {text!r}")
+        return cls("absolute", value)
+
+    def __str__(self) -> str:
+        return f"mad:{self.value:g}" if self.kind == "mad" else f"{self.value:g}"
+
+    def describe(self) -> str:
+        """Human-readable rule, e.g. ``median + 5 MAD`` or ``norm > 150``."""
+        return f"median + {self.value:g}·1.4826·MAD" if self.kind == "mad" else f"fixed {self.value:g}"
+
+
+def robust_threshold(values: torch.Tensor | np.ndarray, k: float = DEFAULT_MAD_K) -> tuple[float, float, float]:
+    """``median + k * 1.4826 * MAD`` of ``values`` (any shape, flattened).
+
+    The median and MAD ignore the few large values being looked for, unlike mean + k*std, which
+    the artifacts themselves inflate. The true median is used (mean of the two middle values for
+    an even count). If MAD is 0 (at least half the values equal), the threshold is the median.
+
+    Returns:
+        (threshold, median, mad), mad unscaled; float64 arithmetic.
+    """
+    v = torch.as_tensor(values).detach().to("cpu", torch.float64).flatten()
+    if v.numel() == 0:
+        raise ValueError("no values")
+    median = float(torch.quantile(v, 0.5))
+    mad = float(torch.quantile((v - median).abs(), 0.5))
+    return median + float(k) * MAD_TO_SIGMA * mad, median, mad
+
+
+@dataclass(frozen=True)
+class NormOutliers:
+    """High-norm tokens of one image.
+
+    Attributes:
+        threshold: norms strictly above it are outliers.
+        rule: the rule that gave :attr:`threshold`.
+        median: median norm.
+        mad: median absolute deviation (unscaled).
+        mask: (rows, cols) bool numpy array, True at outliers.
+        max_norm: largest norm.
+    """
+
+    threshold: float
+    rule: NormThreshold
+    median: float
+    mad: float
+    mask: np.ndarray
+    max_norm: float
+
+    @property
+    def count(self) -> int:
+        return int(self.mask.sum())
+
+    @property
+    def share(self) -> float:
+        """Outliers / patches, in [0, 1]."""
+        return self.count / max(1, self.mask.size)
+
+    @property
+    def positions_rc(self) -> list[tuple[int, int]]:
+        """(row, col) of each outlier, row-major."""
+        return [(int(r), int(c)) for r, c in zip(*np.nonzero(self.mask))]
+
+
+def find_outliers(norms: torch.Tensor | np.ndarray, rule: NormThreshold = NormThreshold()) -> NormOutliers:
+    """Flag high-norm tokens of one image.
+
+    Args:
+        norms: (rows, cols) norms of one image.
+        rule: :class:`NormThreshold`.
+    """
+    arr = torch.as_tensor(norms).detach().to("cpu", torch.float64).numpy()
+    threshold, median, mad = robust_threshold(arr, rule.value if rule.kind == "mad" else 0.0)
+    if rule.kind == "absolute":
+        threshold = float(rule.value)
+    return NormOutliers(threshold=threshold, rule=rule, median=median, mad=mad,
+                        mask=arr > threshold, max_norm=float(arr.max()))
+
+
+# --- attention of the prefix tokens ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PrefixAttention:
+    """Attention of the CLS and register queries over the patches, per head.
+
+    Attributes:
+        cls: (B, H, rows, cols) float32, or None for a model without CLS token.
+        registers: (B, R, H, rows, cols) float32 (R may be 0).
+        patch_mass: (B, P, H) float32: each prefix query's total attention on patches (the sum
+            of its map); 1 - patch_mass went to prefix tokens.
+    """
+
+    cls: torch.Tensor | None
+    registers: torch.Tensor
+    patch_mass: torch.Tensor
+
+
+def prefix_attention(
+    qkv: torch.Tensor,
+    attn: nn.Module,
+    num_prefix_tokens: int,
+    grid_hw: tuple[int, int],
+    has_class_token: bool = True,
+) -> PrefixAttention:
+    """Attention maps of the prefix queries, recomputed from one block's qkv as the model does.
+
+    Args:
+        qkv: (B, T, 3*D) output of ``attn.qkv`` (channels q | k | v, heads in order within each).
+        attn: that block's timm ``Attention`` (gives ``num_heads``, ``scale``, ``q_norm``, ``k_norm``).
+        num_prefix_tokens: P = CLS (if any) + registers.
+        grid_hw: (rows, cols), with T = P + rows*cols.
+        has_class_token: whether token 0 is CLS (else all prefix tokens are registers).
+
+    Returns:
+        :class:`PrefixAttention`. Only the P prefix rows of the (T, T) matrix are formed.
+    """
+    batch, tokens, channels = qkv.shape
+    heads = int(attn.num_heads)
+    head_dim = channels // (3 * heads)
+    rows, cols = grid_hw
+    if tokens != num_prefix_tokens + rows * cols:
+        raise ValueError(f"{tokens} tokens != {num_prefix_tokens} prefix + {rows}x{cols} patches")
+    q, k, _ = qkv.float().reshape(batch, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    scale = float(getattr(attn, "scale", head_dim ** -0.5))
+    with strict_fp32():
+        logits = (q[:, :, :num_prefix_tokens] * scale) @ k.transpose(-2, -1)  # (B, H, P, T)
+    probs = logits.softmax(dim=-1)
+    patch = probs[..., num_prefix_tokens:]  # (B, H, P, rows*cols)
+    mass = patch.sum(dim=-1).permute(0, 2, 1)  # (B, P, H)
+    maps = patch.reshape(batch, heads, num_prefix_tokens, rows, cols).permute(0, 2, 1, 3, 4)  # (B, P, H, r, c)
+    first_register = 1 if has_class_token else 0
+    return PrefixAttention(
+        cls=maps[:, 0].contiguous() if has_class_token else None,
+        registers=maps[:, first_register:].contiguous(),
+        patch_mass=mass.contiguous(),
+    )
+
+
+# --- PCA ---------------------------------------------------------------------------------------
+
+
+def pca_project(features: torch.Tensor, n_components: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores of the first principal components of ``features``.
+
+    Args:
+        features: (N, D) real.
+        n_components: how many components (missing ones, when N or D is smaller, are zeros).
+
+    Returns:
+        scores (N, n_components) float32 (projections of the centred features on the principal
+        axes) and explained-variance ratios (n_components,) float32. Sign convention: each
+        component's largest-magnitude score is positive.
+    """
+    x = features.detach().to("cpu", torch.float64)
+    x = x - x.mean(dim=0, keepdim=True)
+    # eigh (deterministic LAPACK) of the smaller of the two Gram matrices: N x N for a small
+    # image (N < D, milliseconds), D x D for a large one (a 60k-patch image stays cheap).
+    n_rows, dim = x.shape
+    scores = torch.zeros(n_rows, n_components, dtype=torch.float64)
+    if n_rows <= dim:
+        evals, evecs = torch.linalg.eigh(x @ x.T)  # ascending
+        evals, evecs = evals.flip(0).clamp_min(0), evecs.flip(1)
+        n = min(n_components, n_rows)
+        scores[:, :n] = evecs[:, :n] * evals[:n].sqrt()  # = x @ (principal axis), up to sign
+    else:
+        evals, evecs = torch.linalg.eigh(x.T @ x)
+        evals, evecs = evals.flip(0).clamp_min(0), evecs.flip(1)
+        n = min(n_components, dim)
+        scores[:, :n] = x @ evecs[:, :n]
+    ratios = torch.zeros(n_components, dtype=torch.float64)
+    total = float(evals.sum())
+    if total > 0:
+        ratios[:n] = evals[:n] / total
+    for j in range(n_components):
+        column = scores[:, j]
+        if column.numel() and float(column[column.abs().argmax()]) < 0:
+            scores[:, j] = -column
+    return scores.float(), ratios.float()
+
+
+def pca_rgb(features: torch.Tensor, grid_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """First three principal components of patch features as an RGB image on the grid.
+
+    Each component is min-max scaled to [0, 1] over the image's patches (a constant component
+    becomes 0.5), as in the DINOv2 PCA pictures.
+
+    Args:
+        features: (rows*cols, D), row-major.
+        grid_hw: (rows, cols).
+
+    Returns:
+        rgb (rows, cols, 3) float32 in [0, 1] and the explained-variance ratios (3,) float32.
+    """
+    rows, cols = grid_hw
+    scores, ratios = pca_project(features, 3)
+    lo, hi = scores.min(dim=0).values, scores.max(dim=0).values
+    span = hi - lo
+    scaled = torch.where(span > 0, (scores - lo) / torch.where(span > 0, span, 1), torch.full_like(scores, 0.5))
+    return scaled.clamp(0, 1).reshape(rows, cols, 3).numpy(), ratios.numpy()
+
+
+# --- LOST internals ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LostMaps:
+    """LOST's intermediate results on the patch grid (numpy, CPU).
+
+    Attributes:
+        degree: (rows, cols) int64, positive similarities of each patch.
+        inverse_degree: (rows, cols) float32, ``1 / (1 + degree)``: finite for isolated patches
+            and ordered exactly as LOST's seed order (higher = earlier).
+        potentials: (rows, cols) bool, the ``k_patches`` lowest-degree patches (stable order).
+        similars: (rows, cols) bool, the potentials positively correlated with the seed.
+        expansion: (rows, cols) float32, the signed expansion map.
+        mask: (rows, cols) bool, the seed's 4-connected component of ``expansion > 0``.
+        seed_rc: (row, col) of the seed.
+        box: (x1, y1, x2, y2) in patch units, max exclusive.
+        seed_in_mask: False in the degenerate case (see :func:`lostreg.lost.lost`).
+    """
+
+    degree: np.ndarray
+    inverse_degree: np.ndarray
+    potentials: np.ndarray
+    similars: np.ndarray
+    expansion: np.ndarray
+    mask: np.ndarray
+    seed_rc: tuple[int, int]
+    box: tuple[int, int, int, int]
+    seed_in_mask: bool
+
+
+def lost_maps(result: LostResult, k_patches: int) -> LostMaps:
+    """Grid maps of a :class:`LostResult` (``k_patches`` as given to :func:`lostreg.lost.lost`)."""
+    rows, cols = (int(v) for v in result.mask.shape)
+    degree = result.degree.reshape(rows, cols).numpy()
+    order = torch.sort(result.degree, stable=True).indices[: min(int(k_patches), rows * cols)]
+    potentials = np.zeros(rows * cols, dtype=bool)
+    potentials[order.numpy()] = True
+    similars = np.zeros(rows * cols, dtype=bool)
+    similars[result.similars.numpy()] = True
+    return LostMaps(
+        degree=degree,
+        inverse_degree=(1.0 / (1.0 + degree)).astype(np.float32),
+        potentials=potentials.reshape(rows, cols),
+        similars=similars.reshape(rows, cols),
+        expansion=result.expansion.numpy(),
+        mask=result.mask.numpy().astype(bool),
+        seed_rc=result.seed_rc,
+        box=result.box,
+        seed_in_mask=result.seed_in_mask,
+    )
+
+
+# --- everything for one image ------------------------------------------------------------------
+
+PIXELS_ATTENTION_NOTE = "no attention layers (pixel features): attention maps skipped"
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """All diagnostics of one image on one backbone (numpy, CPU), ready for figures and JSON.
+
+    Attributes:
+        image: the image's name.
+        backbone: backbone name.
+        is_random: random weights (everything shown is meaningless).
+        patch_size: p in pixels.
+        num_registers: R.
+        picture: (H, W, 3) uint8 RGB, the processed image (after ``max_size``), what the maps cover.
+        original_hw: (H, W) of the image as read.
+        grid_hw: (rows, cols) of the padded patch grid; it may extend past ``picture`` by < p.
+        norm_source: ``final``, ``prenorm`` or ``pixels`` (norms of the pixel features).
+        norms: (rows, cols) float32 patch-token norms.
+        outliers: high-norm tokens.
+        cls_attention: (heads, rows, cols) float32, or None (no attention, see attention_note).
+        register_attention: (R, heads, rows, cols) float32, or None.
+        prefix_patch_mass: (P, heads) float32 attention mass on patches, or None.
+        attention_layer: block index of the attention maps and of LOST's features, or None.
+        attention_note: why attention maps are missing, else None.
+        pca: (rows, cols, 3) float32 in [0, 1].
+        pca_explained: (3,) float32 explained-variance ratios.
+        lost: LOST's maps.
+        config: the LOST protocol used.
+        box_xyxy: LOST's box in original pixels (as ``lostreg discover`` prints it).
+        processed_box_xyxy: the same box in ``picture`` pixels.
+        seed_box_xyxy: the seed patch in ``picture`` pixels.
+    """
+
+    image: str
+    backbone: str
+    is_random: bool
+    patch_size: int
+    num_registers: int
+    picture: np.ndarray = field(repr=False)
+    original_hw: tuple[int, int]
+    grid_hw: tuple[int, int]
+    norm_source: str
+    norms: np.ndarray = field(repr=False)
+    outliers: NormOutliers = field(repr=False)
+    cls_attention: np.ndarray | None = field(repr=False)
+    register_attention: np.ndarray | None = field(repr=False)
+    prefix_patch_mass: np.ndarray | None = field(repr=False)
+    attention_layer: int | None
+    attention_note: str | None
+    pca: np.ndarray = field(repr=False)
+    pca_explained: np.ndarray = field(repr=False)
+    lost: LostMaps = field(repr=False)
+    config: LostConfig
+    box_xyxy: tuple[int, int, int, int]
+    processed_box_xyxy: tuple[int, int, int, int]
+    seed_box_xyxy: tuple[int, int, int, int]
+
+    @property
+    def processed_hw(self) -> tuple[int, int]:
+        return int(self.picture.shape[0]), int(self.picture.shape[1])
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready numbers (plain Python types)."""
+        out = self.outliers
+        attention = None
+        if self.cls_attention is not None or self.register_attention is not None:
+            assert self.prefix_patch_mass is not None
+            mass = self.prefix_patch_mass
+            has_cls = self.cls_attention is not None
+            attention = {
+                "layer": self.attention_layer,
+                "num_heads": int(mass.shape[1]),
+                "cls_patch_mass": [round(float(v), 6) for v in mass[0]] if has_cls else None,
+                "register_patch_mass": [[round(float(v), 6) for v in row] for row in mass[int(has_cls):]],
+            }
+        return {
+            "backbone": self.backbone,
+            "random_weights": self.is_random,
+            "patch_size": self.patch_size,
+            "num_registers": self.num_registers,
+            "processed_hw": list(self.processed_hw),
+            "grid_hw": list(self.grid_hw),
+            "num_patches": int(self.norms.size),
+            "norm_source": self.norm_source,
+            "norm_threshold": {"rule": str(out.rule), "value": float(out.threshold)},
+            "median_norm": float(out.median),
+            "mad_norm": float(out.mad),
+            "max_norm": float(out.max_norm),
+            "outlier_count": out.count,
+            "outlier_share": float(out.share),
+            "outliers_rc": [list(rc) for rc in out.positions_rc],
+            "seed_rc": list(self.lost.seed_rc),
+            "box_xyxy": list(self.box_xyxy),
+            "seed_box_xyxy": list(self.seed_box_xyxy),
+            "num_similars": int(self.lost.similars.sum()),
+            "seed_in_mask": bool(self.lost.seed_in_mask),
+            "attention": attention,
+            "attention_note": self.attention_note,
+            "pca_explained_variance_ratio": [round(float(v), 6) for v in self.pca_explained],
+        }
+
+
+def inspect_image(
+    backbone: Backbone,
+    image_rgb: np.ndarray,
+    name: str = "<array>",
+    config: LostConfig = LostConfig(),
+    max_size: int | None = None,
+    norm_source: NormSource = "final",
+    threshold: NormThreshold = NormThreshold(),
+) -> Inspection:
+    """Every diagnostic of one image on one backbone, from one forward pass.
+
+    The image is prepared as ``lostreg discover`` prepares it (optional ``max_size`` downscale,
+    normalise, zero-pad), and LOST runs on the same features, so ``box_xyxy`` and the seed are
+    the ones ``discover`` reports. ``config.layer`` chooses the block of both LOST's features and
+    the attention maps (default: the last one).
+
+    Args:
+        backbone: a ViT (:class:`TimmViTBackbone`) or a weight-free backbone such as ``pixels``,
+            for which norms are those of its features and attention maps are skipped (with a note).
+        image_rgb: (H, W, 3) uint8 RGB.
+        name: how the image is reported.
+        config: LOST protocol.
+        max_size: downscale limit (None = native resolution).
+        norm_source: ``final`` or ``prenorm`` (ViTs; see the module docstring).
+        threshold: outlier rule.
+
+    Raises:
+        lostreg.preprocess.ImageTooSmallError: image smaller than one patch.
+        ValueError: bad ``layer``, ``which`` or ``norm_source``.
+    """
+    if config.which not in ("q", "k", "v"):
+        raise ValueError(f"which must be one of q, k, v; got {config.which!r}")
+    if norm_source not in ("final", "prenorm"):
+        raise ValueError(f"norm_source must be 'final' or 'prenorm', got {norm_source!r}")
+    original_hw = (int(image_rgb.shape[0]), int(image_rgb.shape[1]))
+    picture = downscale_to_max_size(image_rgb, max_size)
+    padded = to_padded_tensor(picture, backbone.patch_size, backbone.mean, backbone.std)
+    images = padded.tensor.unsqueeze(0)
+    grid_hw = padded.grid_hw
+    rows, cols = grid_hw
+
+    cls_map = reg_maps = mass = None
+    layer: int | None = None
+    note: str | None = None
+    if isinstance(backbone, TimmViTBackbone):
+        trace = trace_vit(backbone, images, config.layer)
+        tokens = trace.final if norm_source == "final" else trace.prenorm
+        patch_tokens = tokens[0, trace.num_prefix_tokens:]
+        dim = trace.qkv.shape[-1] // 3
+        start = {"q": 0, "k": 1, "v": 2}[config.which] * dim
+        features = trace.qkv[0, trace.num_prefix_tokens:, start:start + dim]
+        block = backbone.model.blocks[trace.layer]
+        with torch.inference_mode():
+            att = prefix_attention(trace.qkv, block.attn, trace.num_prefix_tokens, grid_hw, trace.has_class_token)
+        cls_map = None if att.cls is None else att.cls[0].cpu().numpy()
+        # Models without registers get None, not an empty array: "no register maps" is explicit.
+        reg_maps = att.registers[0].cpu().numpy() if att.registers.shape[1] else None
+        mass = att.patch_mass[0].cpu().numpy()
+        layer = trace.layer
+        source = norm_source
+    else:
+        with torch.inference_mode():
+            features = backbone.extract(images, which=config.which, layer=config.layer)[0]
+        patch_tokens = features
+        note = PIXELS_ATTENTION_NOTE if backbone.name == "pixels" else f"{backbone.name}: no attention layers: attention maps skipped"
+        source = "pixels" if backbone.name == "pixels" else "features"
+
+    norms = torch.linalg.vector_norm(patch_tokens.float(), dim=-1).reshape(rows, cols).cpu().numpy()
+    outliers = find_outliers(norms, threshold)
+    rgb, explained = pca_rgb(patch_tokens, grid_hw)
+
+    result = lost(features, grid_hw, k_patches=config.k_patches, gram_bias=config.gram_bias)
+    p = backbone.patch_size
+    processed_hw = padded.image_hw
+    row, col = result.seed_rc
+    box = patch_box_to_pixels(result.box, p, processed_hw)
+    seed_box = patch_box_to_pixels((col, row, col + 1, row + 1), p, processed_hw)
+    original_box = rescale_box_xyxy(box, processed_hw, original_hw) if processed_hw != original_hw else box
+
+    return Inspection(
+        image=name,
+        backbone=backbone.name,
+        is_random=backbone.is_random,
+        patch_size=p,
+        num_registers=backbone.num_registers,
+        picture=np.ascontiguousarray(picture),
+        original_hw=original_hw,
+        grid_hw=grid_hw,
+        norm_source=source,
+        norms=norms.astype(np.float32),
+        outliers=outliers,
+        cls_attention=cls_map,
+        register_attention=reg_maps,
+        prefix_patch_mass=mass,
+        attention_layer=layer,
+        attention_note=note,
+        pca=rgb,
+        pca_explained=explained,
+        lost=lost_maps(result, config.k_patches),
+        config=config,
+        box_xyxy=original_box,
+        processed_box_xyxy=box,
+        seed_box_xyxy=seed_box,
+    )
