@@ -365,7 +365,8 @@ def _sources(table: Table) -> list[str]:
     return sources
 
 
-def _ours_cell(run: RunSummary | None) -> str:
+def corloc_cell(run: RunSummary | None) -> str:
+    """Our CorLoc as a cell: two decimals, ``*`` incomplete, ``n/a`` no CorLoc, ``-`` no run."""
     if run is None:
         return "-"
     text = "n/a" if run.corloc is None else f"{run.corloc:.2f}"
@@ -376,13 +377,28 @@ def _escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def to_markdown(table: Table) -> str:
-    """Render as a markdown table followed by footnotes.
+@dataclass(frozen=True)
+class TableText:
+    """A :class:`Table` as plain-text cells, shared by the markdown and HTML renderers.
 
-    Columns: ``backbone | protocol | VOC07 ours | VOC07 published | ... | published source``
-    (no published columns with ``include_published=False``; other datasets get an "ours"
-    column only). Ours: two decimals, ``*`` when incomplete, ``-`` when not run, ``n/a``
-    when the run has no CorLoc. Published-only rows start with ``published:``.
+    Attributes:
+        header: column titles.
+        cells: one list of cell texts per row of ``table.rows`` (same order).
+        numeric: indices of columns holding numbers.
+        notes: footnotes, plain text, in order.
+    """
+
+    header: list[str]
+    cells: list[list[str]]
+    numeric: frozenset[int]
+    notes: list[str]
+
+
+def table_text(table: Table) -> TableText:
+    """Cells and notes of ``table``: ``backbone | protocol | VOC07 ours | VOC07 published | ...``.
+
+    Ours: two decimals, ``*`` when incomplete, ``-`` when not run, ``n/a`` when the run has
+    no CorLoc. Published: one decimal. Published-only rows start with ``published:``.
     """
     published_cols = table.published_columns()
     sources = _sources(table)
@@ -394,8 +410,9 @@ def to_markdown(table: Table) -> str:
             header.append(f"{label} published")
     if published_cols:
         header.append("published source")
+    numeric = frozenset(i for i, h in enumerate(header) if h.endswith((" ours", " published")))
 
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows: list[list[str]] = []
     footnotes: list[str] = []
     for row in table.rows:
         if row.is_published_only:
@@ -407,16 +424,16 @@ def to_markdown(table: Table) -> str:
         cells = [backbone, row.protocol]
         for d in table.datasets:
             run = row.runs.get(d)
-            cells.append("" if row.is_published_only else _ours_cell(run))
+            cells.append("" if row.is_published_only else corloc_cell(run))
             if run is not None and not run.complete:
-                footnotes.append(f"\\* incomplete: {row.backbone} [{row.protocol}] {DATASET_LABELS.get(d, d)}: "
+                footnotes.append(f"* incomplete: {row.backbone} [{row.protocol}] {DATASET_LABELS.get(d, d)}: "
                                  f"{_progress(run)} ({run.run_dir})")
             if d in published_cols:
                 value = row.published.corloc(d) if row.published is not None else None
                 cells.append("-" if value is None else f"{value:.1f}")
         if published_cols:
             cells.append(f"[{sources.index(row.published.source) + 1}]" if row.published is not None else "")
-        lines.append("| " + " | ".join(_escape(c) for c in cells) + " |")
+        rows.append(cells)
 
     notes = [f"protocol {DEFAULT_PROTOCOL_TEXT}: {DEFAULT_PROTOCOL_NOTE}; otherwise only the departures "
              "from it are named.",
@@ -428,7 +445,16 @@ def to_markdown(table: Table) -> str:
         notes += [f"[{i}] {source}." for i, source in enumerate(sources, start=1)]
         if any(s in sources for s in (SOURCE_REGISTERS, SOURCE_PUBLIC_SWEEP)):
             notes.append("Why the public-checkpoint numbers differ from Table 3: " + PUBLIC_CHECKPOINT_NOTE)
-    # A blank line between notes keeps them separate paragraphs in rendered markdown.
+    return TableText(header, rows, numeric, notes)
+
+
+def to_markdown(table: Table) -> str:
+    """Render :func:`table_text` as a markdown table followed by footnotes."""
+    text = table_text(table)
+    lines = ["| " + " | ".join(text.header) + " |", "|" + "---|" * len(text.header)]
+    lines += ["| " + " | ".join(_escape(c) for c in cells) + " |" for cells in text.cells]
+    # A leading "* " would render as a bullet; a blank line keeps notes separate paragraphs.
+    notes = ["\\" + n if n.startswith("* ") else n for n in text.notes]
     return "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n"
 
 

@@ -35,15 +35,13 @@ from tqdm import tqdm
 from lostreg import __version__
 from lostreg.evaluation.compare import (
     DATASET_LABELS,
-    DEFAULT_PROTOCOL_NOTE,
-    DEFAULT_PROTOCOL_TEXT,
-    RANDOM_NOTE,
     RunSummary,
     Table,
     build_table,
+    corloc_cell,
     load_runs,
+    table_text,
 )
-from lostreg.evaluation.published import PUBLIC_CHECKPOINT_NOTE, SOURCE_PUBLIC_SWEEP, SOURCE_REGISTERS, lostreg_backbone_for
 from lostreg.io.images import ImageReadError, load_image_rgb
 from lostreg.viz.draw import GT_COLOUR
 
@@ -407,85 +405,34 @@ def _hex(colour: tuple[int, int, int]) -> str:
     return "#{:02x}{:02x}{:02x}".format(*colour)
 
 
-def _ours_cell(run: RunSummary | None) -> str:
-    if run is None:
-        return "-"
-    return ("n/a" if run.corloc is None else f"{run.corloc:.2f}") + ("*" if not run.complete else "")
-
-
 def table_to_html(table: Table, run_labels: Mapping[Path, tuple[str, str]] | None = None) -> str:
     """Render a :class:`~lostreg.evaluation.compare.Table` as an HTML table plus notes.
 
-    The cells are those of :func:`~lostreg.evaluation.compare.to_markdown` (two decimals,
-    ``*`` incomplete, ``-`` not run, ``n/a`` no CorLoc), with a first column naming the
-    report's run of each row.
+    The cells are :func:`~lostreg.evaluation.compare.table_text`'s (those of ``lostreg
+    compare``), with a first column naming the report's run of each row.
 
     Args:
         table: From :func:`~lostreg.evaluation.compare.build_table`.
         run_labels: Resolved run directory -> ``(label, css class)``, for the first column.
     """
     run_labels = run_labels or {}
-    published_cols = table.published_columns()
-    sources: list[str] = []
-    for row in table.rows:
-        if row.published is not None and row.published.source not in sources:
-            sources.append(row.published.source)
-
-    header = ["run", "backbone", "protocol"]
-    for d in table.datasets:
-        label = DATASET_LABELS.get(d, d)
-        header.append(f"{label} ours")
-        if d in published_cols:
-            header.append(f"{label} published")
-    if published_cols:
-        header.append("source")
-
+    text = table_text(table)
+    header = ["run"] + text.header
     out = ['<table class="corloc" id="corloc-table">',
            "<thead><tr>" + "".join(f'<th scope="col">{_esc(h)}</th>' for h in header) + "</tr></thead>", "<tbody>"]
-    footnotes: list[str] = []
-    for row in table.rows:
+    for row, cells in zip(table.rows, text.cells):
         labels = []
         for run in row.runs.values():
             found = run_labels.get(run.run_dir.resolve())
             if found is not None:
                 labels.append(f'<span class="chip {found[1]}">{_esc(found[0])}</span>')
-        if row.is_published_only:
-            assert row.published is not None
-            ours_name = lostreg_backbone_for(row.published.key)
-            backbone = f"published: {row.backbone}" + (f" [lostreg: {ours_name}]" if ours_name else "")
-        else:
-            backbone = row.backbone + (" (RANDOM weights)" if row.is_random else "")
-        cells = ["".join(labels), _esc(backbone), _esc(row.protocol)]
-        numeric = []
-        for d in table.datasets:
-            run = row.runs.get(d)
-            numeric.append(len(cells))
-            cells.append("" if row.is_published_only else _esc(_ours_cell(run)))
-            if run is not None and not run.complete:
-                footnotes.append(f"* incomplete: {row.backbone} [{row.protocol}] {DATASET_LABELS.get(d, d)}: "
-                                 f"{run.total}/{run.num_images} images ({run.run_dir})")
-            if d in published_cols:
-                value = row.published.corloc(d) if row.published is not None else None
-                numeric.append(len(cells))
-                cells.append("-" if value is None else f"{value:.1f}")
-        if published_cols:
-            cells.append(f"[{sources.index(row.published.source) + 1}]" if row.published is not None else "")
+        tds = [f"<td>{''.join(labels)}</td>"]
+        tds += [f'<td class="num">{_esc(c)}</td>' if i in text.numeric else f"<td>{_esc(c)}</td>"
+                for i, c in enumerate(cells)]
         css = ' class="published-only"' if row.is_published_only else ""
-        tds = "".join(f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(cells))
-        out.append(f"<tr{css}>{tds}</tr>")
+        out.append(f"<tr{css}>{''.join(tds)}</tr>")
     out.append("</tbody></table>")
-
-    notes = [f"protocol {DEFAULT_PROTOCOL_TEXT}: {DEFAULT_PROTOCOL_NOTE}; otherwise only the departures "
-             "from it are named.",
-             "ours: CorLoc in percent (hits / images evaluated), two decimals; - not run."]
-    notes += footnotes
-    if any(row.is_random for row in table.rows):
-        notes.append(RANDOM_NOTE + ".")
-    if published_cols:
-        notes += [f"[{i}] {source}." for i, source in enumerate(sources, start=1)]
-        if any(s in sources for s in (SOURCE_REGISTERS, SOURCE_PUBLIC_SWEEP)):
-            notes.append("Why the public-checkpoint numbers differ from Table 3: " + PUBLIC_CHECKPOINT_NOTE)
-    out.append('<div class="notes">' + "".join(f"<p>{_esc(n)}</p>" for n in notes) + "</div>")
+    out.append('<div class="notes">' + "".join(f"<p>{_esc(n)}</p>" for n in text.notes) + "</div>")
     for warning in table.warnings:
         out.append(f'<p class="warning">{_esc(warning)}</p>')
     return "\n".join(out)
@@ -714,7 +661,7 @@ def build_report(
     for run, label, css in zip(runs, labels, classes):
         s = run.summary
         if s.hits is not None:
-            counts = f"CorLoc {_ours_cell(s)} ({s.hits}/{s.total} hit, {s.failed} failed"
+            counts = f"CorLoc {corloc_cell(s)} ({s.hits}/{s.total} hit, {s.failed} failed"
         else:
             counts = f"({s.total} images, {s.failed} failed"
         counts += ")" if s.complete else f"; incomplete: {s.total} of {s.num_images} images)"
