@@ -20,7 +20,7 @@ from lostreg.backbones import Backbone, FeatureKind
 from lostreg.boxes import patch_box_to_pixels, rescale_box_xyxy
 from lostreg.io.images import load_image_rgb
 from lostreg.lost import LostResult, lost
-from lostreg.preprocess import PaddedImage, downscale_to_max_size, to_padded_tensor
+from lostreg.preprocess import PaddedImage, downscale_to_max_size, downscaled_hw, to_padded_tensor
 
 Box = tuple[int, int, int, int]
 
@@ -60,9 +60,7 @@ class ImagePreparer:
 
     def padded_hw(self, image_hw: tuple[int, int]) -> tuple[int, int]:
         """(H, W) of the padded tensor for an image of size ``image_hw``, without decoding it."""
-        h, w = image_hw
-        if self.max_size is not None and max(h, w) > self.max_size:
-            return (-1, -1)  # depends on the resize rounding; callers treat it as "unknown"
+        h, w = downscaled_hw(image_hw, self.max_size)
         p = self.patch_size
         return (-(-h // p) * p, -(-w // p) * p)
 

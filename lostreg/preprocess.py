@@ -114,6 +114,25 @@ def to_padded_tensor(
     return PaddedImage(tensor=padded, image_hw=(height, width), grid_hw=(rows, cols))
 
 
+def downscaled_hw(image_hw: tuple[int, int], max_size: int | None) -> tuple[int, int]:
+    """(H, W) that :func:`downscale_to_max_size` gives an image of size ``image_hw``.
+
+    Lets callers know the processed size from annotation sizes, without decoding the image.
+    """
+    height, width = image_hw
+    longer = max(height, width)
+    if max_size is None or longer <= max_size:
+        return height, width
+    if max_size < 1:
+        raise ValueError(f"max_size must be at least 1 or None, got {max_size}")
+
+    def scaled(side: int) -> int:
+        # round(side * max_size / longer), half up, in exact integer arithmetic.
+        return max(1, (2 * side * max_size + longer) // (2 * longer))
+
+    return (max_size if height == longer else scaled(height), max_size if width == longer else scaled(width))
+
+
 def downscale_to_max_size(image_rgb: np.ndarray, max_size: int | None) -> np.ndarray:
     """Shrink an image so that its longer side is at most ``max_size`` pixels.
 
@@ -142,16 +161,9 @@ def downscale_to_max_size(image_rgb: np.ndarray, max_size: int | None) -> np.nda
     if max_size < 1:
         raise ValueError(f"max_size must be at least 1 or None, got {max_size}")
     height, width = int(image_rgb.shape[0]), int(image_rgb.shape[1])
-    longer = max(height, width)
-    if longer <= max_size:
+    new_h, new_w = downscaled_hw((height, width), max_size)
+    if (new_h, new_w) == (height, width):
         return image_rgb
-
-    def scaled(side: int) -> int:
-        # round(side * max_size / longer), half up, in exact integer arithmetic.
-        return max(1, (2 * side * max_size + longer) // (2 * longer))
-
-    new_h = max_size if height == longer else scaled(height)
-    new_w = max_size if width == longer else scaled(width)
     resized = Image.fromarray(np.ascontiguousarray(image_rgb)).resize(
         (new_w, new_h), resample=Image.Resampling.BICUBIC, reducing_gap=3.0
     )

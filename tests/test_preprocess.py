@@ -197,3 +197,16 @@ def test_real_photo_end_to_end() -> None:
     assert out14.tensor.shape == (3, 392, 504) and out14.grid_hw == (28, 36)
     small = downscale_to_max_size(image, 250)
     assert small.shape == (191, 250, 3)  # 381 * 250 / 500 = 190.5 -> 191
+
+
+def test_downscaled_hw_predicts_the_resize_without_decoding() -> None:
+    """The size the loader groups batches by is the size the resize produces."""
+    from lostreg.preprocess import downscaled_hw
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        h, w = (int(v) for v in rng.integers(1, 300, size=2))
+        max_size = int(rng.integers(1, 250))
+        image = np.zeros((h, w, 3), np.uint8)
+        assert downscale_to_max_size(image, max_size).shape[:2] == downscaled_hw((h, w), max_size)
+    assert downscaled_hw((375, 500), None) == (375, 500)

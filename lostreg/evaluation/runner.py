@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from lostreg import __version__
 from lostreg.backbones import build_backbone, resolve_device
-from lostreg.config import result_affecting
+from lostreg.config import dataset_kwargs, result_affecting
 from lostreg.datasets import build_dataset
 from lostreg.datasets.base import ImageDataset, ImageRecord
 from lostreg.discovery import Discovery, LostConfig, ObjectDiscoverer
@@ -242,8 +242,6 @@ def run_eval(cfg: DictConfig, progress: bool = True, command: str | None = None)
         RunConfigMismatch, DatasetLayoutError, UnknownBackboneError, WeightsError, ...
         KeyboardInterrupt: after saving everything computed so far.
     """
-    from lostreg.config import dataset_kwargs
-
     dataset = build_dataset(str(cfg.dataset.name), **dataset_kwargs(cfg))
     run_dir = prepare_run_dir(cfg)
     has_gt = _dataset_has_gt(cfg)

@@ -57,22 +57,19 @@ def size_grouped_batches(
 ) -> list[list[int]]:
     """Batches of indices whose images share a padded size, from the sizes in the annotations.
 
-    Records without a known size (folders) or with a size that does not predict the padded
-    size (downscaled) form batches of one. Within a size group, dataset order is kept; groups
-    come in order of first appearance.
+    Records without a known size (folders) form batches of one. Within a size group, dataset
+    order is kept; groups come in order of first appearance. A wrong annotated size only
+    costs speed: :func:`split_by_shape` regroups by the decoded size.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     groups: dict[tuple[int, int], list[int]] = {}
     singles: list[list[int]] = []
     for i, record in enumerate(records):
-        key = None
         if record.width and record.height:
-            key = preparer.padded_hw((record.height, record.width))
-        if key is None or key == (-1, -1):
-            singles.append([i])
+            groups.setdefault(preparer.padded_hw((record.height, record.width)), []).append(i)
         else:
-            groups.setdefault(key, []).append(i)
+            singles.append([i])
     batches = [idx[s:s + batch_size] for idx in groups.values() for s in range(0, len(idx), batch_size)]
     return batches + singles
 
