@@ -225,13 +225,13 @@ def test_bad_weights_file(tmp_path: Path, capsys: pytest.CaptureFixture[str], co
 
 def test_model_is_built_once(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
-    real = discover_cmd.build_backbone
+    real = discover_cmd.build_backbone_loudly
 
-    def counting(name: str, **kwargs: object):  # type: ignore[no-untyped-def]
+    def counting(name: str, *args: object):  # type: ignore[no-untyped-def]
         calls.append(name)
-        return real(name, **kwargs)
+        return real(name, *args)
 
-    monkeypatch.setattr(discover_cmd, "build_backbone", counting)
+    monkeypatch.setattr(discover_cmd, "build_backbone_loudly", counting)
     for i in range(3):
         write(tmp_path / f"{i}.png", scene(64, 64, (16, 16, 48, 48), seed=i))
     code, records, _ = run_cli(capsys, str(tmp_path), "--backbone", "pixels")

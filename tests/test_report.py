@@ -328,6 +328,27 @@ def test_runs_sharing_no_image_are_refused(runs: dict[str, Path]) -> None:
         build_report([a, elsewhere])
 
 
+def test_preds_are_read_without_touching_the_file(runs: dict[str, Path], tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs["A"], run_dir)
+    preds = run_dir / "preds.jsonl"
+    # A run still writing: its last line is partial. The report skips it and leaves the file as it is.
+    with preds.open("a") as f:
+        f.write('{"image_id": "cut sh')
+    before = preds.read_bytes()
+    [run] = load_report_runs([run_dir])
+    assert run.preds == read_preds(runs["A"])
+    assert run.dataset_config["name"] == "voc07" and run.dataset_config["root"]
+    assert preds.read_bytes() == before
+
+    preds.write_bytes(before.rsplit(b"\n", 1)[0] + b"\nnot json\n")
+    with pytest.raises(ReportError, match=rf"preds.jsonl:{N_IMAGES + 1}: corrupt prediction line"):
+        load_report_runs([run_dir])
+    preds.write_bytes(before.rsplit(b"\n", 1)[0] + b'\n{"image": "x.jpg"}\n')
+    with pytest.raises(ReportError, match="corrupt prediction line"):
+        load_report_runs([run_dir])
+
+
 def test_run_labels() -> None:
     assert [run_label(i) for i in (0, 1, 25, 26, 27, 701, 702)] == ["A", "B", "Z", "AA", "AB", "ZZ", "AAA"]
 

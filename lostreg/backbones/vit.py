@@ -22,7 +22,8 @@ from lostreg.backbones.weights import WeightsError, hub_weights_file, load_into_
 
 log = logging.getLogger(__name__)
 
-_FEATURE_SLICE = {"q": 0, "k": 1, "v": 2}
+#: Position of q, k and v in the qkv projection's output channels.
+FEATURE_SLICE = {"q": 0, "k": 1, "v": 2}
 #: ``--weights random`` is this seed's initialisation, the same on every run.
 RANDOM_WEIGHTS_SEED = 0
 
@@ -120,7 +121,7 @@ class TimmViTBackbone(Backbone):
 
     def block_input(self, images: torch.Tensor, layer: int = -1) -> torch.Tensor:
         """Tokens entering block ``layer``: (B, num_prefix_tokens + rows*cols, D)."""
-        index = self._layer_index(layer)
+        index = self.layer_index(layer)
         x = self.tokens(images)
         for block in self.model.blocks[:index]:
             x = block(x)
@@ -133,26 +134,37 @@ class TimmViTBackbone(Backbone):
             (B, num_prefix_tokens + rows*cols, 3*D): channels [0:D] = q, [D:2D] = k, [2D:3D] = v,
             heads concatenated in head order within each.
         """
-        block = self.model.blocks[self._layer_index(layer)]
+        block = self.model.blocks[self.layer_index(layer)]
         return block.attn.qkv(block.norm1(self.block_input(images, layer)))
 
     @torch.inference_mode()
     def extract(self, images: torch.Tensor, which: FeatureKind = "k", layer: int = -1) -> torch.Tensor:
-        if which not in _FEATURE_SLICE:
-            raise ValueError(f"features.which must be one of q, k, v; got {which!r}")
+        select_features(torch.empty(0, 3), which)  # validates `which` before the forward pass
         images = images.to(self.device, torch.float32)
         # The features feed LOST's sign thresholds: no TF32 in the patch-embedding conv or matmuls.
         with strict_fp32():
             qkv = self.qkv(images, layer)
-        dim = qkv.shape[-1] // 3
-        start = _FEATURE_SLICE[which] * dim
-        return qkv[:, self.num_prefix_tokens:, start:start + dim].float()
+        return select_features(qkv, which)[:, self.num_prefix_tokens:].float()
 
-    def _layer_index(self, layer: int) -> int:
+    def layer_index(self, layer: int) -> int:
+        """Block index in ``[0, num_layers)`` of ``layer`` (negative counts from the end).
+
+        Raises:
+            ValueError: ``layer`` out of range, naming the valid range.
+        """
         n = self.num_layers
         if not -n <= layer < n:
             raise ValueError(f"{self.name} has {n} blocks; layer must be in [{-n}, {n - 1}], got {layer}")
         return layer % n
+
+
+def select_features(qkv: torch.Tensor, which: FeatureKind) -> torch.Tensor:
+    """The q, k or v channels of a qkv projection output (..., 3*D) -> (..., D), all tokens."""
+    if which not in FEATURE_SLICE:
+        raise ValueError(f"features.which must be one of q, k, v; got {which!r}")
+    dim = qkv.shape[-1] // 3
+    start = FEATURE_SLICE[which] * dim
+    return qkv[..., start:start + dim]
 
 
 def _check_supported(model: nn.Module, name: str) -> None:
@@ -192,4 +204,4 @@ def build_timm_vit(spec: BackboneSpec, weights: str | None, device: torch.device
     return TimmViTBackbone(spec, model, device, random_weights=random_weights)
 
 
-__all__ = ["TimmViTBackbone", "build_timm_vit", "WeightsError"]
+__all__ = ["FEATURE_SLICE", "TimmViTBackbone", "WeightsError", "build_timm_vit", "select_features"]

@@ -10,26 +10,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 from tqdm import tqdm
 
-from lostreg.backbones import (
-    UnknownBackboneError,
-    WeightsError,
-    WeightsUnavailableError,
-    build_backbone,
-)
+from lostreg.backbones import UnknownBackboneError, WeightsError, WeightsUnavailableError
+from lostreg.cli.common import DEFAULT_MAX_SIZE, build_backbone_loudly
+from lostreg.cli.common import error as _error
 from lostreg.discovery import LostConfig, ObjectDiscoverer
 from lostreg.io.images import ImageReadError, collect_image_paths, load_image_rgb
 from lostreg.preprocess import ImageTooSmallError
-from lostreg.samples import SAMPLES
+from lostreg.samples import SAMPLES, load_sample
 from lostreg.viz.draw import draw_discovery, save_png
-
-DEFAULT_MAX_SIZE = 1024
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,8 +52,8 @@ def _sources(paths: list[Path], samples: bool) -> Iterator[Source]:
     for path in paths:
         yield str(path), (lambda p=path: load_image_rgb(p))
     if samples:
-        for name, loader in SAMPLES.items():
-            yield f"skimage:{name}", loader
+        for name in SAMPLES:
+            yield f"skimage:{name}", (lambda n=name: load_sample(n))
 
 
 def _png_name(image: str, used: set[str]) -> str:
@@ -69,10 +63,6 @@ def _png_name(image: str, used: set[str]) -> str:
         name, i = f"{stem}_{i}.png", i + 1
     used.add(name)
     return name
-
-
-def _error(message: str) -> None:
-    tqdm.write(f"lostreg: error: {message}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,15 +81,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the random-weights warning is printed below, louder
-            backbone = build_backbone(args.backbone, weights=args.weights, device=args.device)
+        backbone = build_backbone_loudly(args.backbone, args.weights, args.device)
     except (UnknownBackboneError, WeightsError, WeightsUnavailableError, ValueError) as err:
         _error(str(err))
         return 2
-    if backbone.is_random:
-        print(f"WARNING: {backbone.name} has RANDOM weights (--weights random): the boxes are "
-              "meaningless; use this only to test the pipeline.", file=sys.stderr)
 
     discoverer = ObjectDiscoverer(
         backbone,

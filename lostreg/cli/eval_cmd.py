@@ -15,14 +15,10 @@ import shlex
 import sys
 from pathlib import Path
 
-from lostreg.backbones import UnknownBackboneError, WeightsError, WeightsUnavailableError
-from lostreg.config import ConfigError, compose_config, expand_sweeps
-from lostreg.datasets import DatasetLayoutError
+from lostreg.cli.common import USER_ERRORS, error
+from lostreg.config import compose_config, expand_sweeps
 from lostreg.evaluation.corloc import format_corloc
-from lostreg.evaluation.runner import RunConfigMismatch, run_eval
-
-_USER_ERRORS = (ConfigError, DatasetLayoutError, RunConfigMismatch, UnknownBackboneError, WeightsError,
-                WeightsUnavailableError, ValueError, KeyError)
+from lostreg.evaluation.runner import run_eval
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         runs = expand_sweeps(args.overrides) if args.multirun else [list(args.overrides)]
         configs = [compose_config(overrides) for overrides in runs]
-    except _USER_ERRORS as err:
-        print(f"lostreg: error: {err}", file=sys.stderr)
+    except USER_ERRORS as err:
+        error(err)
         return 2
     if args.cfg:
         from omegaconf import OmegaConf
@@ -63,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"lostreg: interrupted; everything computed is saved in {cfg.run_dir}; "
                   "run the same command again to resume", file=sys.stderr)
             return 130
-        except _USER_ERRORS as err:
-            print(f"lostreg: error: {err}", file=sys.stderr)
+        except USER_ERRORS as err:
+            error(err)
             status = 2
             continue
         run_dirs.append(Path(cfg.run_dir))

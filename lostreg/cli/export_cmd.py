@@ -29,12 +29,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from lostreg.cli.common import DEFAULT_MAX_SIZE, USER_ERRORS, error
 from lostreg.export.formats import FILE_FORMATS, FORMATS, ExportError, ExportResult, export_records
 from lostreg.export.readers import RunNotFoundError, default_root, read_run_config, read_run_predictions
 
 DEFAULT_BACKBONE = "dinov2_reg"
-DEFAULT_MAX_SIZE = 1024
-
 # Options that only make sense with --images (None = not given).
 _DISCOVERY_OPTIONS = ("backbone", "weights", "device", "max_size", "batch_size", "num_workers", "run_dir", "set")
 
@@ -77,7 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _error(message: object) -> int:
-    print(f"lostreg: error: {message}", file=sys.stderr)
+    """Print the error line; return exit code 2."""
+    error(message)
     return 2
 
 
@@ -95,13 +95,9 @@ def _backbone_override(name: str) -> str:
 
 def _discover(args: argparse.Namespace) -> tuple[Path | None, int]:
     """Run (or resume) LOST on ``args.images``; return ``(run_dir, 0)`` or ``(None, exit code)``."""
-    from lostreg.backbones import UnknownBackboneError, WeightsError, WeightsUnavailableError
-    from lostreg.config import ConfigError, compose_config
-    from lostreg.datasets import DatasetLayoutError
-    from lostreg.evaluation.runner import RunConfigMismatch, run_eval
+    from lostreg.config import compose_config
+    from lostreg.evaluation.runner import run_eval
 
-    user_errors = (ConfigError, DatasetLayoutError, RunConfigMismatch, UnknownBackboneError, WeightsError,
-                   WeightsUnavailableError, ValueError, KeyError)
     max_size = DEFAULT_MAX_SIZE if args.max_size is None else args.max_size
     if max_size < 0:
         return None, _error(f"--max-size must be >= 0, got {max_size}")
@@ -133,7 +129,7 @@ def _discover(args: argparse.Namespace) -> tuple[Path | None, int]:
         print(f"lostreg: interrupted; everything computed is saved in {run_dir}; run the same command again "
               "to resume", file=sys.stderr)
         return None, 130
-    except user_errors as err:
+    except USER_ERRORS as err:
         return None, _error(err)
     print(f"run directory: {run_dir}", file=sys.stderr)
     return run_dir, 0

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +27,17 @@ from lostreg.backbones import (
     UnknownBackboneError,
     WeightsError,
     WeightsUnavailableError,
-    build_backbone,
     resolve_backbone,
 )
+from lostreg.backbones.vit import TimmViTBackbone
+from lostreg.cli.common import DEFAULT_MAX_SIZE, build_backbone_loudly
+from lostreg.cli.common import error as _error
 from lostreg.discovery import LostConfig
 from lostreg.io.images import ImageReadError, load_image_rgb
 from lostreg.preprocess import ImageTooSmallError
-from lostreg.samples import SAMPLES
+from lostreg.samples import SAMPLES, load_sample
 
 DEFAULT_BACKBONE = "dinov2_reg"
-DEFAULT_MAX_SIZE = 1024
 SAMPLE_PREFIX = "skimage:"
 SUMMARY_FILE = "summary.json"
 COMPARE_FILE = "compare.png"
@@ -71,10 +71,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--which", choices=["q", "k", "v"], default="k", help="LOST features (default k)")
     parser.add_argument("--layer", type=int, default=-1,
                         help="block of LOST's features and of the attention maps, negative from the end (default -1)")
-
-
-def _error(message: str) -> None:
-    print(f"lostreg: error: {message}", file=sys.stderr)
 
 
 def backbone_names(backbone: str | None, compare: str | None) -> list[str]:
@@ -134,21 +130,12 @@ def _load_image(text: str) -> np.ndarray:
         sample = text[len(SAMPLE_PREFIX):]
         if sample not in SAMPLES:
             raise ImageReadError(text, f"unknown sample; choose one of {', '.join(SAMPLES)}")
-        return SAMPLES[sample]()
+        return load_sample(sample)
     return load_image_rgb(text)
 
 
 def _build(names: list[str], weights: dict[str, str], device: str) -> list[Backbone]:
-    backbones = []
-    for name in names:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the random-weights warning is printed below, louder
-            backbone = build_backbone(name, weights=weights[name], device=device)
-        if backbone.is_random:
-            print(f"WARNING: {backbone.name} has RANDOM weights (--weights random): every map and box is "
-                  "meaningless; use this only to test the pipeline.", file=sys.stderr)
-        backbones.append(backbone)
-    return backbones
+    return [build_backbone_loudly(name, weights[name], device) for name in names]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -188,10 +175,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     for backbone in backbones:
-        blocks = len(getattr(getattr(backbone, "model", None), "blocks", ()))
-        if blocks and not -blocks <= args.layer < blocks:
-            _error(f"{backbone.name} has {blocks} blocks; --layer must be in [{-blocks}, {blocks - 1}], got {args.layer}")
-            return 2
+        if isinstance(backbone, TimmViTBackbone):
+            try:
+                backbone.layer_index(args.layer)
+            except ValueError:
+                n = backbone.num_layers
+                _error(f"{backbone.name} has {n} blocks; --layer must be in [{-n}, {n - 1}], got {args.layer}")
+                return 2
 
     config = LostConfig(k_patches=args.k_patches, gram_bias=args.gram_bias, which=args.which, layer=args.layer)
     max_size = args.max_size or None

@@ -144,7 +144,7 @@ LAYOUTS: dict[str, str] = {
 └── <file_name>              for every images[i].file_name in the json""",
     "folder": """\
 <root>/                      a folder of images (or a single image file)
-├── <name>.jpg               extensions: .jpg .jpeg .png .bmp .tif .tiff .webp (any case)
+├── <name>.jpg               extensions: .jpg .jpeg .png .bmp .tif .tiff .webp .ppm .pgm (any case)
 └── <sub>/<name>.png         only with recursive=True; hidden files are ignored""",
 }
 _LAYOUT_ALIASES = {"voc07": "voc", "voc12": "voc", "voc2007": "voc", "voc2012": "voc"}

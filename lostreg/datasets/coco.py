@@ -145,7 +145,7 @@ class CocoDataset(ImageDataset):
             for ann in coco.imgToAnns.get(img_id, []):
                 if ann.get("iscrowd", 0) == 1:
                     continue
-                boxes.append([int(v) for v in coco_xywh_to_xyxy(ann["bbox"])])
+                boxes.append(coco_xywh_to_xyxy(ann["bbox"]))
                 labels.append(cat_names.get(ann.get("category_id"), str(ann.get("category_id", ""))))
             records.append(
                 ImageRecord(

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from lostreg.datasets.base import DatasetLayoutError, ImageDataset, ImageRecord, describe_layout
+from lostreg.io.images import IMAGE_EXTENSIONS
 
 __all__ = ["IMAGE_EXTENSIONS", "FolderDataset"]
-
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
 
 def _is_hidden(rel: Path) -> bool:

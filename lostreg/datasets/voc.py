@@ -112,13 +112,13 @@ def parse_voc_xml(xml_path: str | Path, year: str | None = None) -> VocAnnotatio
         if bndbox is None:
             raise _layout_error(f"malformed VOC annotation {xml_path}: <object> without <bndbox>", year)
         corners = [_number(bndbox, t, xml_path, year) for t in ("xmin", "ymin", "xmax", "ymax")]
-        box = tuple(int(v) for v in voc_to_xyxy(*corners))
+        box = voc_to_xyxy(*corners)
         name_el = obj.find("name")
         name = name_el.text.strip() if name_el is not None and name_el.text else ""
         objects.append(
             VocObject(
                 name=name,
-                box_xyxy=box,  # type: ignore[arg-type]
+                box_xyxy=box,
                 difficult=_flag(obj, "difficult"),
                 truncated=_flag(obj, "truncated"),
             )

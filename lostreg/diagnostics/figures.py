@@ -19,10 +19,9 @@ from typing import Sequence
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.collections import LineCollection, PatchCollection
-from matplotlib.colors import TwoSlopeNorm
+from matplotlib.colors import ListedColormap, TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-from matplotlib.colors import ListedColormap
 from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
 from lostreg.diagnostics.tokens import Inspection
@@ -68,15 +67,15 @@ def _new_figure(n_rows: int, n_cols: int, aspect: float, extra_h: float = 0.6) -
     # taller rows would only add white space around aspect-locked images.
     row_h = (PANEL_IN - 0.7) * aspect + 0.55
     fig = Figure(figsize=(PANEL_IN * n_cols + 0.4, row_h * n_rows + extra_h), layout="constrained")
-    axes = np.atleast_2d(np.asarray(fig.subplots(n_rows, n_cols, squeeze=False)))
-    return fig, axes
+    return fig, fig.subplots(n_rows, n_cols, squeeze=False)  # always a 2-D array of Axes
 
 
 def _title(fig: Figure, text: str, insp: Inspection | Sequence[Inspection]) -> None:
     items = [insp] if isinstance(insp, Inspection) else list(insp)
-    if any(i.is_random for i in items):
+    random = any(i.is_random for i in items)
+    if random:
         text += "\n" + RANDOM_NOTE
-    fig.suptitle(text, fontsize=10, color="#b00000" if any(i.is_random for i in items) else "black")
+    fig.suptitle(text, fontsize=10, color="#b00000" if random else "black")
 
 
 def _label(insp: Inspection) -> str:
@@ -262,14 +261,14 @@ def attention_figure(insp: Inspection, max_cols: int = 6) -> Figure:
     fig, axes = _new_figure(head_rows + reg_rows, n_cols, _aspect(insp))
     mass = insp.prefix_patch_mass
     assert mass is not None
-    panels = [("CLS", h, insp.cls_attention[h], float(mass[0, h])) for h in range(heads)] if heads else []
-    for i, ax in enumerate(axes.flat):
+    for ax in axes.flat:
         ax.set_axis_off()
-    for i, (who, h, values, m) in enumerate(panels):
-        ax = axes[i // n_cols, i % n_cols]
+    for h in range(heads):
+        assert insp.cls_attention is not None
+        ax = axes[h // n_cols, h % n_cols]
         ax.set_axis_on()
-        image = _grid_map(ax, insp, values, cmap="inferno")
-        ax.set_title(f"CLS, head {h} (on patches {m:.2f})", fontsize=TITLE_SIZE - 1)
+        image = _grid_map(ax, insp, insp.cls_attention[h], cmap="inferno")
+        ax.set_title(f"CLS, head {h} (on patches {float(mass[0, h]):.2f})", fontsize=TITLE_SIZE - 1)
         _colorbar(fig, ax, image)
     first = 1 if heads else 0
     for r in range(registers):

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from lostreg.backbones.base import Backbone
-from lostreg.backbones.vit import TimmViTBackbone
+from lostreg.backbones.vit import TimmViTBackbone, select_features
 from lostreg.boxes import patch_box_to_pixels, rescale_box_xyxy
 from lostreg.discovery import LostConfig
 from lostreg.lost import LostResult, lost
@@ -83,7 +83,7 @@ PAPER_NORM_THRESHOLD = 150.0
 
 @dataclass(frozen=True)
 class ViTTrace:
-    """What one forward pass of a timm ViT gives the diagnostics.
+    """What one forward pass of a timm ViT gives the diagnostics (tensors on the backbone's device).
 
     Attributes:
         final: (B, T, D) float32, tokens after the final norm (timm ``forward_features``).
@@ -106,12 +106,6 @@ class ViTTrace:
     grid_hw: tuple[int, int]
 
 
-def _block_index(num_blocks: int, layer: int) -> int:
-    if not -num_blocks <= layer < num_blocks:
-        raise ValueError(f"the model has {num_blocks} blocks; layer must be in [{-num_blocks}, {num_blocks - 1}], got {layer}")
-    return layer % num_blocks
-
-
 def trace_vit(backbone: TimmViTBackbone, images: torch.Tensor, layer: int = -1) -> ViTTrace:
     """Run all blocks once, keeping the final tokens and block ``layer``'s qkv.
 
@@ -125,7 +119,7 @@ def trace_vit(backbone: TimmViTBackbone, images: torch.Tensor, layer: int = -1) 
         layer: block whose qkv is kept, negative from the end.
     """
     model = backbone.model
-    index = _block_index(len(model.blocks), layer)
+    index = backbone.layer_index(layer)
     p = backbone.patch_size
     images = images.to(backbone.device, torch.float32)
     grid_hw = (int(images.shape[-2]) // p, int(images.shape[-1]) // p)
@@ -210,7 +204,7 @@ class NormThreshold:
         return f"mad:{self.value:g}" if self.kind == "mad" else f"{self.value:g}"
 
     def describe(self) -> str:
-        """Human-readable rule, e.g. ``median + 5 MAD`` or ``norm > 150``."""
+        """Human-readable rule, e.g. ``median + 5·1.4826·MAD`` or ``fixed 150``."""
         return f"median + {self.value:g}·1.4826·MAD" if self.kind == "mad" else f"fixed {self.value:g}"
 
 
@@ -489,9 +483,11 @@ class Inspection:
         pca_explained: (3,) float32 explained-variance ratios.
         lost: LOST's maps.
         config: the LOST protocol used.
-        box_xyxy: LOST's box in original pixels (as ``lostreg discover`` prints it).
-        processed_box_xyxy: the same box in ``picture`` pixels.
-        seed_box_xyxy: the seed patch in ``picture`` pixels.
+        box_xyxy: LOST's box ``(x1, y1, x2, y2)`` in integer pixels of the original image, max
+            exclusive (as ``lostreg discover`` prints it).
+        processed_box_xyxy: the same box in ``picture`` pixels, same convention.
+        seed_box_xyxy: the seed patch in ``picture`` pixels (unlike ``Discovery.seed_box_xyxy``,
+            which is in original pixels), same convention.
     """
 
     image: str
@@ -602,7 +598,6 @@ def inspect_image(
     padded = to_padded_tensor(picture, backbone.patch_size, backbone.mean, backbone.std)
     images = padded.tensor.unsqueeze(0)
     grid_hw = padded.grid_hw
-    rows, cols = grid_hw
 
     cls_map = reg_maps = mass = None
     layer: int | None = None
@@ -611,9 +606,7 @@ def inspect_image(
         trace = trace_vit(backbone, images, config.layer)
         tokens = trace.final if norm_source == "final" else trace.prenorm
         patch_tokens = tokens[0, trace.num_prefix_tokens:]
-        dim = trace.qkv.shape[-1] // 3
-        start = {"q": 0, "k": 1, "v": 2}[config.which] * dim
-        features = trace.qkv[0, trace.num_prefix_tokens:, start:start + dim]
+        features = select_features(trace.qkv[0, trace.num_prefix_tokens:], config.which)
         block = backbone.model.blocks[trace.layer]
         with torch.inference_mode():
             att = prefix_attention(trace.qkv, block.attn, trace.num_prefix_tokens, grid_hw, trace.has_class_token)
@@ -630,7 +623,7 @@ def inspect_image(
         note = PIXELS_ATTENTION_NOTE if backbone.name == "pixels" else f"{backbone.name}: no attention layers: attention maps skipped"
         source = "pixels" if backbone.name == "pixels" else "features"
 
-    norms = torch.linalg.vector_norm(patch_tokens.float(), dim=-1).reshape(rows, cols).cpu().numpy()
+    norms = patch_token_norms(patch_tokens[None], 0, grid_hw)[0].cpu().numpy()
     outliers = find_outliers(norms, threshold)
     rgb, explained = pca_rgb(patch_tokens, grid_hw)
 

@@ -14,7 +14,7 @@ import csv
 import glob
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,9 +38,14 @@ __all__ = [
     "RunError",
     "RunSummary",
     "Table",
+    "TableText",
     "build_table",
+    "corloc_cell",
+    "csv_header",
+    "csv_rows",
     "load_run",
     "load_runs",
+    "table_text",
     "to_csv",
     "to_markdown",
 ]
@@ -49,10 +54,10 @@ __all__ = [
 DATASET_LABELS = {"voc07": "VOC07", "voc12": "VOC12", "coco20k": "COCO20k", "coco": "COCO", "folder": "folder"}
 MAIN_DATASETS = ("voc07", "voc12", "coco20k")
 
-# Protocol defaults of configs/config.yaml (the LOST paper's); only departures name a row.
 #: Backbones without weights: their ``weights`` setting is ignored by the builder.
 WEIGHT_FREE_BACKBONES = frozenset({"pixels"})
 
+# Protocol defaults of configs/config.yaml (the LOST paper's); only departures name a row.
 DEFAULT_PROTOCOL: dict[str, Any] = {
     "which": "k", "layer": -1, "k_patches": 100, "gram_bias": 0.0, "max_size": None, "weights": "pretrained",
 }
@@ -91,6 +96,8 @@ class RunSummary:
         failed: Images on which LOST failed.
         num_images: Size of the dataset.
         complete: Every image of the dataset is done.
+        dataset_config: The whole ``dataset`` section of ``config.yaml`` (root, split, ...);
+            not part of equality.
     """
 
     run_dir: Path
@@ -108,6 +115,7 @@ class RunSummary:
     failed: int
     num_images: int
     complete: bool
+    dataset_config: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def is_random(self) -> bool:
@@ -213,6 +221,7 @@ def load_run(run_dir: str | Path) -> RunSummary:
         failed=_typed(metrics.get("failed", 0), int, "failed", metrics_path),
         num_images=_typed(metrics["num_images"], int, "num_images", metrics_path),
         complete=_typed(metrics["complete"], bool, "complete", metrics_path),
+        dataset_config=dict(config["dataset"]),  # a dict: _select found dataset.name in it
     )
 
 

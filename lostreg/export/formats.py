@@ -255,7 +255,7 @@ def coco_instances(records: Sequence[Record], root: str | os.PathLike[str] | Non
         width, height = _size(record)
         images.append({"id": image_id, "file_name": relative_path(record["image"], root), "width": width,
                        "height": height, "lostreg_image_id": str(record["image_id"])})
-        x, y, w, h = xyxy_to_xywh(_box(record))
+        x, y, w, h = xyxy_to_xywh(record["box_xyxy"])  # validates: 4 integers, x1 <= x2, y1 <= y2
         annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 1,
                             "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})
     return {
@@ -274,7 +274,7 @@ def coco_results(records: Sequence[Record]) -> list[dict[str, Any]]:
     Image ids are those of :func:`coco_instances` for the same records.
     """
     return [
-        {"image_id": image_id, "category_id": 1, "bbox": list(xyxy_to_xywh(_box(record))), "score": 1.0}
+        {"image_id": image_id, "category_id": 1, "bbox": list(xyxy_to_xywh(record["box_xyxy"])), "score": 1.0}
         for image_id, record in zip(coco_image_ids(records), records)
         if not is_failed(record)
     ]

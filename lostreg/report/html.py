@@ -17,7 +17,6 @@ import base64
 import dataclasses
 import html
 import io
-import json
 import os
 import re
 import sys
@@ -28,7 +27,6 @@ from typing import Any
 from urllib.parse import quote
 
 import numpy as np
-import yaml
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
@@ -137,33 +135,24 @@ def run_label(index: int) -> str:
 
 
 def _read_preds(path: Path) -> dict[str, dict[str, Any]]:
-    """Lines of ``preds.jsonl`` by image id, read-only.
+    """Lines of ``preds.jsonl`` by image id, in file order (first occurrence wins).
 
-    Unlike :class:`lostreg.evaluation.runner.PredictionStore` this never truncates the
-    file: a report may be built while the run is still writing, whose last line is partial.
+    Read with :meth:`lostreg.evaluation.runner.PredictionStore.read`, which never modifies
+    the file: a report may be built while the run is still writing, and a partial last line
+    is skipped.
     """
+    from lostreg.evaluation.runner import PredictionStore
+
     try:
-        data = path.read_bytes()
+        return PredictionStore(path).read()
     except OSError as err:
         raise ReportError(f"{path}: unreadable: {err.strerror or err}") from None
-    complete = data[: data.rfind(b"\n") + 1]
-    preds: dict[str, dict[str, Any]] = {}
-    for number, line in enumerate(complete.decode("utf-8", errors="replace").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            image_id = str(record["image_id"])
-        except (ValueError, KeyError, TypeError) as err:
-            raise ReportError(f"{path}:{number}: corrupt prediction line ({err})") from None
-        preds.setdefault(image_id, record)
-    return preds
-
-
-def _read_dataset_config(run_dir: Path) -> dict[str, Any]:
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())  # load_run has parsed it already
-    section = config.get("dataset") if isinstance(config, dict) else None
-    return dict(section) if isinstance(section, dict) else {}
+    except UnicodeDecodeError as err:
+        raise ReportError(f"{path}: not UTF-8 text ({err})") from None
+    except ValueError as err:  # a complete line that is not JSON; the message names file and line
+        raise ReportError(str(err)) from None
+    except (KeyError, TypeError) as err:  # a JSON line that is not a record with an image_id
+        raise ReportError(f"{path}: corrupt prediction line (no image_id: {err!r})") from None
 
 
 def _describe_dataset(identity: Mapping[str, Any]) -> str:
@@ -185,7 +174,7 @@ def load_report_runs(paths: Iterable[str | Path]) -> list[ReportRun]:
         preds_path = summary.run_dir / "preds.jsonl"
         if not preds_path.is_file():
             raise ReportError(f"{summary.run_dir}: no preds.jsonl (per-image predictions of `lostreg eval`)")
-        runs.append(ReportRun(summary, _read_preds(preds_path), _read_dataset_config(summary.run_dir)))
+        runs.append(ReportRun(summary, _read_preds(preds_path), dict(summary.dataset_config)))
     if not runs:
         raise ReportError("no run directory given")
     check_same_dataset(runs)
