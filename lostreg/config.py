@@ -22,6 +22,16 @@ CONFIG_MODULE = "lostreg.configs"
 RESULT_KEYS = ("backbone", "dataset", "weights", "lost", "features", "max_size")
 
 
+def _protocol_name(features: DictConfig, lost: DictConfig) -> str:
+    """Run-directory name of a protocol: ``k_layer-1_k100_bias0.0`` (+ ``_l2`` when normalised)."""
+    name = f"{features.which}_layer{features.layer}_k{lost.k_patches}_bias{lost.gram_bias}"
+    return name + ("_l2" if features.get("l2_normalize", False) else "")
+
+
+# Used by configs/config.yaml's default run_dir.
+OmegaConf.register_new_resolver("lostreg_protocol", _protocol_name, replace=True)
+
+
 class ConfigError(ValueError):
     """An override that does not compose (unknown group option, bad syntax, missing value)."""
 

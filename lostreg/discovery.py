@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from lostreg.backbones import Backbone, FeatureKind
 from lostreg.boxes import patch_box_to_pixels, rescale_box_xyxy
@@ -27,12 +28,21 @@ Box = tuple[int, int, int, int]
 
 @dataclass(frozen=True)
 class LostConfig:
-    """LOST protocol knobs (defaults = the LOST paper: keys of the last layer, k = 100, no bias)."""
+    """LOST protocol knobs (defaults = the LOST paper: raw keys of the last layer, k = 100, no bias).
+
+    ``l2_normalize`` divides each patch feature by its L2 norm before LOST (the Gram matrix
+    becomes cosine similarities), as in the public-checkpoint protocol of spec section 6.
+    """
 
     k_patches: int = 100
     gram_bias: float = 0.0
     which: FeatureKind = "k"
     layer: int = -1
+    l2_normalize: bool = False
+
+    def features_for_lost(self, features: torch.Tensor) -> torch.Tensor:
+        """(..., D) backbone features -> what LOST sees (L2-normalised along D when asked)."""
+        return F.normalize(features, dim=-1) if self.l2_normalize else features
 
 
 @dataclass(frozen=True)
@@ -155,6 +165,7 @@ class ObjectDiscoverer:
             raise ValueError(f"a batch needs one padded size, got {sorted(shapes)}")
         images = torch.stack([it.padded.tensor for it in items])
         features = self.backbone.extract(images, which=self.config.which, layer=self.config.layer)
+        features = self.config.features_for_lost(features)
         return [self._locate(item, feats) for item, feats in zip(items, features)]
 
     def discover(self, image_rgb: np.ndarray, name: str = "<array>") -> Discovery:

@@ -151,6 +151,14 @@ def test_protocol_names_k_and_max_size(tmp_path: Path) -> None:
     assert run.protocol == "k=50 max_size=1024"
 
 
+def test_l2_normalised_runs_are_their_own_protocol(tmp_path: Path) -> None:
+    raw = load_run(make_run(tmp_path, "raw", "dino_vits16", "voc07", 61.0))
+    l2 = load_run(make_run(tmp_path, "l2", "dino_vits16", "voc07", 55.0, overrides=("features.l2_normalize=true",)))
+    assert (raw.protocol, l2.protocol) == ("default", "l2")
+    assert raw.published() is not None and l2.published() is None, "no published row has this protocol"
+    assert len(build_table([raw, l2]).rows) >= 2
+
+
 @pytest.mark.parametrize(
     ("breakage", "message"),
     [

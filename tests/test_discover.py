@@ -90,6 +90,22 @@ def test_lost_config_is_passed_through() -> None:
         assert not torch.equal(other.lost.expansion, base.lost.expansion)
 
 
+def test_l2_normalize_feeds_lost_unit_vectors() -> None:
+    """``l2_normalize`` = LOST on the backbone's features divided by their norms."""
+    from lostreg.lost import lost
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        backbone = build_backbone("dinov2_reg", weights="random", device="cpu")
+    image = scene(70, 56, (14, 14, 42, 42))
+    found = ObjectDiscoverer(backbone, LostConfig(l2_normalize=True)).discover(image)
+    prepared = ObjectDiscoverer(backbone).prepare(image, "x")
+    feats = backbone.extract(prepared.padded.tensor[None])[0]
+    expected = lost(feats / feats.norm(dim=-1, keepdim=True), prepared.padded.grid_hw)
+    assert torch.equal(found.lost.expansion, expected.expansion)
+    assert found.lost.seed == expected.seed
+
+
 # --- command line -----------------------------------------------------------------------------
 
 

@@ -43,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gram-bias", type=float, default=0.0, help="added to the Gram matrix (default 0)")
     parser.add_argument("--which", choices=["q", "k", "v"], default="k", help="attention features (default k)")
     parser.add_argument("--layer", type=int, default=-1, help="block index, negative from the end (default -1)")
+    parser.add_argument("--l2-normalize", action="store_true",
+                        help="L2-normalise each patch feature before LOST (cosine Gram matrix)")
 
 
 Source = tuple[str, Callable[[], np.ndarray]]
@@ -88,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
 
     discoverer = ObjectDiscoverer(
         backbone,
-        LostConfig(k_patches=args.k_patches, gram_bias=args.gram_bias, which=args.which, layer=args.layer),
+        LostConfig(k_patches=args.k_patches, gram_bias=args.gram_bias, which=args.which, layer=args.layer,
+                   l2_normalize=args.l2_normalize),
         max_size=args.max_size or None,
     )
     failed = len(problems)

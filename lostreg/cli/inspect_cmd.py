@@ -71,6 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--which", choices=["q", "k", "v"], default="k", help="LOST features (default k)")
     parser.add_argument("--layer", type=int, default=-1,
                         help="block of LOST's features and of the attention maps, negative from the end (default -1)")
+    parser.add_argument("--l2-normalize", action="store_true",
+                        help="L2-normalise each patch feature before LOST (cosine Gram matrix)")
 
 
 def backbone_names(backbone: str | None, compare: str | None) -> list[str]:
@@ -183,7 +185,8 @@ def run(args: argparse.Namespace) -> int:
                 _error(f"{backbone.name} has {n} blocks; --layer must be in [{-n}, {n - 1}], got {args.layer}")
                 return 2
 
-    config = LostConfig(k_patches=args.k_patches, gram_bias=args.gram_bias, which=args.which, layer=args.layer)
+    config = LostConfig(k_patches=args.k_patches, gram_bias=args.gram_bias, which=args.which, layer=args.layer,
+                        l2_normalize=args.l2_normalize)
     max_size = args.max_size or None
     out_dir: Path = args.output
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -193,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     for backbone in backbones:
         if backbone.name == "pixels" and (config.which != "k" or config.layer != -1):
             # pixels has no layers: its features ignore --which/--layer, as discover refuses them.
-            cfg = LostConfig(k_patches=config.k_patches, gram_bias=config.gram_bias)
+            cfg = LostConfig(k_patches=config.k_patches, gram_bias=config.gram_bias, l2_normalize=config.l2_normalize)
         else:
             cfg = config
         try:

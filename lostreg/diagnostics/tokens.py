@@ -627,7 +627,7 @@ def inspect_image(
     outliers = find_outliers(norms, threshold)
     rgb, explained = pca_rgb(patch_tokens, grid_hw)
 
-    result = lost(features, grid_hw, k_patches=config.k_patches, gram_bias=config.gram_bias)
+    result = lost(config.features_for_lost(features), grid_hw, k_patches=config.k_patches, gram_bias=config.gram_bias)
     p = backbone.patch_size
     processed_hw = padded.image_hw
     row, col = result.seed_rc

@@ -60,10 +60,11 @@ WEIGHT_FREE_BACKBONES = frozenset({"pixels"})
 # Protocol defaults of configs/config.yaml (the LOST paper's); only departures name a row.
 DEFAULT_PROTOCOL: dict[str, Any] = {
     "which": "k", "layer": -1, "k_patches": 100, "gram_bias": 0.0, "max_size": None, "weights": "pretrained",
+    "l2_normalize": False,
 }
 DEFAULT_PROTOCOL_TEXT = "default"
 DEFAULT_PROTOCOL_NOTE = (
-    "keys of the last layer, k=100, Gram bias 0, native resolution, pretrained weights (the LOST paper's)"
+    "raw keys of the last layer, k=100, Gram bias 0, native resolution, pretrained weights (the LOST paper's)"
 )
 RANDOM_NOTE = "RANDOM weights: randomly initialised backbone, a pipeline test only; its CorLoc is meaningless"
 
@@ -116,6 +117,8 @@ class RunSummary:
     num_images: int
     complete: bool
     dataset_config: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    #: Features L2-normalised before LOST (``features.l2_normalize``; absent in older runs = False).
+    l2_normalize: bool = False
 
     @property
     def is_random(self) -> bool:
@@ -134,6 +137,8 @@ class RunSummary:
             parts.append(f"k={self.k_patches}")
         if self.gram_bias != DEFAULT_PROTOCOL["gram_bias"]:
             parts.append(f"bias={self.gram_bias:g}")
+        if self.l2_normalize:
+            parts.append("l2")
         if self.max_size is not None:
             parts.append(f"max_size={self.max_size}")
         if self.weights != DEFAULT_PROTOCOL["weights"] and self.backbone not in WEIGHT_FREE_BACKBONES:
@@ -147,6 +152,8 @@ class RunSummary:
 
     def published(self) -> PublishedResult | None:
         """The published row this run compares with (see :func:`published_for`)."""
+        if self.l2_normalize:
+            return None  # no published row uses one fixed L2-normalised protocol
         return published_for(self.backbone, which=self.which, layer=self.layer, k_patches=self.k_patches,
                               gram_bias=self.gram_bias, weights=self.weights)
 
@@ -222,6 +229,7 @@ def load_run(run_dir: str | Path) -> RunSummary:
         num_images=_typed(metrics["num_images"], int, "num_images", metrics_path),
         complete=_typed(metrics["complete"], bool, "complete", metrics_path),
         dataset_config=dict(config["dataset"]),  # a dict: _select found dataset.name in it
+        l2_normalize=bool((config.get("features") or {}).get("l2_normalize", False)),
     )
 
 

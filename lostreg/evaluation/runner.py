@@ -298,6 +298,7 @@ def _process(
         LostConfig(
             k_patches=int(cfg.lost.k_patches), gram_bias=float(cfg.lost.gram_bias),
             which=str(cfg.features.which), layer=int(cfg.features.layer),  # type: ignore[arg-type]
+            l2_normalize=bool(cfg.features.get("l2_normalize", False)),
         ),
         max_size=None if cfg.max_size is None else int(cfg.max_size),
     )
