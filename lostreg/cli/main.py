@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Unsupervised object discovery (LOST) with DINO, DINOv2 and DINOv2+registers.",
     )
     parser.add_argument("--version", action="version", version=f"lostreg {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # The metavar lists the commands, so a bare `lostreg` shows them in its usage error.
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
     sub.required = True
     for name, (add_arguments, run, help_text) in COMMANDS.items():
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
