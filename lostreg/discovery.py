@@ -165,8 +165,7 @@ class ObjectDiscoverer:
             raise ValueError(f"a batch needs one padded size, got {sorted(shapes)}")
         images = torch.stack([it.padded.tensor for it in items])
         features = self.backbone.extract(images, which=self.config.which, layer=self.config.layer)
-        features = self.config.features_for_lost(features)
-        return [self._locate(item, feats) for item, feats in zip(items, features)]
+        return [self.locate(item, feats) for item, feats in zip(items, features)]
 
     def discover(self, image_rgb: np.ndarray, name: str = "<array>") -> Discovery:
         """Main object of one (H, W, 3) uint8 RGB image."""
@@ -176,9 +175,17 @@ class ObjectDiscoverer:
         """Main object of one image file."""
         return self.discover_batch([self.prepare_path(path)])[0]
 
-    def _locate(self, item: PreparedImage, features: torch.Tensor) -> Discovery:
+    def locate(self, item: PreparedImage, features: torch.Tensor) -> Discovery:
+        """LOST on one image's backbone features, box mapped to original pixels.
+
+        Args:
+            item: the prepared image the features come from.
+            features: (rows*cols, D) float, row-major over ``item.padded.grid_hw``, prefix tokens
+                dropped, as :meth:`Backbone.extract` gives them (normalised here if the config says so).
+        """
         grid_hw = item.padded.grid_hw
-        result = lost(features, grid_hw, k_patches=self.config.k_patches, gram_bias=self.config.gram_bias)
+        result = lost(self.config.features_for_lost(features), grid_hw,
+                      k_patches=self.config.k_patches, gram_bias=self.config.gram_bias)
         p = self.backbone.patch_size
         processed_hw = item.padded.image_hw
         row, col = result.seed_rc

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -37,11 +37,11 @@ from torch import nn
 
 from lostreg.backbones.base import Backbone
 from lostreg.backbones.vit import TimmViTBackbone, select_features
-from lostreg.boxes import patch_box_to_pixels, rescale_box_xyxy
-from lostreg.discovery import LostConfig
-from lostreg.lost import LostResult, lost
+from lostreg.boxes import patch_box_to_pixels
+from lostreg.discovery import ImagePreparer, LostConfig, ObjectDiscoverer
+from lostreg.lost import LostResult
 from lostreg.precision import strict_fp32
-from lostreg.preprocess import downscale_to_max_size, to_padded_tensor
+from lostreg.preprocess import downscale_to_max_size
 
 __all__ = [
     "DEFAULT_MAD_K",
@@ -595,7 +595,10 @@ def inspect_image(
         raise ValueError(f"norm_source must be 'final' or 'prenorm', got {norm_source!r}")
     original_hw = (int(image_rgb.shape[0]), int(image_rgb.shape[1]))
     picture = downscale_to_max_size(image_rgb, max_size)
-    padded = to_padded_tensor(picture, backbone.patch_size, backbone.mean, backbone.std)
+    # The picture is already downscaled: prepare it as is, then restore the original size.
+    item = ImagePreparer(backbone.patch_size, backbone.mean, backbone.std)(picture, name)
+    item = replace(item, original_hw=original_hw)
+    padded = item.padded
     images = padded.tensor.unsqueeze(0)
     grid_hw = padded.grid_hw
 
@@ -627,13 +630,15 @@ def inspect_image(
     outliers = find_outliers(norms, threshold)
     rgb, explained = pca_rgb(patch_tokens, grid_hw)
 
-    result = lost(config.features_for_lost(features), grid_hw, k_patches=config.k_patches, gram_bias=config.gram_bias)
+    found = ObjectDiscoverer(backbone, config).locate(item, features)
+    result = found.lost
     p = backbone.patch_size
     processed_hw = padded.image_hw
     row, col = result.seed_rc
+    # The figures draw on the (downscaled) picture, so these two stay in its pixels.
     box = patch_box_to_pixels(result.box, p, processed_hw)
     seed_box = patch_box_to_pixels((col, row, col + 1, row + 1), p, processed_hw)
-    original_box = rescale_box_xyxy(box, processed_hw, original_hw) if processed_hw != original_hw else box
+    original_box = found.box_xyxy
 
     return Inspection(
         image=name,

@@ -214,15 +214,15 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
 def compute_metrics(dataset: ImageDataset, preds: dict[str, dict[str, Any]], has_gt: bool) -> dict[str, Any]:
     """CorLoc and counts from stored predictions, in dataset order (each image once)."""
     evaluator = CorLocEvaluator()
-    failed = 0
+    failed = done = 0
     for record in dataset:
         pred = preds.get(record.image_id)
         if pred is None:
             continue
+        done += 1
         failed += pred.get("error") is not None
         if has_gt:
             evaluator.process(record.image_id, pred.get("box_xyxy"), record.gt_boxes_xyxy)
-    done = sum(1 for r in dataset if r.image_id in preds)
     metrics: dict[str, Any] = {"corloc": None, "hits": None, "total": done, "failed": failed}
     if has_gt:
         scores = evaluator.evaluate()

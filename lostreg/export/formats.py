@@ -181,6 +181,25 @@ def coco_image_ids(records: Sequence[Record]) -> list[int]:
     return list(range(1, len(records) + 1))
 
 
+@dataclass(frozen=True)
+class _PerImage:
+    """What a one-file-per-image writer needs, validated for every image before anything is written."""
+
+    record: Record
+    stem: str
+    rel_path: str
+    size: tuple[int, int]  # (width, height) pixels
+    box_xyxy: tuple[int, int, int, int]  # pixels, max exclusive
+
+
+def _per_image(records: Sequence[Record], root: str | os.PathLike[str] | None) -> tuple[list[_PerImage], list[FailedImage]]:
+    """Split off failed images and check stems, paths, sizes and boxes of the others, in input order."""
+    ok, failed = split_failed(records)
+    stems = _stems(ok)
+    items = [_PerImage(r, stem, relative_path(r["image"], root), _size(r), _box(r)) for r, stem in zip(ok, stems)]
+    return items, failed
+
+
 def _stems(records: Sequence[Record]) -> list[str]:
     """File stems of the images; two images with one stem would share a label file."""
     stems = [Path(str(r["image"])).stem for r in records]
@@ -398,18 +417,15 @@ def write_yolo(
     """
     out = Path(out_dir)
     result = ExportResult("yolo", out)
-    ok, failed = split_failed(records)
-    stems = _stems(ok)
-    rel_paths = [relative_path(r["image"], root) for r in ok]  # checks every path before writing anything
-    for record, stem in zip(ok, stems):
-        width, height = _size(record)
-        result.files.append(_write_text(out / "labels" / f"{stem}.txt", yolo_line(_box(record), width, height) + "\n"))
+    items, failed = _per_image(records, root)  # checks every image before writing anything
+    for it in items:
+        result.files.append(_write_text(out / "labels" / f"{it.stem}.txt", yolo_line(it.box_xyxy, *it.size) + "\n"))
         if link_images:
-            result.files.append(_link(str(record["image"]), out / "images" / Path(str(record["image"])).name))
+            result.files.append(_link(str(it.record["image"]), out / "images" / Path(str(it.record["image"])).name))
     result.stale = _stale(out / "labels", ".txt", result.files)
-    result.files.append(_write_text(out / "images.txt", "".join(p + "\n" for p in rel_paths)))
+    result.files.append(_write_text(out / "images.txt", "".join(it.rel_path + "\n" for it in items)))
     result.files.append(_write_text(out / "data.yaml", _yolo_data_yaml(out)))
-    result.images = len(ok)
+    result.images = len(items)
     _write_failed(result, failed)
     return result
 
@@ -466,17 +482,15 @@ def write_voc(
     """
     out = Path(out_dir)
     result = ExportResult("voc", out)
-    ok, failed = split_failed(records)
-    stems = _stems(ok)
-    rel_paths = [relative_path(r["image"], root) for r in ok]
-    for record, stem, rel in zip(ok, stems, rel_paths):
-        width, height = _size(record)
-        result.files.append(_write_text(out / "Annotations" / f"{stem}.xml", voc_xml(_box(record), width, height, rel)))
+    items, failed = _per_image(records, root)  # checks every image before writing anything
+    for it in items:
+        xml = voc_xml(it.box_xyxy, *it.size, it.rel_path)
+        result.files.append(_write_text(out / "Annotations" / f"{it.stem}.xml", xml))
         if link_images:
-            result.files.append(_link(str(record["image"]), out / "JPEGImages" / Path(str(record["image"])).name))
+            result.files.append(_link(str(it.record["image"]), out / "JPEGImages" / Path(str(it.record["image"])).name))
     result.stale = _stale(out / "Annotations", ".xml", result.files)
-    result.files.append(_write_text(out / "ImageSets" / "Main" / "trainval.txt", "".join(s + "\n" for s in stems)))
-    result.images = len(ok)
+    result.files.append(_write_text(out / "ImageSets" / "Main" / "trainval.txt", "".join(it.stem + "\n" for it in items)))
+    result.images = len(items)
     _write_failed(result, failed)
     return result
 
