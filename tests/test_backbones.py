@@ -20,6 +20,7 @@ from lostreg.backbones import (
     list_backbones,
     resolve_backbone,
 )
+from lostreg.backbones.base import FeatureKey
 from lostreg.backbones.pos_embed import PosEmbedInterp, interpolate_with_offset
 from lostreg.backbones.vit import TimmViTBackbone
 
@@ -220,6 +221,33 @@ def test_layer_selection_and_errors(dino: TimmViTBackbone) -> None:
         dino.extract(x, "z")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="multiple of the patch size"):
         dino.extract(torch.randn(1, 3, 30, 48))
+
+
+def test_extract_many_is_one_pass_with_each_key_exact(dino: TimmViTBackbone) -> None:
+    """Every (which, layer) of a sweep from one forward pass, each equal to its own extract()."""
+    x = torch.randn(2, 3, 32, 48)
+    keys = [FeatureKey("k", -1), FeatureKey("q", -2), FeatureKey("v", -2), FeatureKey("k", 0),
+            FeatureKey("k", dino.num_layers - 1)]
+    calls = []
+    handles = [block.register_forward_hook(lambda *a: calls.append(1)) for block in dino.model.blocks]
+    try:
+        many = dino.extract_many(x, keys)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(calls) == dino.num_layers - 1, "blocks after the deepest requested qkv are not run"
+    assert list(many) == keys
+    for key in keys:
+        assert torch.equal(many[key], dino.extract(x, key.which, key.layer))
+    with pytest.raises(ValueError, match="layer must be in"):
+        dino.extract_many(x, [FeatureKey("k", -1), FeatureKey("k", 99)])
+
+
+def test_capability_flags() -> None:
+    pixels = build_backbone("pixels", device="cpu")
+    assert not pixels.has_attention and not pixels.has_weights and pixels.num_layers == 1
+    vit = _random("dino")
+    assert vit.has_attention and vit.has_weights and vit.num_layers == 12
 
 
 def test_batch_items_are_independent(dinov2_reg: TimmViTBackbone) -> None:

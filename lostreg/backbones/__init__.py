@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lostreg.backbones.base import Backbone, FeatureKind
+from lostreg.backbones.base import FEATURE_KINDS, Backbone, FeatureKey, FeatureKind
 from lostreg.backbones.registry import (
     ALIASES,
     BUILDERS,
@@ -53,6 +53,8 @@ def build_backbone(
 __all__ = [
     "ALIASES",
     "Backbone",
+    "FEATURE_KINDS",
+    "FeatureKey",
     "BackboneSpec",
     "FeatureKind",
     "UnknownBackboneError",

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import abc
-from typing import Literal
+from typing import Literal, NamedTuple, Sequence
 
 import torch
 
 from lostreg.backbones.registry import BackboneSpec
 
 FeatureKind = Literal["q", "k", "v"]
+FEATURE_KINDS: tuple[str, ...] = ("q", "k", "v")
+
+
+class FeatureKey(NamedTuple):
+    """One feature set a backbone can return: ``which`` of block ``layer`` (negative from the end)."""
+
+    which: FeatureKind = "k"
+    layer: int = -1
 
 
 class Backbone(abc.ABC):
@@ -56,7 +64,40 @@ class Backbone(abc.ABC):
         """True when the weights are random, i.e. boxes carry no meaning."""
         return False
 
-    @abc.abstractmethod
+    @property
+    def has_attention(self) -> bool:
+        """Whether the backbone has attention layers (q/k/v features, attention maps)."""
+        return False
+
+    @property
+    def has_weights(self) -> bool:
+        """Whether the backbone has learned weights (``weights=`` applies); False for ``pixels``."""
+        return True
+
+    @property
+    def num_layers(self) -> int:
+        """Number of blocks; ``layer`` must lie in ``[-num_layers, num_layers)``. 1 without layers."""
+        return 1
+
+    def layer_index(self, layer: int) -> int:
+        """Block index in ``[0, num_layers)`` of ``layer`` (negative counts from the end).
+
+        Raises:
+            ValueError: ``layer`` out of range, naming the valid range.
+        """
+        n = self.num_layers
+        if isinstance(layer, bool) or not isinstance(layer, int) or not -n <= layer < n:
+            raise ValueError(f"{self.name} has {n} blocks; layer must be in [{-n}, {n - 1}], got {layer!r}")
+        return layer % n
+
+    def check_feature_key(self, key: FeatureKey) -> None:
+        """Raise ``ValueError`` (one line, naming the setting) if ``key`` does not apply to this backbone."""
+        if key.which not in FEATURE_KINDS:
+            raise ValueError(f"features.which must be one of q, k, v; got {key.which!r}")
+        if not self.has_attention and key.which != "k":
+            raise ValueError(f"{self.name} has no attention layers: features.which must be k, got {key.which!r}")
+        self.layer_index(key.layer)
+
     def extract(self, images: torch.Tensor, which: FeatureKind = "k", layer: int = -1) -> torch.Tensor:
         """Patch features of a batch.
 
@@ -68,6 +109,22 @@ class Backbone(abc.ABC):
 
         Returns:
             (B, rows*cols, D) float32 on :attr:`device`, rows = H / p, cols = W / p, row-major.
+        """
+        key = FeatureKey(which, layer)
+        return self.extract_many(images, [key])[key]
+
+    @abc.abstractmethod
+    def extract_many(self, images: torch.Tensor, keys: Sequence[FeatureKey]) -> dict[FeatureKey, torch.Tensor]:
+        """Several feature sets of a batch from ONE forward pass (a protocol sweep's features).
+
+        Args:
+            images: as for :meth:`extract`.
+            keys: the feature sets wanted; each is validated by :meth:`check_feature_key` first.
+
+        Returns:
+            ``{key: (B, rows*cols, D) float32}`` for every key given (keys as given, so ``-1`` and
+            ``num_layers - 1`` are separate entries holding equal tensors). Each tensor equals
+            what :meth:`extract` returns for that key alone, bit for bit.
         """
 
     def grid_hw(self, image_hw: tuple[int, int]) -> tuple[int, int]:

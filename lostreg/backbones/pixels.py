@@ -8,10 +8,12 @@ tests exercise the whole pipeline without downloaded weights.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 
-from lostreg.backbones.base import Backbone, FeatureKind
+from lostreg.backbones.base import Backbone, FeatureKey
 from lostreg.backbones.registry import BackboneSpec, register_builder
 from lostreg.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
@@ -40,15 +42,21 @@ class PixelBackbone(Backbone):
     def std(self) -> tuple[float, float, float]:
         return IMAGENET_STD
 
-    def extract(self, images: torch.Tensor, which: FeatureKind = "k", layer: int = -1) -> torch.Tensor:
-        """(B, 3, H, W) normalised -> (B, rows*cols, 3*p*p); ``which`` and ``layer`` do not apply."""
-        if which != "k" or layer != -1:
-            raise ValueError("the pixels backbone has no attention layers: use which='k', layer=-1")
+    @property
+    def has_weights(self) -> bool:
+        return False
+
+    def extract_many(self, images: torch.Tensor, keys: Sequence[FeatureKey]) -> dict[FeatureKey, torch.Tensor]:
+        """(B, 3, H, W) normalised -> ``{key: (B, rows*cols, 3*p*p)}``; only ``which='k'`` applies (one layer)."""
+        keys = [FeatureKey(*key) for key in keys]
+        for key in keys:
+            self.check_feature_key(key)
         p = self.patch_size
         if images.shape[-2] % p or images.shape[-1] % p:
             raise ValueError(f"image size {tuple(images.shape[-2:])} is not a multiple of the patch size {p}")
         # unfold gives (B, 3*p*p, L) with L patches in row-major order.
-        return F.unfold(images.to(self.device, torch.float32), kernel_size=p, stride=p).transpose(1, 2)
+        features = F.unfold(images.to(self.device, torch.float32), kernel_size=p, stride=p).transpose(1, 2)
+        return {key: features for key in keys}
 
 
 @register_builder("pixels")

@@ -22,7 +22,6 @@ from enum import Enum
 
 import torch
 import torch.nn.functional as F
-from timm.layers import resample_abs_pos_embed
 
 
 class PosEmbedInterp(str, Enum):
@@ -81,6 +80,9 @@ def resize_patch_pos_embed(
         if pretrained_grid_hw[0] != pretrained_grid_hw[1]:
             raise ValueError(f"offset interpolation needs a square pretrained grid, got {pretrained_grid_hw}")
         return interpolate_with_offset(patch_pos_embed, grid_hw, offset=0.1)
+    # Imported here: the registry imports this module, and listing backbones must not import timm.
+    from timm.layers import resample_abs_pos_embed
+
     return resample_abs_pos_embed(
         patch_pos_embed,
         new_size=list(grid_hw),

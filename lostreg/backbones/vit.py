@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import warnings
+from typing import Sequence
 
 import torch
 from torch import nn
 
-from lostreg.backbones.base import Backbone, FeatureKind
+from lostreg.backbones.base import Backbone, FeatureKey, FeatureKind
 from lostreg.backbones.pos_embed import resize_patch_pos_embed
 from lostreg.backbones.registry import BackboneSpec, register_builder
 from lostreg.precision import strict_fp32
@@ -137,25 +138,33 @@ class TimmViTBackbone(Backbone):
         block = self.model.blocks[self.layer_index(layer)]
         return block.attn.qkv(block.norm1(self.block_input(images, layer)))
 
+    @property
+    def has_attention(self) -> bool:
+        return True
+
     @torch.inference_mode()
-    def extract(self, images: torch.Tensor, which: FeatureKind = "k", layer: int = -1) -> torch.Tensor:
-        select_features(torch.empty(0, 3), which)  # validates `which` before the forward pass
+    def extract_many(self, images: torch.Tensor, keys: Sequence[FeatureKey]) -> dict[FeatureKey, torch.Tensor]:
+        keys = [FeatureKey(*key) for key in keys]
+        for key in keys:
+            self.check_feature_key(key)  # before the forward pass: a bad key costs nothing
+        wanted: dict[int, list[FeatureKey]] = {}
+        for key in keys:
+            wanted.setdefault(self.layer_index(key.layer), []).append(key)
         images = images.to(self.device, torch.float32)
+        out: dict[FeatureKey, torch.Tensor] = {}
         # The features feed LOST's sign thresholds: no TF32 in the patch-embedding conv or matmuls.
         with strict_fp32():
-            qkv = self.qkv(images, layer)
-        return select_features(qkv, which)[:, self.num_prefix_tokens:].float()
-
-    def layer_index(self, layer: int) -> int:
-        """Block index in ``[0, num_layers)`` of ``layer`` (negative counts from the end).
-
-        Raises:
-            ValueError: ``layer`` out of range, naming the valid range.
-        """
-        n = self.num_layers
-        if not -n <= layer < n:
-            raise ValueError(f"{self.name} has {n} blocks; layer must be in [{-n}, {n - 1}], got {layer}")
-        return layer % n
+            x = self.tokens(images)
+            last = max(wanted)
+            for index, block in enumerate(self.model.blocks[: last + 1]):
+                if index in wanted:
+                    # The same two calls as qkv(): one qkv output serves every kind of this layer.
+                    qkv = block.attn.qkv(block.norm1(x))
+                    for key in wanted[index]:
+                        out[key] = select_features(qkv, key.which)[:, self.num_prefix_tokens:].float()
+                if index < last:
+                    x = block(x)
+        return {key: out[key] for key in keys}  # in the order asked
 
 
 def select_features(qkv: torch.Tensor, which: FeatureKind) -> torch.Tensor:
