@@ -19,9 +19,12 @@ from PIL import Image
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "ImagePreparer",
     "ImageTooSmallError",
     "PaddedImage",
+    "PreparedImage",
     "downscale_to_max_size",
+    "downscaled_hw",
     "to_padded_tensor",
 ]
 
@@ -168,3 +171,54 @@ def downscale_to_max_size(image_rgb: np.ndarray, max_size: int | None) -> np.nda
         (new_w, new_h), resample=Image.Resampling.BICUBIC, reducing_gap=3.0
     )
     return np.array(resized, dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """One image ready for the backbone.
+
+    Attributes:
+        name: how the image is reported (a path, or ``skimage:astronaut``).
+        original_hw: (H, W) of the decoded image after EXIF orientation.
+        padded: the (possibly downscaled) image, normalised and zero-padded; its ``image_hw`` is
+            the processed (unpadded) size that boxes are clipped to.
+    """
+
+    name: str
+    original_hw: tuple[int, int]
+    padded: PaddedImage
+
+
+@dataclass(frozen=True)
+class ImagePreparer:
+    """CPU preprocessing for one backbone: optional downscale, normalise, pad.
+
+    Small and picklable, so data-loader worker processes can run it without the model.
+
+    Attributes:
+        patch_size: the backbone's patch side p in pixels.
+        mean, std: the backbone's RGB normalisation for values in [0, 1].
+        max_size: longer-side limit in pixels (None = native resolution, the published protocol).
+    """
+
+    patch_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    max_size: int | None = None
+
+    def __call__(self, image_rgb: np.ndarray, name: str) -> PreparedImage:
+        """(H, W, 3) uint8 RGB -> :class:`PreparedImage`.
+
+        Raises:
+            ImageTooSmallError: image smaller than one patch.
+        """
+        original_hw = (int(image_rgb.shape[0]), int(image_rgb.shape[1]))
+        resized = downscale_to_max_size(image_rgb, self.max_size)
+        padded = to_padded_tensor(resized, self.patch_size, self.mean, self.std)
+        return PreparedImage(name=name, original_hw=original_hw, padded=padded)
+
+    def padded_hw(self, image_hw: tuple[int, int]) -> tuple[int, int]:
+        """(H, W) of the padded tensor for an image of size ``image_hw``, without decoding it."""
+        h, w = downscaled_hw(image_hw, self.max_size)
+        p = self.patch_size
+        return (-(-h // p) * p, -(-w // p) * p)

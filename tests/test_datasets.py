@@ -19,7 +19,7 @@ from synthetic import (
     write_voc_split,
 )
 
-import lostreg.datasets.coco as coco_mod
+import lostreg.datasets.coco20k as coco20k_mod
 from lostreg.datasets import (
     COCO20K_NUM_IMAGES,
     Coco20kDataset,
@@ -310,14 +310,14 @@ def test_coco20k_cache_dir_and_fallback(coco20k, tmp_path, monkeypatch):
     assert not (root / "annotations" / "instances_train2014_sel20k.json").exists()
     # <root>/annotations not writable -> user cache dir.
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    real_write = coco_mod._atomic_write_bytes
+    real_write = coco20k_mod.atomic_write_bytes
 
     def refuse_root(dest, payload):
         if dest.parent == root / "annotations":
             raise PermissionError("read-only")
         real_write(dest, payload)
 
-    monkeypatch.setattr(coco_mod, "_atomic_write_bytes", refuse_root)
+    monkeypatch.setattr(coco20k_mod, "atomic_write_bytes", refuse_root)
     ds = Coco20kDataset(root, filelist)
     assert ds.cache_path == tmp_path / "xdg" / "lostreg" / "coco20k" / "instances_train2014_sel20k.json"
     assert Coco20kDataset(root, filelist).cache_reused

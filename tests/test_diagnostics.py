@@ -32,7 +32,8 @@ from lostreg.diagnostics import (
     trace_vit,
 )
 from lostreg.diagnostics import figures
-from lostreg.discovery import LostConfig, ObjectDiscoverer
+from lostreg.discovery import ObjectDiscoverer
+from lostreg.protocol import DiscoveryProtocol
 from lostreg.preprocess import to_padded_tensor
 
 W, H = 112, 84  # small: 8x6 patches at p=14, 7x6 at p=16
@@ -238,8 +239,8 @@ def test_pca_rgb_shape_and_range() -> None:
 def test_inspection_box_is_the_discover_box(backbones: dict, name: str) -> None:
     backbone = backbones[name]
     image = scene(150, 100, seed=3)
-    found = ObjectDiscoverer(backbone, LostConfig(), max_size=96).discover(image, "x")
-    insp = inspect_image(backbone, image, "x", LostConfig(), max_size=96)
+    found = ObjectDiscoverer(backbone, DiscoveryProtocol(), max_size=96).discover(image, "x")
+    insp = inspect_image(backbone, image, "x", DiscoveryProtocol(), max_size=96)
     assert insp.box_xyxy == found.box_xyxy and insp.lost.seed_rc == found.seed_rc
     assert insp.original_hw == (100, 150) and insp.processed_hw == found.processed_hw
     maps = insp.lost

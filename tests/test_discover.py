@@ -17,7 +17,8 @@ from lostreg.backbones import build_backbone
 from lostreg.boxes import iou_xyxy
 from lostreg.cli import discover_cmd
 from lostreg.cli.main import main
-from lostreg.discovery import LostConfig, ObjectDiscoverer
+from lostreg.discovery import ObjectDiscoverer
+from lostreg.protocol import DiscoveryProtocol, FeatureConfig
 
 SHARED_PHOTO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "VOC07_000236.jpg"
 
@@ -85,7 +86,7 @@ def test_lost_config_is_passed_through() -> None:
         backbone = build_backbone("dino", weights="random", device="cpu")
     image = scene(96, 64, (16, 16, 48, 48))
     base = ObjectDiscoverer(backbone).discover(image)
-    for config in (LostConfig(which="q"), LostConfig(layer=0)):
+    for config in (DiscoveryProtocol(features=FeatureConfig(which="q")), DiscoveryProtocol(features=FeatureConfig(layer=0))):
         other = ObjectDiscoverer(backbone, config).discover(image)
         assert not torch.equal(other.lost.expansion, base.lost.expansion)
 
@@ -98,7 +99,7 @@ def test_l2_normalize_feeds_lost_unit_vectors() -> None:
         warnings.simplefilter("ignore")
         backbone = build_backbone("dinov2_reg", weights="random", device="cpu")
     image = scene(70, 56, (14, 14, 42, 42))
-    found = ObjectDiscoverer(backbone, LostConfig(l2_normalize=True)).discover(image)
+    found = ObjectDiscoverer(backbone, DiscoveryProtocol(features=FeatureConfig(l2_normalize=True))).discover(image)
     prepared = ObjectDiscoverer(backbone).prepare(image, "x")
     feats = backbone.extract(prepared.padded.tensor[None])[0]
     expected = lost(feats / feats.norm(dim=-1, keepdim=True), prepared.padded.grid_hw)

@@ -1,40 +1,81 @@
-"""Backbones: registry of names, weights loading, and patch-feature extraction."""
+"""Backbones: registry of names, weights loading, and patch-feature extraction.
+
+Importing this package is light (no torch, no timm): the registry is plain data, and the
+feature extractors, weights loaders and their torch imports load on first use
+(:func:`build_backbone`, or an attribute such as :class:`Backbone`).
+"""
 
 from __future__ import annotations
 
-import torch
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from lostreg.backbones.base import FEATURE_KINDS, Backbone, FeatureKey, FeatureKind
 from lostreg.backbones.registry import (
     ALIASES,
     BUILDERS,
     BackboneSpec,
+    PosEmbedInterp,
     UnknownBackboneError,
+    is_weight_free,
     list_backbones,
     register_backbone,
     register_builder,
+    registered_spec,
     resolve_backbone,
 )
-from lostreg.backbones.weights import WeightsError, WeightsUnavailableError
+from lostreg.protocol import FEATURE_KINDS, FeatureKey, FeatureKind
 
-# Importing the builder modules registers them in BUILDERS.
-from lostreg.backbones import pixels as _pixels  # noqa: F401,E402
-from lostreg.backbones import vit as _vit  # noqa: F401,E402
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from lostreg.backbones.base import Backbone
+    from lostreg.backbones.weights import WeightsError, WeightsUnavailableError
+
+#: Modules whose import registers a builder in BUILDERS (``@register_builder``).
+BUILDER_MODULES = ("lostreg.backbones.vit", "lostreg.backbones.pixels")
+
+_LAZY = {
+    "Backbone": "lostreg.backbones.base",
+    "WeightsError": "lostreg.backbones.weights",
+    "WeightsUnavailableError": "lostreg.backbones.weights",
+}
 
 
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``auto``/None -> cuda if available else cpu; otherwise ``torch.device(device)``."""
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'lostreg.backbones' has no attribute {name!r}")
+
+
+def resolve_device(device: "str | torch.device | None" = "auto") -> "torch.device":
+    """``auto``/None -> cuda if available else cpu; otherwise ``torch.device(device)``.
+
+    Raises:
+        ValueError: not a device string torch knows, or a CUDA device this machine lacks.
+    """
+    import torch
+
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {str(device)!r}") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {str(device)!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r} requested but CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {str(device)!r} requested but MPS is not available on this machine")
     return dev
 
 
 def build_backbone(
-    name: str, weights: str | None = "pretrained", device: str | torch.device | None = "auto"
-) -> Backbone:
+    name: str, weights: str | None = "pretrained", device: "str | torch.device | None" = "auto"
+) -> "Backbone":
     """Build a backbone by lostreg name, alias or timm ViT name.
 
     Args:
@@ -44,26 +85,32 @@ def build_backbone(
         device: ``auto`` (cuda if available), ``cpu``, ``cuda``, ``cuda:1``...
 
     Raises:
-        UnknownBackboneError, WeightsError, WeightsUnavailableError: one-line messages.
+        UnknownBackboneError, WeightsError, WeightsUnavailableError, ValueError: one-line messages.
     """
+    for module in BUILDER_MODULES:
+        importlib.import_module(module)
     spec = resolve_backbone(name)
     return BUILDERS[spec.builder](spec, weights, resolve_device(device))
 
 
 __all__ = [
     "ALIASES",
+    "BUILDER_MODULES",
     "Backbone",
+    "BackboneSpec",
     "FEATURE_KINDS",
     "FeatureKey",
-    "BackboneSpec",
     "FeatureKind",
+    "PosEmbedInterp",
     "UnknownBackboneError",
     "WeightsError",
     "WeightsUnavailableError",
     "build_backbone",
+    "is_weight_free",
     "list_backbones",
     "register_backbone",
     "register_builder",
+    "registered_spec",
     "resolve_backbone",
     "resolve_device",
 ]

@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import abc
-from typing import Literal, NamedTuple, Sequence
+from typing import Sequence
 
 import torch
 
 from lostreg.backbones.registry import BackboneSpec
-
-FeatureKind = Literal["q", "k", "v"]
-FEATURE_KINDS: tuple[str, ...] = ("q", "k", "v")
-
-
-class FeatureKey(NamedTuple):
-    """One feature set a backbone can return: ``which`` of block ``layer`` (negative from the end)."""
-
-    which: FeatureKind = "k"
-    layer: int = -1
+from lostreg.protocol import FEATURE_KINDS, FeatureKey, FeatureKind
 
 
 class Backbone(abc.ABC):
@@ -70,6 +61,11 @@ class Backbone(abc.ABC):
         return False
 
     @property
+    def feature_source(self) -> str:
+        """What the patch features are, in a word (``pixels`` for the weight-free baseline)."""
+        return "features"
+
+    @property
     def has_weights(self) -> bool:
         """Whether the backbone has learned weights (``weights=`` applies); False for ``pixels``."""
         return True
@@ -87,7 +83,7 @@ class Backbone(abc.ABC):
         """
         n = self.num_layers
         if isinstance(layer, bool) or not isinstance(layer, int) or not -n <= layer < n:
-            raise ValueError(f"{self.name} has {n} blocks; layer must be in [{-n}, {n - 1}], got {layer!r}")
+            raise ValueError(f"features.layer must be in [{-n}, {n - 1}] ({self.name} has {n} blocks), got {layer!r}")
         return layer % n
 
     def check_feature_key(self, key: FeatureKey) -> None:

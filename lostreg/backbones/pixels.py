@@ -46,6 +46,10 @@ class PixelBackbone(Backbone):
     def has_weights(self) -> bool:
         return False
 
+    @property
+    def feature_source(self) -> str:
+        return "pixels"
+
     def extract_many(self, images: torch.Tensor, keys: Sequence[FeatureKey]) -> dict[FeatureKey, torch.Tensor]:
         """(B, 3, H, W) normalised -> ``{key: (B, rows*cols, 3*p*p)}``; only ``which='k'`` applies (one layer)."""
         keys = [FeatureKey(*key) for key in keys]

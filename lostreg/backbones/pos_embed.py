@@ -18,19 +18,14 @@ Both official versions return the embedding untouched when the grid already is `
 from __future__ import annotations
 
 import math
-from enum import Enum
 
 import torch
 import torch.nn.functional as F
 
+# The enum is part of a backbone's registry entry (data, no torch); re-exported here.
+from lostreg.backbones.registry import PosEmbedInterp
 
-class PosEmbedInterp(str, Enum):
-    """How a backbone family resizes its patch position embeddings."""
-
-    #: Official DINO v1 / DINOv2 (no registers): bicubic, scale factor (n + 0.1) / g, no antialias.
-    OFFSET_0_1 = "offset_0.1"
-    #: timm's resize (bicubic, exact size, antialias); equals the official DINOv2+reg one.
-    TIMM = "timm"
+__all__ = ["PosEmbedInterp", "interpolate_with_offset", "resize_patch_pos_embed"]
 
 
 def interpolate_with_offset(
@@ -80,7 +75,7 @@ def resize_patch_pos_embed(
         if pretrained_grid_hw[0] != pretrained_grid_hw[1]:
             raise ValueError(f"offset interpolation needs a square pretrained grid, got {pretrained_grid_hw}")
         return interpolate_with_offset(patch_pos_embed, grid_hw, offset=0.1)
-    # Imported here: the registry imports this module, and listing backbones must not import timm.
+    # Imported here: timm is needed only when a position table is resized (not to list backbones).
     from timm.layers import resample_abs_pos_embed
 
     return resample_abs_pos_embed(

@@ -5,7 +5,8 @@ Names follow timm's grammar, shortened: ``<method>_vit<size><patch>[_reg]``, e.g
 ``vit_small_patch14_reg4_dinov2.lvd142m``. Always the *tagged* timm name: the untagged one is a
 supervised model with other weights and normalisation.
 
-Nothing here builds or downloads a model; :func:`lostreg.backbones.build_backbone` does.
+Nothing here builds or downloads a model (:func:`lostreg.backbones.build_backbone` does), and
+nothing here imports torch or timm at import time: listing backbones stays instant.
 Patch size and register count in a spec are the published facts used for listings; the
 feature extractor reads both from the built model (tests check they agree).
 """
@@ -14,12 +15,20 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Callable, TYPE_CHECKING
-
-from lostreg.backbones.pos_embed import PosEmbedInterp
+from enum import Enum
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:  # pragma: no cover
     from lostreg.backbones.base import Backbone
+
+
+class PosEmbedInterp(str, Enum):
+    """How a backbone family resizes its patch position embeddings (see :mod:`lostreg.backbones.pos_embed`)."""
+
+    #: Official DINO v1 / DINOv2 (no registers): bicubic, scale factor (n + 0.1) / g, no antialias.
+    OFFSET_0_1 = "offset_0.1"
+    #: timm's resize (bicubic, exact size, antialias); equals the official DINOv2+reg one.
+    TIMM = "timm"
 
 
 class UnknownBackboneError(ValueError):
@@ -39,6 +48,8 @@ class BackboneSpec:
         pos_embed_interp: position-embedding resize of the family's official code.
         builder: name of the builder in :data:`BUILDERS` that makes the :class:`Backbone`.
         official_url: where the family's official checkpoint lives (for error messages).
+        has_weights: False for weight-free backbones (``pixels``), whose ``weights`` setting is
+            meaningless and which random weights cannot affect.
     """
 
     name: str
@@ -49,6 +60,7 @@ class BackboneSpec:
     pos_embed_interp: PosEmbedInterp = PosEmbedInterp.TIMM
     builder: str = "timm_vit"
     official_url: str | None = None
+    has_weights: bool = True
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -109,6 +121,7 @@ for _size, _timm_size in [("s", "small"), ("b", "base"), ("l", "large"), ("g", "
 # Weight-free baseline: LOST on raw normalised pixels (see lostreg.backbones.pixels).
 register_backbone(BackboneSpec(
     name="pixels", family="pixels", timm_name=None, patch_size=16, num_registers=0, builder="pixels",
+    has_weights=False,
 ))
 
 
@@ -116,6 +129,17 @@ def list_backbones(include_aliases: bool = True) -> list[str]:
     """Registered names (and aliases), sorted."""
     names = sorted(_REGISTRY)
     return names + sorted(ALIASES) if include_aliases else names
+
+
+def registered_spec(name: str) -> BackboneSpec | None:
+    """The registry entry of a registered name or alias, or None (never looks at timm)."""
+    return _REGISTRY.get(ALIASES.get(name, name))
+
+
+def is_weight_free(name: str) -> bool:
+    """Whether the backbone ``name`` has no learned weights (``pixels``); False for unknown names."""
+    spec = registered_spec(name)
+    return spec is not None and not spec.has_weights
 
 
 def resolve_backbone(name: str) -> BackboneSpec:

@@ -12,7 +12,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from lostreg.evaluation.compare import RunError, build_table, load_runs, to_csv, to_markdown
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lostreg.evaluation.compare import RunError, build_table, load_runs, to_csv, to_markdown
+
     errors: list[RunError] = []
 
     def report(err: RunError) -> None:

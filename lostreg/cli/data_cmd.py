@@ -15,14 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lostreg.config import ConfigError, compose_config, dataset_kwargs
-from lostreg.datasets import (
-    COCO20K_FILELIST_URL,
-    DatasetLayoutError,
-    FileListDownloadError,
-    check_dataset,
-    download_coco20k_filelist,
-)
+from lostreg.cli.common import error as _error
+from lostreg.datasets.coco20k import COCO20K_FILELIST_URL, FileListDownloadError, download_coco20k_filelist
 
 DEFAULT_FILELIST_DEST = Path("data/coco_20k_filenames.txt")  # where configs/dataset/coco20k.yaml looks
 
@@ -49,10 +43,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     return int(args._data_run(args))
-
-
-def _error(message: str) -> None:
-    print(f"lostreg: error: {message}", file=sys.stderr)
 
 
 def format_report(kind: str, kwargs: dict[str, Any], report: dict[str, Any]) -> str:
@@ -90,6 +80,9 @@ def format_report(kind: str, kwargs: dict[str, Any], report: dict[str, Any]) -> 
 
 
 def _run_check(args: argparse.Namespace) -> int:
+    from lostreg.config import ConfigError, compose_config, dataset_kwargs
+    from lostreg.datasets import DatasetLayoutError, check_dataset
+
     try:
         cfg = compose_config(args.overrides)
         kind = str(cfg.dataset.name)

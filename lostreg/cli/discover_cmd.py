@@ -11,25 +11,33 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
-import numpy as np
-from tqdm import tqdm
+from lostreg.samples import SAMPLES
+from lostreg.cli.common import (
+    DEFAULT_MAX_SIZE,
+    as_flag,
+    build_backbone_loudly,
+    error,
+    protocol_from_args,
+    protocol_parent_parser,
+    user_errors,
+)
 
-from lostreg.backbones import UnknownBackboneError, WeightsError, WeightsUnavailableError
-from lostreg.cli.common import DEFAULT_MAX_SIZE, build_backbone_loudly
-from lostreg.cli.common import error as _error
-from lostreg.discovery import LostConfig, ObjectDiscoverer
-from lostreg.io.images import ImageReadError, collect_image_paths, load_image_rgb
-from lostreg.preprocess import ImageTooSmallError
-from lostreg.samples import SAMPLES, load_sample
-from lostreg.viz.draw import draw_discovery, save_png
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+
+
+def parents() -> list[argparse.ArgumentParser]:
+    """Shared flag groups of this command (the discovery protocol)."""
+    return [protocol_parent_parser()]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="*", help="image files, folders or glob patterns (quote globs)")
     parser.add_argument("--samples", action="store_true",
-                        help="also run on scikit-image's bundled photos (astronaut, chelsea, coffee, rocket, motorcycle)")
+                        help=f"also run on scikit-image's bundled photos ({', '.join(SAMPLES)})")
     parser.add_argument("--backbone", default="dinov2_reg", help="backbone name or alias (see `lostreg backbones`)")
     parser.add_argument("--weights", default="pretrained",
                         help="'pretrained' (timm hub, cached), 'random' (pipeline test only) or a checkpoint path")
@@ -39,18 +47,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"downscale images whose longer side exceeds this first (default {DEFAULT_MAX_SIZE}; "
                              "0 = native resolution); boxes are always in original pixels")
     parser.add_argument("--recursive", action="store_true", help="search folders recursively")
-    parser.add_argument("--k-patches", type=int, default=100, help="LOST k (default 100)")
-    parser.add_argument("--gram-bias", type=float, default=0.0, help="added to the Gram matrix (default 0)")
-    parser.add_argument("--which", choices=["q", "k", "v"], default="k", help="attention features (default k)")
-    parser.add_argument("--layer", type=int, default=-1, help="block index, negative from the end (default -1)")
-    parser.add_argument("--l2-normalize", action="store_true",
-                        help="L2-normalise each patch feature before LOST (cosine Gram matrix)")
 
 
-Source = tuple[str, Callable[[], np.ndarray]]
+Source = tuple[str, Callable[[], "np.ndarray"]]
 
 
 def _sources(paths: list[Path], samples: bool) -> Iterator[Source]:
+    from lostreg.io.images import load_image_rgb
+    from lostreg.samples import load_sample
+
     for path in paths:
         yield str(path), (lambda p=path: load_image_rgb(p))
     if samples:
@@ -68,32 +73,39 @@ def _png_name(image: str, used: set[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from lostreg.discovery import ObjectDiscoverer
+    from lostreg.io.images import ImageReadError, collect_image_paths
+    from lostreg.preprocess import ImageTooSmallError
+    from lostreg.viz.draw import draw_discovery, save_png
+
+    errors = user_errors()
     if not args.paths and not args.samples:
-        _error("give image files, folders or globs, or --samples")
+        error("give image files, folders or globs, or --samples")
         return 2
-    if args.k_patches < 1:
-        _error(f"--k-patches must be >= 1, got {args.k_patches}")
+    try:
+        protocol = protocol_from_args(args)
+        if args.max_size < 0:
+            raise ValueError(f"--max-size must be >= 0 (0 = native resolution), got {args.max_size}")
+    except errors as err:
+        error(err)
         return 2
     paths, problems = collect_image_paths(args.paths, recursive=args.recursive) if args.paths else ([], [])
     for problem in problems:
-        _error(str(problem))
+        error(str(problem))
     sources = list(_sources(paths, args.samples))
     if not sources:
-        _error("no images to process")
+        error("no images to process")
         return 2
 
     try:
         backbone = build_backbone_loudly(args.backbone, args.weights, args.device)
-    except (UnknownBackboneError, WeightsError, WeightsUnavailableError, ValueError) as err:
-        _error(str(err))
+        discoverer = ObjectDiscoverer(backbone, protocol, max_size=args.max_size or None)
+    except errors as err:
+        error(as_flag(str(err)))
         return 2
 
-    discoverer = ObjectDiscoverer(
-        backbone,
-        LostConfig(k_patches=args.k_patches, gram_bias=args.gram_bias, which=args.which, layer=args.layer,
-                   l2_normalize=args.l2_normalize),
-        max_size=args.max_size or None,
-    )
     failed = len(problems)
     used_names: set[str] = set()
     results_file = None
@@ -108,13 +120,13 @@ def run(args: argparse.Namespace) -> int:
                 found = discoverer.discover(image, name)
             except (ImageReadError, ImageTooSmallError) as err:
                 message = str(err) if isinstance(err, ImageReadError) else f"{name}: {err}"
-                _error(message)
+                error(message)
                 failed += 1
                 if results_file:
                     results_file.write(json.dumps({"image": name, "error": message}) + "\n")
                 continue
             except Exception as err:  # e.g. CUDA out of memory on a huge image: record, go on
-                _error(f"{name}: {type(err).__name__}: {err}")
+                error(f"{name}: {type(err).__name__}: {err}")
                 failed += 1
                 if results_file:
                     results_file.write(json.dumps({"image": name, "error": f"{type(err).__name__}: {err}"}) + "\n")
@@ -134,6 +146,5 @@ def run(args: argparse.Namespace) -> int:
         if results_file:
             results_file.close()
     if failed:
-        _error(f"{failed} of {len(sources) + len(problems)} inputs failed")
+        error(f"{failed} of {len(sources) + len(problems)} inputs failed")
     return 1 if failed else 0
-

@@ -15,18 +15,15 @@ import shlex
 import sys
 from pathlib import Path
 
-from lostreg.cli.common import USER_ERRORS, error
-from lostreg.config import compose_config, expand_sweeps
-from lostreg.evaluation.corloc import format_corloc
-from lostreg.evaluation.runner import run_eval
+from lostreg.cli.common import build_backbone_loudly, error, user_errors
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*",
                         help="hydra overrides: backbone=NAME dataset=voc07|voc12|coco20k|coco|folder "
                              "dataset.root=... lost.k_patches=100 lost.gram_bias=0 features.which=k "
-                             "features.layer=-1 weights=pretrained|random|PATH device=auto batch_size=8 "
-                             "num_workers=2 run_dir=...")
+                             "features.layer=-1 features.l2_normalize=false weights=pretrained|random|PATH "
+                             "device=auto batch_size=8 num_workers=2 run_dir=...")
     parser.add_argument("--multirun", "-m", action="store_true",
                         help="sweep comma-separated values (backbone=dino,dinov2,dinov2_reg), one run each")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -34,10 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lostreg.config import compose_config, expand_sweeps
+
+    errors = user_errors()
     try:
         runs = expand_sweeps(args.overrides) if args.multirun else [list(args.overrides)]
         configs = [compose_config(overrides) for overrides in runs]
-    except USER_ERRORS as err:
+    except errors as err:
         error(err)
         return 2
     if args.cfg:
@@ -47,6 +47,11 @@ def run(args: argparse.Namespace) -> int:
             print(OmegaConf.to_yaml(cfg, resolve=True))
         return 0
 
+    from lostreg.evaluation.runner import EvalJob
+
+    def build_loudly(name: str, weights: str, device: str):  # type: ignore[no-untyped-def]
+        return build_backbone_loudly(name, weights, device, random_hint="weights=random")
+
     status = 0
     run_dirs: list[Path] = []
     for overrides, cfg in zip(runs, configs):
@@ -54,12 +59,13 @@ def run(args: argparse.Namespace) -> int:
         if len(configs) > 1:
             print(f"== {command}", file=sys.stderr)
         try:
-            metrics = run_eval(cfg, progress=not args.no_progress, command=command)
+            job = EvalJob.prepare(cfg, builder=build_loudly)
+            metrics = job.run(progress=not args.no_progress, command=command)
         except KeyboardInterrupt:
             print(f"lostreg: interrupted; everything computed is saved in {cfg.run_dir}; "
                   "run the same command again to resume", file=sys.stderr)
             return 130
-        except USER_ERRORS as err:
+        except errors as err:
             error(err)
             status = 2
             continue
@@ -73,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _report(metrics: dict, run_dir: Path) -> None:
+    from lostreg.evaluation.corloc import format_corloc
+
     if metrics["corloc"] is not None:
         print(format_corloc(metrics))
     else:

@@ -21,21 +21,36 @@ config, weights), 130 interrupted during discovery (re-run to resume).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shlex
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Mapping
 
-from lostreg.cli.common import DEFAULT_MAX_SIZE, USER_ERRORS, error
-from lostreg.export.formats import FILE_FORMATS, FORMATS, ExportError, ExportResult, export_records
-from lostreg.export.readers import RunNotFoundError, default_root, read_run_config, read_run_predictions
+from lostreg.cli.common import (
+    DEFAULT_MAX_SIZE,
+    build_backbone_loudly,
+    error,
+    protocol_overrides,
+    protocol_parent_parser,
+    user_errors,
+    warning,
+)
+
+from lostreg.export.formats import FILE_FORMATS, FORMATS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lostreg.export.formats import ExportResult
 
 DEFAULT_BACKBONE = "dinov2_reg"
 # Options that only make sense with --images (None = not given).
 _DISCOVERY_OPTIONS = ("backbone", "weights", "device", "max_size", "batch_size", "num_workers", "run_dir", "set")
+
+
+def parents() -> list[argparse.ArgumentParser]:
+    """Shared flag groups of this command (the discovery protocol, for --images)."""
+    return [protocol_parent_parser()]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,9 +109,9 @@ def _backbone_override(name: str) -> str:
 
 
 def _discover(args: argparse.Namespace) -> tuple[Path | None, int]:
-    """Run (or resume) LOST on ``args.images``; return ``(run_dir, 0)`` or ``(None, exit code)``."""
+    """Run (or resume) discovery on ``args.images``; return ``(run_dir, 0)`` or ``(None, exit code)``."""
     from lostreg.config import compose_config
-    from lostreg.evaluation.runner import run_eval
+    from lostreg.evaluation.runner import EvalJob
 
     max_size = DEFAULT_MAX_SIZE if args.max_size is None else args.max_size
     if max_size < 0:
@@ -112,9 +127,9 @@ def _discover(args: argparse.Namespace) -> tuple[Path | None, int]:
         overrides.append(f"batch_size={args.batch_size}")
     if args.num_workers is not None:
         overrides.append(f"num_workers={args.num_workers}")
-    overrides += args.set or []
     run_dir = args.run_dir if args.run_dir is not None else default_run_dir(args.format, args.out)
     try:
+        overrides += protocol_overrides(args) + (args.set or [])
         cfg = compose_config(overrides)
         cfg.dataset.root = str(args.images)
         cfg.run_dir = str(run_dir)
@@ -124,46 +139,46 @@ def _discover(args: argparse.Namespace) -> tuple[Path | None, int]:
             cfg.device = str(args.device)
         command = " ".join(shlex.quote(str(a)) for a in (
             "lostreg", "export", "--images", args.images, "--format", args.format, "--out", args.out, *overrides[2:]))
-        run_eval(cfg, progress=not args.no_progress, command=command)
+        job = EvalJob.prepare(cfg, builder=build_backbone_loudly)
+        job.run(progress=not args.no_progress, command=command)
     except KeyboardInterrupt:
         print(f"lostreg: interrupted; everything computed is saved in {run_dir}; run the same command again "
               "to resume", file=sys.stderr)
         return None, 130
-    except USER_ERRORS as err:
+    except user_errors() as err:
         return None, _error(err)
     print(f"run directory: {run_dir}", file=sys.stderr)
     return run_dir, 0
 
 
-def _warn_incomplete(run_dir: Path) -> None:
-    path = run_dir / "metrics.json"
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return
-    if metrics.get("complete") is False:
-        print(f"lostreg: warning: {run_dir} is incomplete ({metrics.get('total')} of {metrics.get('num_images')} "
-              "images): exporting those; resume the eval to get all", file=sys.stderr)
+def run_metrics(run_dir: Path, records: list[dict[str, Any]]) -> Mapping[str, Any]:
+    """The run's metrics as ``lostreg eval`` wrote them; derived from the records when ``metrics.json``
+    is missing or older than ``preds.jsonl`` (a run killed before its session ended)."""
+    from lostreg.evaluation.evaluators import metrics_from_lines
+    from lostreg.rundir import RunDir
+
+    metrics = RunDir(run_dir).read_metrics() or {}
+    if metrics.get("total") == len(records) and "ap" in metrics:
+        return metrics
+    has_gt = any(r.get("hit") is not None for r in records)
+    num_images = metrics.get("num_images", len(records))
+    return metrics_from_lines(records, num_images, has_ground_truth=has_gt)
 
 
-def quality_line(records: list[dict[str, Any]]) -> str | None:
+def quality_line(metrics: Mapping[str, Any]) -> str | None:
     """``CorLoc: xx.xx (h/t) | AP50: xx.xx | AP: xx.xx`` (percent), or None when the run had no ground truth."""
-    from lostreg.evaluation.ap import pseudo_box_ap
     from lostreg.evaluation.corloc import format_corloc
 
-    if not records or all(r.get("hit") is None for r in records):
+    if metrics.get("corloc") is None:
         return None
-    hits, total = sum(r.get("hit") is True for r in records), len(records)
-    ap = pseudo_box_ap(records)
 
-    def pct(v: float) -> str:
-        return "nan" if math.isnan(v) else f"{100.0 * v:.2f}"
+    def pct(v: float | None) -> str:
+        return "nan" if v is None or math.isnan(v) else f"{100.0 * v:.2f}"
 
-    corloc = format_corloc({"corloc": 100.0 * hits / total, "hits": hits, "total": total})
-    return f"{corloc} | AP50: {pct(float(ap['ap50']))} | AP: {pct(float(ap['ap']))}"
+    return f"{format_corloc(metrics)} | AP50: {pct(metrics.get('ap50'))} | AP: {pct(metrics.get('ap'))}"
 
 
-def _report(result: ExportResult, args: argparse.Namespace) -> None:
+def _report(result: "ExportResult", args: argparse.Namespace) -> None:
     what = "file" if result.format in FILE_FORMATS else "folder"
     print(f"wrote {result.images} pseudo-boxes ({result.format}) to {what} {result.out}", file=sys.stderr)
     if args.results is not None:
@@ -172,14 +187,18 @@ def _report(result: ExportResult, args: argparse.Namespace) -> None:
         print(f"{len(result.failed)} images failed discovery (no label written): listed in {result.failed_file}",
               file=sys.stderr)
     if result.stale:
-        print(f"lostreg: warning: {len(result.stale)} label files in {result.stale[0].parent} were not written by "
-              f"this export (e.g. {result.stale[0].name}); remove them before training", file=sys.stderr)
+        warning(f"{len(result.stale)} label files in {result.stale[0].parent} were not written by "
+                f"this export (e.g. {result.stale[0].name}); remove them before training")
     if result.format == "yolo" and not args.link_images:
         print(f"note: Ultralytics looks for the images in {result.out / 'images'}/ (labels/<name>.txt pairs with "
               "images/<name>.<ext>): add --link-images, or see the README", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
+    from lostreg.export.formats import ExportError, export_records
+    from lostreg.export.readers import default_root, read_run_config, read_run_predictions
+    from lostreg.rundir import RunError
+
     if args.images is not None and args.run is not None:
         return _error("give an eval RUN_DIR or --images DIR, not both")
     if args.images is None:
@@ -188,8 +207,10 @@ def run(args: argparse.Namespace) -> int:
         given = [name for name in _DISCOVERY_OPTIONS if getattr(args, name) is not None]
         if args.recursive:
             given.append("recursive")
+        if protocol_overrides(args):
+            given.append("discovery protocol")
         if given:
-            flags = ", ".join("--" + n.replace("_", "-") for n in given)
+            flags = ", ".join("--" + n.replace("_", "-") if " " not in n else n for n in given)
             return _error(f"{flags} go with --images DIR (a run directory's predictions are exported as they are)")
     if args.results is not None and args.format != "coco":
         return _error("--results (a COCO results file) goes with --format coco")
@@ -209,19 +230,22 @@ def run(args: argparse.Namespace) -> int:
         records = read_run_predictions(run_dir)
         if not records:
             return _error(f"{run_dir} holds no predictions yet")
-        _warn_incomplete(run_dir)
+        metrics = run_metrics(run_dir, records)
+        if metrics.get("complete") is False:
+            warning(f"{run_dir} is incomplete ({metrics.get('total')} of {metrics.get('num_images')} images): "
+                    "exporting those; resume the eval to get all")
         if args.absolute:
             root = None
         else:
             root = args.root if args.root is not None else default_root(read_run_config(run_dir))
         result = export_records(records, args.format, args.out, root=root, results=args.results,
                                 link_images=args.link_images)
-    except (ExportError, RunNotFoundError, ValueError) as err:
+    except (ExportError, RunError, ValueError) as err:
         return _error(err)
     except OSError as err:
         return _error(f"{err.filename or args.out}: {err.strerror or err}")
     _report(result, args)
-    line = quality_line(records)
+    line = quality_line(metrics)
     if line is not None:
         print(line)
     return 0

@@ -18,29 +18,34 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from lostreg.backbones import (
-    Backbone,
-    UnknownBackboneError,
-    WeightsError,
-    WeightsUnavailableError,
-    resolve_backbone,
+from lostreg.samples import SAMPLES
+from lostreg.cli.common import (
+    DEFAULT_MAX_SIZE,
+    as_flag,
+    build_backbone_loudly,
+    error,
+    protocol_from_args,
+    protocol_parent_parser,
+    user_errors,
 )
-from lostreg.backbones.vit import TimmViTBackbone
-from lostreg.cli.common import DEFAULT_MAX_SIZE, build_backbone_loudly
-from lostreg.cli.common import error as _error
-from lostreg.discovery import LostConfig
-from lostreg.io.images import ImageReadError, load_image_rgb
-from lostreg.preprocess import ImageTooSmallError
-from lostreg.samples import SAMPLES, load_sample
+from lostreg.protocol import DiscoveryProtocol, FeatureConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+    from lostreg.backbones import Backbone
 
 DEFAULT_BACKBONE = "dinov2_reg"
 SAMPLE_PREFIX = "skimage:"
 SUMMARY_FILE = "summary.json"
 COMPARE_FILE = "compare.png"
+
+
+def parents() -> list[argparse.ArgumentParser]:
+    """Shared flag groups of this command (the discovery protocol)."""
+    return [protocol_parent_parser()]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,13 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-size", type=int, default=DEFAULT_MAX_SIZE,
                         help=f"downscale images whose longer side exceeds this first (default {DEFAULT_MAX_SIZE}; "
                              "0 = native resolution)")
-    parser.add_argument("--k-patches", type=int, default=100, help="LOST k (default 100)")
-    parser.add_argument("--gram-bias", type=float, default=0.0, help="added to the Gram matrix (default 0)")
-    parser.add_argument("--which", choices=["q", "k", "v"], default="k", help="LOST features (default k)")
-    parser.add_argument("--layer", type=int, default=-1,
-                        help="block of LOST's features and of the attention maps, negative from the end (default -1)")
-    parser.add_argument("--l2-normalize", action="store_true",
-                        help="L2-normalise each patch feature before LOST (cosine Gram matrix)")
+    # --layer also chooses the block of the attention maps.
 
 
 def backbone_names(backbone: str | None, compare: str | None) -> list[str]:
@@ -81,6 +80,8 @@ def backbone_names(backbone: str | None, compare: str | None) -> list[str]:
     Raises:
         UnknownBackboneError: a name is unknown.
     """
+    from lostreg.backbones import resolve_backbone
+
     requested = ([backbone] if backbone else []) + [n.strip() for n in (compare or "").split(",") if n.strip()]
     if not requested:
         requested = [DEFAULT_BACKBONE]
@@ -102,6 +103,8 @@ def parse_weights(text: str, names: list[str]) -> dict[str, str]:
     Raises:
         ValueError: unknown or not-inspected backbone in an item, two defaults, or an empty value.
     """
+    from lostreg.backbones import UnknownBackboneError, resolve_backbone
+
     if Path(text).exists() or "=" not in text:
         return {name: text for name in names}
     default: str | None = None
@@ -127,7 +130,10 @@ def parse_weights(text: str, names: list[str]) -> dict[str, str]:
     return {name: chosen.get(name, default or "pretrained") for name in names}
 
 
-def _load_image(text: str) -> np.ndarray:
+def _load_image(text: str) -> "np.ndarray":
+    from lostreg.io.images import ImageReadError, load_image_rgb
+    from lostreg.samples import load_sample
+
     if text.startswith(SAMPLE_PREFIX) and not Path(text).exists():
         sample = text[len(SAMPLE_PREFIX):]
         if sample not in SAMPLES:
@@ -136,12 +142,18 @@ def _load_image(text: str) -> np.ndarray:
     return load_image_rgb(text)
 
 
-def _build(names: list[str], weights: dict[str, str], device: str) -> list[Backbone]:
-    return [build_backbone_loudly(name, weights[name], device) for name in names]
+def _protocol_for(backbone: "Backbone", protocol: DiscoveryProtocol) -> tuple[DiscoveryProtocol, str | None]:
+    """The protocol to run on ``backbone``: a backbone without attention ignores --which/--layer (with a note)."""
+    default = FeatureConfig()
+    if backbone.has_attention or (protocol.features.which, protocol.features.layer) == (default.which, default.layer):
+        return protocol, None
+    features = FeatureConfig(l2_normalize=protocol.features.l2_normalize)
+    return DiscoveryProtocol(protocol.method, features, protocol.lost), \
+        f"{backbone.name} has no layers: --which/--layer do not apply"
 
 
 def run(args: argparse.Namespace) -> int:
-    # Imported here: matplotlib and the diagnostics are only needed by this command.
+    # Imported here: matplotlib, torch and the diagnostics are only needed when the command runs.
     from lostreg.diagnostics.figures import (
         attention_figure,
         comparison_figure,
@@ -150,63 +162,56 @@ def run(args: argparse.Namespace) -> int:
         pca_figure,
         save_figure,
     )
-    from lostreg.diagnostics.tokens import NormThreshold, inspect_image
+    from lostreg.diagnostics.inspection import inspect_image, protocol_summary
+    from lostreg.diagnostics.tokens import NormThreshold
+    from lostreg.io.images import ImageReadError
+    from lostreg.preprocess import ImageTooSmallError
 
+    errors = user_errors()
     try:
         threshold = NormThreshold.parse(args.norm_threshold)
-        if args.k_patches < 1:
-            raise ValueError(f"--k-patches must be >= 1, got {args.k_patches}")
+        protocol = protocol_from_args(args)
         if args.max_size < 0:
             raise ValueError(f"--max-size must be >= 0, got {args.max_size}")
         names = backbone_names(args.backbone, args.compare)
         weights = parse_weights(args.weights, names)
-    except (UnknownBackboneError, ValueError) as err:
-        _error(str(err))
+    except errors as err:
+        error(err)
         return 2
 
     try:
         image = _load_image(args.image)
     except ImageReadError as err:
-        _error(str(err))
+        error(err)
         return 1
 
     try:
-        backbones = _build(names, weights, args.device)
-    except (UnknownBackboneError, WeightsError, WeightsUnavailableError, ValueError) as err:
-        _error(str(err))
+        backbones = [build_backbone_loudly(name, weights[name], args.device) for name in names]
+        plans = [(backbone, *_protocol_for(backbone, protocol)) for backbone in backbones]
+        for backbone, used, _ in plans:
+            backbone.check_feature_key(used.features.key)
+    except errors as err:
+        error(as_flag(str(err)))
         return 2
 
-    for backbone in backbones:
-        if isinstance(backbone, TimmViTBackbone):
-            try:
-                backbone.layer_index(args.layer)
-            except ValueError:
-                n = backbone.num_layers
-                _error(f"{backbone.name} has {n} blocks; --layer must be in [{-n}, {n - 1}], got {args.layer}")
-                return 2
-
-    config = LostConfig(k_patches=args.k_patches, gram_bias=args.gram_bias, which=args.which, layer=args.layer,
-                        l2_normalize=args.l2_normalize)
     max_size = args.max_size or None
     out_dir: Path = args.output
+    if out_dir.exists() and not out_dir.is_dir():
+        error(f"{out_dir}: exists and is not a folder; --output takes a folder")
+        return 2
     out_dir.mkdir(parents=True, exist_ok=True)
     failed = 0
     inspections = []
     records: list[dict[str, Any]] = []
-    for backbone in backbones:
-        if backbone.name == "pixels" and (config.which != "k" or config.layer != -1):
-            # pixels has no layers: its features ignore --which/--layer, as discover refuses them.
-            cfg = LostConfig(k_patches=config.k_patches, gram_bias=config.gram_bias, l2_normalize=config.l2_normalize)
-        else:
-            cfg = config
+    for backbone, used, note in plans:
         try:
-            insp = inspect_image(backbone, image, args.image, cfg, max_size=max_size,
+            insp = inspect_image(backbone, image, args.image, used, max_size=max_size,
                                  norm_source=args.norm_source, threshold=threshold)
         except ImageTooSmallError as err:
-            _error(f"{args.image}: {err}")
+            error(f"{args.image}: {err}")
             return 1
-        except Exception as err:  # e.g. CUDA out of memory, a bad --layer: report, go on with the others
-            _error(f"{args.image}: {backbone.name}: {type(err).__name__}: {err}")
+        except Exception as err:  # e.g. CUDA out of memory: report, go on with the others
+            error(f"{args.image}: {backbone.name}: {type(err).__name__}: {err}")
             records.append({"backbone": backbone.name, "error": f"{type(err).__name__}: {err}"})
             failed += 1
             continue
@@ -219,8 +224,8 @@ def run(args: argparse.Namespace) -> int:
             name = f"{insp.backbone}_{kind}.png"
             save_figure(fig, out_dir / name)
             record["figures"][kind] = name
-        if cfg is not config:
-            record["note"] = "pixels has no layers: --which/--layer do not apply"
+        if note is not None:
+            record["note"] = note
         inspections.append(insp)
         records.append(record)
         print(json.dumps({key: record[key] for key in ("backbone", "outlier_share", "max_norm", "seed_rc", "box_xyxy")}))
@@ -237,11 +242,11 @@ def run(args: argparse.Namespace) -> int:
         "max_size": max_size,
         "norm_threshold": str(threshold),
         "norm_source": args.norm_source,
-        "lost": {"k_patches": config.k_patches, "gram_bias": config.gram_bias, "which": config.which,
-                 "layer": config.layer},
+        "lost": protocol_summary(protocol),
         "backbones": records,
         "comparison_figure": compare_name,
     }
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     print(f"figures and {SUMMARY_FILE} in {out_dir}", file=sys.stderr)
     return 1 if failed else 0
+

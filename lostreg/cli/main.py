@@ -1,31 +1,45 @@
 """``lostreg`` command line: a thin front end over the library.
 
-Sub-commands register themselves in :data:`COMMANDS`; each gets its own argparse sub-parser.
+Sub-commands are listed in :data:`COMMANDS` by module name and imported only when chosen. A
+command module has ``add_arguments(parser)``, ``run(args) -> int`` and optionally ``parents()``
+(shared argparse parents, e.g. :func:`lostreg.cli.common.protocol_parent_parser`), and imports its
+heavy dependencies (torch, timm, hydra, matplotlib) inside ``run``: ``lostreg --help`` and ``lostreg COMMAND --help`` answer in about the time Python
+takes to start.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from typing import Callable, Sequence
+from typing import Sequence
 
 from lostreg import __version__
-from lostreg.cli import backbones_cmd, compare_cmd, data_cmd, discover_cmd, eval_cmd, export_cmd, inspect_cmd, report_cmd
 
-# name -> (add_arguments, run)
-COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {
-    "discover": (discover_cmd.add_arguments, discover_cmd.run, "find the main object's box in images"),
-    "eval": (eval_cmd.add_arguments, eval_cmd.run, "CorLoc of LOST on a dataset (hydra overrides)"),
-    "compare": (compare_cmd.add_arguments, compare_cmd.run, "CorLoc table of eval runs beside published numbers"),
-    "data": (data_cmd.add_arguments, data_cmd.run, "check dataset layouts, fetch the COCO20k list"),
-    "export": (export_cmd.add_arguments, export_cmd.run, "write pseudo-boxes for detector training"),
-    "report": (report_cmd.add_arguments, report_cmd.run, "self-contained HTML report of eval runs"),
-    "inspect": (inspect_cmd.add_arguments, inspect_cmd.run, "diagnostic figures: token norms, attention, PCA, LOST internals"),
-    "backbones": (backbones_cmd.add_arguments, backbones_cmd.run, "list the backbones lostreg knows"),
+#: name -> (module under lostreg.cli with ``add_arguments(parser)`` and ``run(args) -> int``, help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "discover": ("discover_cmd", "find the main object's box in images"),
+    "eval": ("eval_cmd", "CorLoc of LOST on a dataset (hydra overrides)"),
+    "compare": ("compare_cmd", "CorLoc table of eval runs beside published numbers"),
+    "data": ("data_cmd", "check dataset layouts, fetch the COCO20k list"),
+    "export": ("export_cmd", "write pseudo-boxes for detector training"),
+    "report": ("report_cmd", "self-contained HTML report of eval runs"),
+    "inspect": ("inspect_cmd", "diagnostic figures: token norms, attention, PCA, LOST internals"),
+    "backbones": ("backbones_cmd", "list the backbones lostreg knows"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_module(name: str):  # type: ignore[no-untyped-def]
+    return importlib.import_module(f"lostreg.cli.{COMMANDS[name][0]}")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``lostreg`` parser; only ``command``'s sub-parser gets its arguments (and its module imported).
+
+    Args:
+        command: the sub-command about to run, or None to describe every command fully
+            (imports every command module; used by tests and documentation tools).
+    """
     parser = argparse.ArgumentParser(
         prog="lostreg",
         description="Unsupervised object discovery (LOST) with DINO, DINOv2 and DINOv2+registers.",
@@ -34,16 +48,33 @@ def build_parser() -> argparse.ArgumentParser:
     # The metavar lists the commands, so a bare `lostreg` shows them in its usage error.
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
     sub.required = True
-    for name, (add_arguments, run, help_text) in COMMANDS.items():
-        command_parser = sub.add_parser(name, help=help_text, description=help_text)
-        add_arguments(command_parser)
-        command_parser.set_defaults(_run=run)
+    for name, (_, help_text) in COMMANDS.items():
+        if command is None or name == command:
+            module = _command_module(name)
+            # Shared flag groups (the discovery protocol) come as argparse parents, declared once.
+            parents = module.parents() if hasattr(module, "parents") else []
+            command_parser = sub.add_parser(name, help=help_text, description=help_text, parents=parents)
+            module.add_arguments(command_parser)
+            command_parser.set_defaults(_run=module.run)
+        else:
+            sub.add_parser(name, help=help_text, description=help_text)
     return parser
+
+
+def _chosen_command(argv: Sequence[str]) -> str | None:
+    """The sub-command named in ``argv`` (the first argument that is not an option), if any."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lostreg`` console script; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = _chosen_command(argv)
+    # With no valid command, build the light parser: argparse then prints the command list.
+    args = build_parser(command or "").parse_args(argv)
     try:
         return int(args._run(args))
     except KeyboardInterrupt:

@@ -18,16 +18,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from lostreg.evaluation.compare import RunError
-from lostreg.report.html import (
-    DEFAULT_MAX_IMAGES,
-    DEFAULT_THUMB_SIZE,
-    ReportError,
-    build_report,
-    link_dir_for,
-    load_report_runs,
-    write_report,
-)
+#: Defaults of lostreg.report.html / lostreg.report.gallery (checked equal by tests/test_cli.py),
+#: repeated so that --help does not import PIL and the page builder.
+DEFAULT_MAX_IMAGES = 500
+DEFAULT_THUMB_SIZE = 320
 
 
 def _non_negative(text: str) -> int:
@@ -63,6 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lostreg.report.html import ReportError, build_report, link_dir_for, write_report
+    from lostreg.report.runs import load_report_runs
+    from lostreg.rundir import RunError
+
     output: Path = args.output
     if output.is_dir():
         print(f"lostreg: error: {output}: is a directory; pass the HTML file to write", file=sys.stderr)

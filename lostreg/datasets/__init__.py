@@ -17,11 +17,11 @@ from lostreg.datasets.base import (
     ImageRecord,
     describe_layout,
 )
-from lostreg.datasets.coco import (
+from lostreg.datasets.coco import CocoDataset
+from lostreg.datasets.coco20k import (
     COCO20K_FILELIST_URL,
     COCO20K_NUM_IMAGES,
     Coco20kDataset,
-    CocoDataset,
     FileListDownloadError,
     download_coco20k_filelist,
     read_coco20k_filelist,

@@ -185,6 +185,9 @@ class ImageDataset(Sequence[ImageRecord]):
     """
 
     name: str = "dataset"
+    #: Whether records carry ground truth to score against (False for a folder of images):
+    #: decides whether a run gets evaluators (CorLoc, AP) at all.
+    has_ground_truth: bool = True
 
     def __init__(self, records: Sequence[ImageRecord] = (), name: str | None = None) -> None:
         self._records: list[ImageRecord] = list(records)

@@ -31,6 +31,8 @@ class FolderDataset(ImageDataset):
         DatasetLayoutError: ``root`` does not exist, is not an image, or holds no image.
     """
 
+    has_ground_truth = False
+
     def __init__(self, root: str | Path, recursive: bool = False) -> None:
         self.root = Path(root).expanduser()
         self.recursive = recursive

@@ -1,18 +1,20 @@
 """Why LOST works or fails on an image: token norms, attention, PCA and LOST's internals.
 
-* :mod:`lostreg.diagnostics.tokens`: the numbers (pure tensor code): :func:`inspect_image` runs
-  everything for one image and backbone and returns an :class:`Inspection`.
+* :mod:`lostreg.diagnostics.tokens`: the numbers (pure tensor code): norms, outliers, prefix
+  attention, PCA, LOST maps.
+* :mod:`lostreg.diagnostics.inspection`: :func:`inspect_image` runs everything for one image and
+  backbone and returns an :class:`Inspection`.
 * :mod:`lostreg.diagnostics.figures`: matplotlib figures of inspections, one backbone or several
   side by side.
 
 ``lostreg inspect`` is the command-line front end.
 """
 
+from lostreg.diagnostics.inspection import Inspection, inspect_image
 from lostreg.diagnostics.tokens import (
     DEFAULT_MAD_K,
     MAD_TO_SIGMA,
     PAPER_NORM_THRESHOLD,
-    Inspection,
     LostMaps,
     NormOutliers,
     NormSource,
@@ -20,7 +22,6 @@ from lostreg.diagnostics.tokens import (
     PrefixAttention,
     ViTTrace,
     find_outliers,
-    inspect_image,
     lost_maps,
     patch_token_norms,
     pca_project,

@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
-from lostreg.diagnostics.tokens import Inspection
+from lostreg.diagnostics.inspection import Inspection
 
 __all__ = [
     "attention_figure",
@@ -301,7 +301,7 @@ def lost_figure(insp: Inspection) -> Figure:
     """LOST step by step: box and seed, inverse degree, similars, expansion map, mask, numbers."""
     fig, axes = _new_figure(2, 3, _aspect(insp))
     maps = insp.lost
-    cfg = insp.config
+    protocol = insp.protocol
 
     ax = axes[0, 0]
     _panel_detection(ax, insp)
@@ -335,8 +335,10 @@ def lost_figure(insp: Inspection) -> Figure:
     text = (f"seed (row, col) = ({r}, {c})\nseed degree = {int(maps.degree[r, c])} of {maps.degree.size - 1}\n"
             f"similars = {int(maps.similars.sum())}\nmask patches = {int(maps.mask.sum())}\n"
             f"box (patches) = {list(maps.box)}\nbox (pixels) = {list(insp.box_xyxy)}\n"
-            f"features: {cfg.which} of block {insp.attention_layer if insp.attention_layer is not None else '-'}\n"
-            f"k = {cfg.k_patches}, gram bias = {cfg.gram_bias:g}"
+            f"features: {protocol.features.which} of block "
+            f"{insp.attention_layer if insp.attention_layer is not None else '-'}"
+            f"{' (L2-normalised)' if protocol.features.l2_normalize else ''}\n"
+            f"k = {protocol.lost.k_patches}, gram bias = {protocol.lost.gram_bias:g}"
             + ("" if maps.seed_in_mask else "\nseed not in expansion > 0 (degenerate)"))
     ax.text(0.02, 0.98, text, va="top", ha="left", fontsize=8, family="monospace", transform=ax.transAxes)
     ax.set_axis_off()

@@ -1,6 +1,7 @@
 """Token diagnostics: output-token norms, high-norm outliers, prefix-token attention, PCA, LOST maps.
 
-Pure computations, no plotting (:mod:`lostreg.diagnostics.figures` draws them). Conventions:
+Pure computations, no plotting (:mod:`lostreg.diagnostics.figures` draws them); the inspection of
+one image that combines them is :mod:`lostreg.diagnostics.inspection`. Conventions:
 
 * Token order is ``[CLS, register_1..register_R, patches row-major]`` (timm's), so a patch
   tensor reshapes to ``(rows, cols)`` of the padded image's patch grid; padded patches are
@@ -28,26 +29,21 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from lostreg.backbones.base import Backbone
-from lostreg.backbones.vit import TimmViTBackbone, select_features
-from lostreg.boxes import patch_box_to_pixels
-from lostreg.discovery import ImagePreparer, LostConfig, ObjectDiscoverer
+from lostreg.backbones.vit import TimmViTBackbone
 from lostreg.lost import LostResult
 from lostreg.precision import strict_fp32
-from lostreg.preprocess import downscale_to_max_size
 
 __all__ = [
     "DEFAULT_MAD_K",
     "MAD_TO_SIGMA",
     "PAPER_NORM_THRESHOLD",
-    "Inspection",
     "LostMaps",
     "NormOutliers",
     "NormSource",
@@ -55,7 +51,6 @@ __all__ = [
     "PrefixAttention",
     "ViTTrace",
     "find_outliers",
-    "inspect_image",
     "lost_maps",
     "patch_token_norms",
     "pca_project",
@@ -450,218 +445,4 @@ def lost_maps(result: LostResult, k_patches: int) -> LostMaps:
         seed_rc=result.seed_rc,
         box=result.box,
         seed_in_mask=result.seed_in_mask,
-    )
-
-
-# --- everything for one image ------------------------------------------------------------------
-
-PIXELS_ATTENTION_NOTE = "no attention layers (pixel features): attention maps skipped"
-
-
-@dataclass(frozen=True)
-class Inspection:
-    """All diagnostics of one image on one backbone (numpy, CPU), ready for figures and JSON.
-
-    Attributes:
-        image: the image's name.
-        backbone: backbone name.
-        is_random: random weights (everything shown is meaningless).
-        patch_size: p in pixels.
-        num_registers: R.
-        picture: (H, W, 3) uint8 RGB, the processed image (after ``max_size``), what the maps cover.
-        original_hw: (H, W) of the image as read.
-        grid_hw: (rows, cols) of the padded patch grid; it may extend past ``picture`` by < p.
-        norm_source: ``final``, ``prenorm`` or ``pixels`` (norms of the pixel features).
-        norms: (rows, cols) float32 patch-token norms.
-        outliers: high-norm tokens.
-        cls_attention: (heads, rows, cols) float32, or None (no attention, see attention_note).
-        register_attention: (R, heads, rows, cols) float32, or None.
-        prefix_patch_mass: (P, heads) float32 attention mass on patches, or None.
-        attention_layer: block index of the attention maps and of LOST's features, or None.
-        attention_note: why attention maps are missing, else None.
-        pca: (rows, cols, 3) float32 in [0, 1].
-        pca_explained: (3,) float32 explained-variance ratios.
-        lost: LOST's maps.
-        config: the LOST protocol used.
-        box_xyxy: LOST's box ``(x1, y1, x2, y2)`` in integer pixels of the original image, max
-            exclusive (as ``lostreg discover`` prints it).
-        processed_box_xyxy: the same box in ``picture`` pixels, same convention.
-        seed_box_xyxy: the seed patch in ``picture`` pixels (unlike ``Discovery.seed_box_xyxy``,
-            which is in original pixels), same convention.
-    """
-
-    image: str
-    backbone: str
-    is_random: bool
-    patch_size: int
-    num_registers: int
-    picture: np.ndarray = field(repr=False)
-    original_hw: tuple[int, int]
-    grid_hw: tuple[int, int]
-    norm_source: str
-    norms: np.ndarray = field(repr=False)
-    outliers: NormOutliers = field(repr=False)
-    cls_attention: np.ndarray | None = field(repr=False)
-    register_attention: np.ndarray | None = field(repr=False)
-    prefix_patch_mass: np.ndarray | None = field(repr=False)
-    attention_layer: int | None
-    attention_note: str | None
-    pca: np.ndarray = field(repr=False)
-    pca_explained: np.ndarray = field(repr=False)
-    lost: LostMaps = field(repr=False)
-    config: LostConfig
-    box_xyxy: tuple[int, int, int, int]
-    processed_box_xyxy: tuple[int, int, int, int]
-    seed_box_xyxy: tuple[int, int, int, int]
-
-    @property
-    def processed_hw(self) -> tuple[int, int]:
-        return int(self.picture.shape[0]), int(self.picture.shape[1])
-
-    def summary(self) -> dict[str, Any]:
-        """JSON-ready numbers (plain Python types)."""
-        out = self.outliers
-        attention = None
-        if self.cls_attention is not None or self.register_attention is not None:
-            assert self.prefix_patch_mass is not None
-            mass = self.prefix_patch_mass
-            has_cls = self.cls_attention is not None
-            attention = {
-                "layer": self.attention_layer,
-                "num_heads": int(mass.shape[1]),
-                "cls_patch_mass": [round(float(v), 6) for v in mass[0]] if has_cls else None,
-                "register_patch_mass": [[round(float(v), 6) for v in row] for row in mass[int(has_cls):]],
-            }
-        return {
-            "backbone": self.backbone,
-            "random_weights": self.is_random,
-            "patch_size": self.patch_size,
-            "num_registers": self.num_registers,
-            "processed_hw": list(self.processed_hw),
-            "grid_hw": list(self.grid_hw),
-            "num_patches": int(self.norms.size),
-            "norm_source": self.norm_source,
-            "norm_threshold": {"rule": str(out.rule), "value": float(out.threshold)},
-            "median_norm": float(out.median),
-            "mad_norm": float(out.mad),
-            "max_norm": float(out.max_norm),
-            "outlier_count": out.count,
-            "outlier_share": float(out.share),
-            "outliers_rc": [list(rc) for rc in out.positions_rc],
-            "seed_rc": list(self.lost.seed_rc),
-            "box_xyxy": list(self.box_xyxy),
-            "seed_box_xyxy": list(self.seed_box_xyxy),
-            "num_similars": int(self.lost.similars.sum()),
-            "seed_in_mask": bool(self.lost.seed_in_mask),
-            "attention": attention,
-            "attention_note": self.attention_note,
-            "pca_explained_variance_ratio": [round(float(v), 6) for v in self.pca_explained],
-        }
-
-
-def inspect_image(
-    backbone: Backbone,
-    image_rgb: np.ndarray,
-    name: str = "<array>",
-    config: LostConfig = LostConfig(),
-    max_size: int | None = None,
-    norm_source: NormSource = "final",
-    threshold: NormThreshold = NormThreshold(),
-) -> Inspection:
-    """Every diagnostic of one image on one backbone, from one forward pass.
-
-    The image is prepared as ``lostreg discover`` prepares it (optional ``max_size`` downscale,
-    normalise, zero-pad), and LOST runs on the same features, so ``box_xyxy`` and the seed are
-    the ones ``discover`` reports. ``config.layer`` chooses the block of both LOST's features and
-    the attention maps (default: the last one).
-
-    Args:
-        backbone: a ViT (:class:`TimmViTBackbone`) or a weight-free backbone such as ``pixels``,
-            for which norms are those of its features and attention maps are skipped (with a note).
-        image_rgb: (H, W, 3) uint8 RGB.
-        name: how the image is reported.
-        config: LOST protocol.
-        max_size: downscale limit (None = native resolution).
-        norm_source: ``final`` or ``prenorm`` (ViTs; see the module docstring).
-        threshold: outlier rule.
-
-    Raises:
-        lostreg.preprocess.ImageTooSmallError: image smaller than one patch.
-        ValueError: bad ``layer``, ``which`` or ``norm_source``.
-    """
-    if config.which not in ("q", "k", "v"):
-        raise ValueError(f"which must be one of q, k, v; got {config.which!r}")
-    if norm_source not in ("final", "prenorm"):
-        raise ValueError(f"norm_source must be 'final' or 'prenorm', got {norm_source!r}")
-    original_hw = (int(image_rgb.shape[0]), int(image_rgb.shape[1]))
-    picture = downscale_to_max_size(image_rgb, max_size)
-    # The picture is already downscaled: prepare it as is, then restore the original size.
-    item = ImagePreparer(backbone.patch_size, backbone.mean, backbone.std)(picture, name)
-    item = replace(item, original_hw=original_hw)
-    padded = item.padded
-    images = padded.tensor.unsqueeze(0)
-    grid_hw = padded.grid_hw
-
-    cls_map = reg_maps = mass = None
-    layer: int | None = None
-    note: str | None = None
-    if isinstance(backbone, TimmViTBackbone):
-        trace = trace_vit(backbone, images, config.layer)
-        tokens = trace.final if norm_source == "final" else trace.prenorm
-        patch_tokens = tokens[0, trace.num_prefix_tokens:]
-        features = select_features(trace.qkv[0, trace.num_prefix_tokens:], config.which)
-        block = backbone.model.blocks[trace.layer]
-        with torch.inference_mode():
-            att = prefix_attention(trace.qkv, block.attn, trace.num_prefix_tokens, grid_hw, trace.has_class_token)
-        cls_map = None if att.cls is None else att.cls[0].cpu().numpy()
-        # Models without registers get None, not an empty array: "no register maps" is explicit.
-        reg_maps = att.registers[0].cpu().numpy() if att.registers.shape[1] else None
-        mass = att.patch_mass[0].cpu().numpy()
-        layer = trace.layer
-        source = norm_source
-    else:
-        with torch.inference_mode():
-            features = backbone.extract(images, which=config.which, layer=config.layer)[0]
-        patch_tokens = features
-        note = PIXELS_ATTENTION_NOTE if backbone.name == "pixels" else f"{backbone.name}: no attention layers: attention maps skipped"
-        source = "pixels" if backbone.name == "pixels" else "features"
-
-    norms = patch_token_norms(patch_tokens[None], 0, grid_hw)[0].cpu().numpy()
-    outliers = find_outliers(norms, threshold)
-    rgb, explained = pca_rgb(patch_tokens, grid_hw)
-
-    found = ObjectDiscoverer(backbone, config).locate(item, features)
-    result = found.lost
-    p = backbone.patch_size
-    processed_hw = padded.image_hw
-    row, col = result.seed_rc
-    # The figures draw on the (downscaled) picture, so these two stay in its pixels.
-    box = patch_box_to_pixels(result.box, p, processed_hw)
-    seed_box = patch_box_to_pixels((col, row, col + 1, row + 1), p, processed_hw)
-    original_box = found.box_xyxy
-
-    return Inspection(
-        image=name,
-        backbone=backbone.name,
-        is_random=backbone.is_random,
-        patch_size=p,
-        num_registers=backbone.num_registers,
-        picture=np.ascontiguousarray(picture),
-        original_hw=original_hw,
-        grid_hw=grid_hw,
-        norm_source=source,
-        norms=norms.astype(np.float32),
-        outliers=outliers,
-        cls_attention=cls_map,
-        register_attention=reg_maps,
-        prefix_patch_mass=mass,
-        attention_layer=layer,
-        attention_note=note,
-        pca=rgb,
-        pca_explained=explained,
-        lost=lost_maps(result, config.k_patches),
-        config=config,
-        box_xyxy=original_box,
-        processed_box_xyxy=box,
-        seed_box_xyxy=seed_box,
     )

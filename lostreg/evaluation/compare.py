@@ -11,15 +11,9 @@ A run directory holds ``config.yaml`` (the composed, resolved hydra config) and
 from __future__ import annotations
 
 import csv
-import glob
-import json
-import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from lostreg.evaluation.published import (
     PUBLIC_CHECKPOINT_NOTE,
@@ -29,8 +23,15 @@ from lostreg.evaluation.published import (
     SOURCE_REGISTERS,
     PublishedResult,
     lostreg_backbone_for,
-    published_for,
 )
+from lostreg.evaluation.runs import (
+    DEFAULT_PROTOCOL_TEXT,
+    RunError,
+    RunSummary,
+    load_run,
+    load_runs,
+)
+from lostreg.protocol import DiscoveryProtocol, describe_protocol
 
 __all__ = [
     "DATASET_LABELS",
@@ -54,228 +55,8 @@ __all__ = [
 DATASET_LABELS = {"voc07": "VOC07", "voc12": "VOC12", "coco20k": "COCO20k", "coco": "COCO", "folder": "folder"}
 MAIN_DATASETS = ("voc07", "voc12", "coco20k")
 
-#: Backbones without weights: their ``weights`` setting is ignored by the builder.
-WEIGHT_FREE_BACKBONES = frozenset({"pixels"})
-
-# Protocol defaults of configs/config.yaml (the LOST paper's); only departures name a row.
-DEFAULT_PROTOCOL: dict[str, Any] = {
-    "which": "k", "layer": -1, "k_patches": 100, "gram_bias": 0.0, "max_size": None, "weights": "pretrained",
-    "l2_normalize": False,
-}
-DEFAULT_PROTOCOL_TEXT = "default"
-DEFAULT_PROTOCOL_NOTE = (
-    "raw keys of the last layer, k=100, Gram bias 0, native resolution, pretrained weights (the LOST paper's)"
-)
+DEFAULT_PROTOCOL_NOTE = describe_protocol(DiscoveryProtocol()) + ", native resolution, pretrained weights (the LOST paper's)"
 RANDOM_NOTE = "RANDOM weights: randomly initialised backbone, a pipeline test only; its CorLoc is meaningless"
-
-_CONFIG_KEYS = ("backbone.name", "dataset.name", "weights", "lost.k_patches", "lost.gram_bias",
-                "features.which", "features.layer", "max_size")
-_METRIC_KEYS = ("corloc", "hits", "total", "num_images", "complete")
-
-
-class RunError(ValueError):
-    """A run directory that cannot be read; ``str(err)`` is one line naming it."""
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """What the table needs from one run directory.
-
-    Attributes:
-        run_dir: The directory.
-        backbone: lostreg backbone name (``backbone.name``).
-        dataset: ``dataset.name`` (``voc07``, ``voc12``, ``coco20k``, ``coco``, ``folder``).
-        weights: ``pretrained``, ``random`` or a checkpoint path.
-        which: ``q``, ``k`` or ``v``.
-        layer: Block index, negative from the end.
-        k_patches: LOST's k.
-        gram_bias: Added to the Gram matrix.
-        max_size: Downscale limit in pixels, ``None`` for native resolution.
-        corloc: Percent, ``None`` when not computed (no image, no ground truth).
-        hits: Images hit; ``None`` without ground truth (folder).
-        total: Images evaluated so far (failed ones included, as misses).
-        failed: Images on which LOST failed.
-        num_images: Size of the dataset.
-        complete: Every image of the dataset is done.
-        dataset_config: The whole ``dataset`` section of ``config.yaml`` (root, split, ...);
-            not part of equality.
-    """
-
-    run_dir: Path
-    backbone: str
-    dataset: str
-    weights: str
-    which: str
-    layer: int
-    k_patches: int
-    gram_bias: float
-    max_size: int | None
-    corloc: float | None
-    hits: int | None
-    total: int
-    failed: int
-    num_images: int
-    complete: bool
-    dataset_config: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
-    #: Features L2-normalised before LOST (``features.l2_normalize``; absent in older runs = False).
-    l2_normalize: bool = False
-
-    @property
-    def is_random(self) -> bool:
-        """The backbone had random weights (weight-free backbones such as ``pixels`` never do)."""
-        return self.weights == "random" and self.backbone not in WEIGHT_FREE_BACKBONES
-
-    @property
-    def protocol(self) -> str:
-        """The departures from the default protocol, e.g. ``"which=q layer=-2"``, or ``"default"``."""
-        parts = []
-        if self.which != DEFAULT_PROTOCOL["which"]:
-            parts.append(f"which={self.which}")
-        if self.layer != DEFAULT_PROTOCOL["layer"]:
-            parts.append(f"layer={self.layer}")
-        if self.k_patches != DEFAULT_PROTOCOL["k_patches"]:
-            parts.append(f"k={self.k_patches}")
-        if self.gram_bias != DEFAULT_PROTOCOL["gram_bias"]:
-            parts.append(f"bias={self.gram_bias:g}")
-        if self.l2_normalize:
-            parts.append("l2")
-        if self.max_size is not None:
-            parts.append(f"max_size={self.max_size}")
-        if self.weights != DEFAULT_PROTOCOL["weights"] and self.backbone not in WEIGHT_FREE_BACKBONES:
-            parts.append(f"weights={self.weights}")
-        return " ".join(parts) or DEFAULT_PROTOCOL_TEXT
-
-    @property
-    def row_key(self) -> tuple[str, str]:
-        """``(backbone, protocol)``: runs with one key share a table row."""
-        return self.backbone, self.protocol
-
-    def published(self) -> PublishedResult | None:
-        """The published row this run compares with (see :func:`published_for`)."""
-        if self.l2_normalize:
-            return None  # no published row uses one fixed L2-normalised protocol
-        return published_for(self.backbone, which=self.which, layer=self.layer, k_patches=self.k_patches,
-                              gram_bias=self.gram_bias, weights=self.weights)
-
-
-def _select(data: Any, dotted: str, source: Path) -> Any:
-    node = data
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise RunError(f"{source}: missing key {dotted!r}")
-        node = node[part]
-    return node
-
-
-def _typed(value: Any, kind: type, key: str, source: Path, optional: bool = False) -> Any:
-    if value is None and optional:
-        return None
-    # bool is an int to Python: a yaml/json `true` where a number belongs is a broken file.
-    if isinstance(value, bool) != (kind is bool):
-        raise RunError(f"{source}: {key!r} must be {kind.__name__}, got {value!r}")
-    if kind is float and isinstance(value, int):
-        return float(value)
-    if not isinstance(value, kind):
-        raise RunError(f"{source}: {key!r} must be {kind.__name__}, got {value!r}")
-    return value
-
-
-def load_run(run_dir: str | Path) -> RunSummary:
-    """Read one run directory.
-
-    Raises:
-        RunError: not a directory, a missing or unreadable ``config.yaml`` /
-            ``metrics.json``, or a missing or mistyped key; the message names the path.
-    """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RunError(f"{run_dir}: not a run directory (no such directory)")
-    config_path, metrics_path = run_dir / "config.yaml", run_dir / "metrics.json"
-    for path in (config_path, metrics_path):
-        if not path.is_file():
-            raise RunError(f"{run_dir}: not a run directory (no {path.name}; written by `lostreg eval`)")
-    try:
-        config = yaml.safe_load(config_path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise RunError(f"{config_path}: unreadable: {' '.join(str(err).split())}") from None
-    try:
-        metrics = json.loads(metrics_path.read_text())
-    except (OSError, ValueError) as err:
-        raise RunError(f"{metrics_path}: unreadable: {err}") from None
-    if not isinstance(metrics, dict):
-        raise RunError(f"{metrics_path}: expected a JSON object")
-    cfg = {key: _select(config, key, config_path) for key in _CONFIG_KEYS}
-    for key in _METRIC_KEYS:
-        if key not in metrics:
-            raise RunError(f"{metrics_path}: missing key {key!r}")
-    corloc = _typed(metrics["corloc"], float, "corloc", metrics_path, optional=True)
-    if corloc is not None and math.isnan(corloc):
-        corloc = None
-    return RunSummary(
-        run_dir=run_dir,
-        backbone=str(cfg["backbone.name"]),
-        dataset=str(cfg["dataset.name"]).lower(),
-        weights=str(cfg["weights"]),
-        which=str(cfg["features.which"]),
-        layer=_typed(cfg["features.layer"], int, "features.layer", config_path),
-        k_patches=_typed(cfg["lost.k_patches"], int, "lost.k_patches", config_path),
-        gram_bias=_typed(cfg["lost.gram_bias"], float, "lost.gram_bias", config_path),
-        # 0 means "off", as null does: one protocol, one row.
-        max_size=_typed(cfg["max_size"], int, "max_size", config_path, optional=True) or None,
-        corloc=corloc,
-        hits=_typed(metrics["hits"], int, "hits", metrics_path, optional=True),
-        total=_typed(metrics["total"], int, "total", metrics_path),
-        failed=_typed(metrics.get("failed", 0), int, "failed", metrics_path),
-        num_images=_typed(metrics["num_images"], int, "num_images", metrics_path),
-        complete=_typed(metrics["complete"], bool, "complete", metrics_path),
-        dataset_config=dict(config["dataset"]),  # a dict: _select found dataset.name in it
-        l2_normalize=bool((config.get("features") or {}).get("l2_normalize", False)),
-    )
-
-
-def _expand(pattern: str) -> list[Path]:
-    """A literal existing path as is, else the sorted glob matches (``**`` recursive)."""
-    if Path(pattern).exists() or not any(c in pattern for c in "*?["):
-        return [Path(pattern)]
-    return [Path(p) for p in sorted(glob.glob(pattern, recursive=True))]
-
-
-def load_runs(
-    paths: Iterable[str | Path],
-    on_error: Callable[[RunError], None] | None = None,
-) -> list[RunSummary]:
-    """Read run directories given as paths or glob patterns.
-
-    Args:
-        paths: Run directories or glob patterns (``outputs/voc07/*/*``). A directory
-            matched twice is read once.
-        on_error: Called with each :class:`RunError` (bad directory, pattern matching
-            nothing); the others are still read. ``None``: the first error is raised.
-
-    Returns:
-        The readable runs, in the order given (matches of one pattern sorted).
-    """
-    runs: list[RunSummary] = []
-    seen: set[Path] = set()
-    for pattern in paths:
-        matches = _expand(str(pattern))
-        if not matches:
-            err = RunError(f"{pattern}: no run directory matches this pattern")
-            if on_error is None:
-                raise err
-            on_error(err)
-        for match in matches:
-            resolved = match.resolve()
-            if resolved in seen:
-                continue
-            seen.add(resolved)
-            try:
-                runs.append(load_run(match))
-            except RunError as err:
-                if on_error is None:
-                    raise
-                on_error(err)
-    return runs
 
 
 @dataclass

@@ -94,16 +94,26 @@ class CorLocEvaluator:
         Raises:
             ValueError: ``image_id`` was already processed since the last reset.
         """
-        key = str(image_id)
-        if key in self._results:
-            raise ValueError(f"image {key!r} processed twice: CorLoc must count each image once")
+        if str(image_id) in self._results:
+            raise ValueError(f"image {str(image_id)!r} processed twice: CorLoc must count each image once")
         if pred_box_xyxy is None:
             result = ImageResult(hit=False, iou=0.0, failed=True)
         else:
             hit, iou = is_hit(pred_box_xyxy, gt_boxes)
             result = ImageResult(hit=hit, iou=iou, failed=False)
-        self._results[key] = result
+        self.add(image_id, result)
         return result
+
+    def add(self, image_id: str, result: ImageResult) -> None:
+        """Record an image scored earlier (a stored prediction line), without scoring it again.
+
+        Raises:
+            ValueError: ``image_id`` was already processed since the last reset.
+        """
+        key = str(image_id)
+        if key in self._results:
+            raise ValueError(f"image {key!r} processed twice: CorLoc must count each image once")
+        self._results[key] = result
 
     def merge(self, other: CorLocEvaluator) -> None:
         """Add the images of another evaluator (e.g. another rank's shard).

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lostreg.protocol import FeatureConfig, LostConfig
+
 __all__ = [
     "BACKBONE_TO_PUBLISHED",
     "PUBLISHED",
@@ -118,10 +120,10 @@ def lostreg_backbone_for(key: str) -> str | None:
 def published_for(
     backbone: str,
     *,
-    which: str = "k",
-    layer: int = -1,
-    k_patches: int = 100,
-    gram_bias: float = 0.0,
+    which: str = FeatureConfig.which,
+    layer: int = FeatureConfig.layer,
+    k_patches: int = LostConfig.k_patches,
+    gram_bias: float = LostConfig.gram_bias,
     weights: str = "pretrained",
 ) -> PublishedResult | None:
     """The published row a lostreg run can be compared with, if any.
@@ -142,9 +144,12 @@ def published_for(
         The matching :class:`PublishedResult`, or ``None``.
     """
     key = BACKBONE_TO_PUBLISHED.get(backbone)
-    if key is None or weights != "pretrained" or which != "k" or layer != -1 or k_patches != 100:
+    # Every published LOST row used the LOST paper's features and k (the defaults of lostreg.protocol).
+    paper_features, paper_lost = FeatureConfig(), LostConfig()
+    if key is None or weights != "pretrained" or (which, layer) != (paper_features.which, paper_features.layer) \
+            or k_patches != paper_lost.k_patches:
         return None
     result = published_by_key(key)
-    if result.source == SOURCE_LOST and gram_bias != 0.0:
+    if result.source == SOURCE_LOST and gram_bias != paper_lost.gram_bias:
         return None
     return result

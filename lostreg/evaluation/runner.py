@@ -1,115 +1,56 @@
-"""``lostreg eval``: LOST over a dataset, resumable, with CorLoc.
+"""``lostreg eval``: a discovery method over a dataset, resumable, scored by evaluators.
 
-A run directory holds:
+The loop, detectron2's way: the read stage (:mod:`lostreg.evaluation.loading`) yields batches
+of prepared images; :class:`~lostreg.discovery.ObjectDiscoverer` turns each into prediction
+lines; the evaluators (:mod:`lostreg.evaluation.evaluators`) score them (a hit is decided
+there, once); the lines are appended to the run directory (:mod:`lostreg.rundir`, which owns
+its layout); at the end of the session ``metrics.json`` holds what every evaluator computed
+over all lines, the ones of earlier sessions included.
 
-* ``config.yaml``  the composed config, resolved (the run's identity);
-* ``run.json``     one entry per session: command, versions, git state, device, timings;
-* ``preds.jsonl``  one line per image, appended and flushed per batch;
-* ``metrics.json`` CorLoc and counts, recomputed from ``preds.jsonl`` at the end of every session.
+Resuming = running the same command on the same directory: images already in ``preds.jsonl``
+are skipped; a line cut short by a kill is dropped and redone. Each image id is counted once,
+so an interrupted and resumed run gives exactly the result of an uninterrupted one.
 
-Resuming = running the same command on the same directory: images already in
-``preds.jsonl`` are skipped; a line cut short by a kill is dropped and redone. Because the
-metrics are always recomputed from the file and each image id appears once, an interrupted
-and resumed run gives exactly the result of an uninterrupted one.
+Everything that can fail for the whole run (config values, dataset layout, backbone, weights,
+protocol against the backbone) is checked before the run directory is touched.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import platform
 import subprocess
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from lostreg import __version__
-from lostreg.backbones import build_backbone, resolve_device
-from lostreg.config import dataset_kwargs, result_affecting
+from lostreg.backbones import Backbone, build_backbone, resolve_device
+from lostreg.config import RESULT_KEYS, dataset_kwargs, protocol_from_config
 from lostreg.datasets import build_dataset
 from lostreg.datasets.base import ImageDataset, ImageRecord
-from lostreg.discovery import Discovery, LostConfig, ObjectDiscoverer
-from lostreg.evaluation.corloc import CorLocEvaluator, is_hit
-from lostreg.io.loading import LoadedItem, iterate_prepared, split_by_shape
+from lostreg.discovery import Discovery, ObjectDiscoverer
+from lostreg.evaluation.evaluators import DatasetEvaluators, default_evaluators, prediction_counts
+from lostreg.evaluation.loading import LoadedItem, iterate_prepared, split_by_shape
+from lostreg.protocol import DiscoveryProtocol
+from lostreg.rundir import PredictionStore, RunConfigMismatch, RunDir
 
-PREDS_FILE = "preds.jsonl"
-METRICS_FILE = "metrics.json"
-CONFIG_FILE = "config.yaml"
-RUN_INFO_FILE = "run.json"
-
-
-class RunConfigMismatch(RuntimeError):
-    """The run directory holds results of another configuration."""
+__all__ = ["EvalJob", "PredictionStore", "RunConfigMismatch", "prediction_record", "run_eval", "run_identity"]
 
 
-class PredictionStore:
-    """Append-only JSON-lines file of per-image predictions, safe against kills.
-
-    Each :meth:`append` writes whole lines and flushes them to the OS, so a killed process
-    loses at most the batch being written; :meth:`load` drops a trailing partial line.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def read(self) -> dict[str, dict[str, Any]]:
-        """Records by image id, read-only: a partial last line (left by a kill) is ignored.
-
-        Raises:
-            ValueError: a complete line that is not JSON, naming the file and line.
-        """
-        if not self.path.exists():
-            return {}
-        records: dict[str, dict[str, Any]] = {}
-        for number, line in enumerate(self._complete_bytes().decode("utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{self.path}:{number}: corrupt prediction line ({err})") from None
-            # First occurrence wins; later duplicates cannot appear through this class.
-            records.setdefault(str(record["image_id"]), record)
-        return records
-
-    def load(self) -> dict[str, dict[str, Any]]:
-        """:meth:`read`, then truncate a partial last line so that appends start on a line."""
-        records = self.read()
-        if self.path.exists():
-            complete = len(self._complete_bytes())
-            if complete != self.path.stat().st_size:
-                with self.path.open("r+b") as f:
-                    f.truncate(complete)
-        return records
-
-    def _complete_bytes(self) -> bytes:
-        data = self.path.read_bytes()
-        return data[: data.rfind(b"\n") + 1]
-
-    def append(self, records: Iterable[dict[str, Any]]) -> None:
-        lines = "".join(json.dumps(r) + "\n" for r in records)
-        if not lines:
-            return
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(lines)
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def prediction_record(record: ImageRecord, found: Discovery | None, error: str | None, has_gt: bool) -> dict[str, Any]:
-    """The ``preds.jsonl`` line of one image.
+def prediction_record(record: ImageRecord, found: Discovery | None, error: str | None) -> dict[str, Any]:
+    """The ``preds.jsonl`` line of one image, before scoring.
 
     Keys: ``image_id``, ``image`` (path), ``width``, ``height``, ``box_xyxy`` (original pixels,
     max exclusive; null on error), ``seed`` (flat patch index), ``seed_rc``, ``hit``, ``iou``
-    (null without ground truth), ``gt_boxes_xyxy``, ``error`` (null or one line).
+    (null here: the CorLoc evaluator fills them where there is ground truth), ``gt_boxes_xyxy``,
+    ``error`` (null or one line).
     """
     line: dict[str, Any] = {"image_id": record.image_id, "image": str(record.path)}
     if found is None:
@@ -117,14 +58,9 @@ def prediction_record(record: ImageRecord, found: Discovery | None, error: str |
     else:
         line.update(
             width=found.width, height=found.height, box_xyxy=list(found.box_xyxy),
-            seed=found.lost.seed, seed_rc=list(found.seed_rc),
+            seed=found.result.seed, seed_rc=list(found.seed_rc),
         )
-    if has_gt and found is not None:
-        hit, iou = is_hit(found.box_xyxy, record.gt_boxes_xyxy)
-        line.update(hit=bool(hit), iou=round(float(iou), 6))
-    else:
-        line.update(hit=False if has_gt else None, iou=0.0 if has_gt else None)
-    line.update(gt_boxes_xyxy=np.asarray(record.gt_boxes_xyxy).tolist(), error=error)
+    line.update(hit=None, iou=None, gt_boxes_xyxy=np.asarray(record.gt_boxes_xyxy).tolist(), error=error)
     return line
 
 
@@ -173,105 +109,117 @@ def _git_state() -> dict[str, Any] | None:
     return {"commit": commit, "dirty": bool(dirty)}
 
 
-def _write_json_atomic(path: Path, payload: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
+def run_identity(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a resolved config that can change a result, normalised.
 
-
-def prepare_run_dir(cfg: DictConfig) -> Path:
-    """Create the run directory and pin its config; refuse a directory of another config.
-
-    Raises:
-        RunConfigMismatch: naming the differing keys and how to proceed.
+    Missing protocol keys of older run directories (``method``, ``features.l2_normalize``) take
+    their defaults, so those directories are still found by the same command.
     """
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run_dir / CONFIG_FILE
-    if config_path.exists():
-        previous = OmegaConf.load(config_path)
-        old, new = result_affecting(previous), result_affecting(cfg)  # type: ignore[arg-type]
-        if old != new:
-            diffs = _differences(old, new)
-            raise RunConfigMismatch(
-                f"{run_dir} holds results of another configuration ({'; '.join(diffs[:5])}); "
-                "results are never mixed: pass run_dir=<new folder>, or delete the old one"
-            )
-    else:
-        OmegaConf.save(cfg, config_path, resolve=True)
-    return run_dir
+    identity = {key: config.get(key) for key in RESULT_KEYS}
+    identity.update(DiscoveryProtocol.from_mapping(config).as_dict())
+    return identity
 
 
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        out: list[str] = []
-        for key in sorted(set(old) | set(new), key=str):
-            out += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
-        return out
-    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} in the run dir, {new!r} now"]
+BackboneBuilder = Callable[[str, str, str], Backbone]
 
 
-def compute_metrics(dataset: ImageDataset, preds: dict[str, dict[str, Any]], has_gt: bool) -> dict[str, Any]:
-    """CorLoc and counts from stored predictions, in dataset order (each image once)."""
-    evaluator = CorLocEvaluator()
-    failed = done = 0
-    for record in dataset:
-        pred = preds.get(record.image_id)
-        if pred is None:
-            continue
-        done += 1
-        failed += pred.get("error") is not None
-        if has_gt:
-            evaluator.process(record.image_id, pred.get("box_xyxy"), record.gt_boxes_xyxy)
-    metrics: dict[str, Any] = {"corloc": None, "hits": None, "total": done, "failed": failed}
-    if has_gt:
-        scores = evaluator.evaluate()
-        metrics.update(corloc=scores["corloc"] if done else None, hits=scores["hits"])
-    metrics.update(num_images=len(dataset), complete=done == len(dataset))
-    return metrics
+@dataclass
+class EvalJob:
+    """One eval run, checked and ready: every setting validated, dataset read, backbone built.
 
-
-def _dataset_has_gt(cfg: DictConfig) -> bool:
-    return str(cfg.dataset.name) != "folder"
-
-
-def run_eval(cfg: DictConfig, progress: bool = True, command: str | None = None) -> dict[str, Any]:
-    """Run (or resume) LOST on ``cfg.dataset`` and return the metrics written to ``metrics.json``.
-
-    Raises:
-        RunConfigMismatch, DatasetLayoutError, UnknownBackboneError, WeightsError, ...
-        KeyboardInterrupt: after saving everything computed so far.
+    :meth:`prepare` does everything that can fail for the whole run before the run directory is
+    touched; :meth:`run` then runs (or resumes) the session.
     """
-    dataset = build_dataset(str(cfg.dataset.name), **dataset_kwargs(cfg))
-    run_dir = prepare_run_dir(cfg)
-    has_gt = _dataset_has_gt(cfg)
-    store = PredictionStore(run_dir / PREDS_FILE)
+
+    cfg: DictConfig
+    dataset: ImageDataset
+    discoverer: ObjectDiscoverer
+    run_dir: RunDir
+
+    @classmethod
+    def prepare(cls, cfg: DictConfig, backbone: Backbone | None = None,
+                builder: BackboneBuilder | None = None) -> "EvalJob":
+        """Validate ``cfg``, read the dataset index, build the backbone (unless given).
+
+        Args:
+            cfg: a composed eval config (:func:`lostreg.config.compose_config`).
+            backbone: the backbone of ``cfg.backbone.name`` / ``cfg.weights``, if already built.
+            builder: ``(name, weights, device) -> Backbone`` used otherwise (default
+                :func:`lostreg.backbones.build_backbone`); called after the cheap checks.
+
+        Raises:
+            ProtocolError, DatasetLayoutError, UnknownBackboneError, WeightsError, ValueError:
+                one line each; nothing has been written.
+        """
+        protocol = protocol_from_config(cfg)
+        dataset = build_dataset(str(cfg.dataset.name), **dataset_kwargs(cfg))
+        if backbone is None:
+            device = str(resolve_device(str(cfg.device)))
+            build = builder or (lambda name, weights, dev: build_backbone(name, weights=weights, device=dev))
+            backbone = build(str(cfg.backbone.name), str(cfg.weights), device)
+        max_size = None if cfg.max_size is None else int(cfg.max_size)
+        discoverer = ObjectDiscoverer(backbone, protocol, max_size=max_size)
+        return cls(cfg, dataset, discoverer, RunDir(cfg.run_dir))
+
+    def run(self, progress: bool = True, command: str | None = None) -> dict[str, Any]:
+        """Run (or resume) the session; return the metrics written to ``metrics.json``.
+
+        Raises:
+            RunConfigMismatch, RunLockedError: the run directory belongs to another config or writer.
+            KeyboardInterrupt: after saving everything computed so far.
+        """
+        with self.run_dir.lock(command):
+            container = OmegaConf.to_container(self.cfg, resolve=True)
+            assert isinstance(container, dict)
+            self.run_dir.pin_config(container, run_identity)
+            return _run_session(self.cfg, self.dataset, self.discoverer, self.run_dir, progress, command)
+
+
+def run_eval(
+    cfg: DictConfig, progress: bool = True, command: str | None = None, backbone: Backbone | None = None
+) -> dict[str, Any]:
+    """Run (or resume) the configured method on ``cfg.dataset``: :meth:`EvalJob.prepare` then :meth:`EvalJob.run`."""
+    return EvalJob.prepare(cfg, backbone=backbone).run(progress=progress, command=command)
+
+
+def _run_session(
+    cfg: DictConfig,
+    dataset: ImageDataset,
+    discoverer: ObjectDiscoverer,
+    run_dir: RunDir,
+    progress: bool,
+    command: str | None,
+) -> dict[str, Any]:
+    """One session on a pinned, locked run directory: resume, process what is left, record."""
+    store = run_dir.store()
     preds = store.load()
+    evaluators = default_evaluators(dataset.has_ground_truth)
+    done_lines = [preds[r.image_id] for r in dataset if r.image_id in preds]
+    evaluators.process(done_lines)
     todo = [r for r in dataset if r.image_id not in preds]
     timer = _Timer()
     session: dict[str, Any] = {
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command or " ".join(sys.argv),
         "resumed_with": len(preds),
-        "device": str(cfg.device), "batch_size": int(cfg.batch_size), "num_workers": int(cfg.num_workers),
-        "versions": _versions(), "git": _git_state(),
+        "device": str(discoverer.backbone.device), "batch_size": int(cfg.batch_size),
+        "num_workers": int(cfg.num_workers), "versions": _versions(), "git": _git_state(),
     }
     interrupted = False
     try:
         if todo:
-            _process(cfg, dataset, todo, preds, store, has_gt, timer, progress, session)
+            _process(cfg, dataset, todo, discoverer, evaluators, done_lines, store, timer, progress)
     except KeyboardInterrupt:
         interrupted = True
         raise
     finally:
-        metrics = compute_metrics(dataset, preds, has_gt)
+        metrics: dict[str, Any] = {"corloc": None, "hits": None}
+        metrics.update(evaluators.evaluate())
+        metrics.update(prediction_counts(done_lines, len(dataset)))
         metrics.update(dataset=str(cfg.dataset.name), backbone=str(cfg.backbone.name), timings=timer.as_dict())
-        _write_json_atomic(run_dir / METRICS_FILE, metrics)
+        run_dir.write_metrics(metrics)
         session.update(timings=timer.as_dict(), interrupted=interrupted)
-        info_path = run_dir / RUN_INFO_FILE
-        info = json.loads(info_path.read_text()) if info_path.exists() else {"sessions": []}
-        info["sessions"].append(session)
-        _write_json_atomic(info_path, info)
+        run_dir.append_session(session)
     return metrics
 
 
@@ -279,33 +227,17 @@ def _process(
     cfg: DictConfig,
     dataset: ImageDataset,
     todo: list[ImageRecord],
-    preds: dict[str, dict[str, Any]],
+    discoverer: ObjectDiscoverer,
+    evaluators: DatasetEvaluators,
+    done_lines: list[dict[str, Any]],
     store: PredictionStore,
-    has_gt: bool,
     timer: _Timer,
     progress: bool,
-    session: dict[str, Any],
 ) -> None:
-    device = resolve_device(str(cfg.device))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the random-weights warning is printed once, below
-        backbone = build_backbone(str(cfg.backbone.name), weights=str(cfg.weights), device=device)
-    if backbone.is_random:
-        print(f"WARNING: {backbone.name} has RANDOM weights: CorLoc is meaningless.", file=sys.stderr)
-    session["device"] = str(device)
-    discoverer = ObjectDiscoverer(
-        backbone,
-        LostConfig(
-            k_patches=int(cfg.lost.k_patches), gram_bias=float(cfg.lost.gram_bias),
-            which=str(cfg.features.which), layer=int(cfg.features.layer),  # type: ignore[arg-type]
-            l2_normalize=bool(cfg.features.get("l2_normalize", False)),
-        ),
-        max_size=None if cfg.max_size is None else int(cfg.max_size),
-    )
-    hits = sum(bool(p.get("hit")) for p in preds.values())
-    done = len(preds)
-    bar = tqdm(total=len(dataset), initial=done, desc=f"{cfg.dataset.name} {backbone.name}", unit="img",
-               disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    device = discoverer.backbone.device
+    hits = sum(bool(line.get("hit")) for line in done_lines)
+    bar = tqdm(total=len(dataset), initial=len(done_lines), desc=f"{cfg.dataset.name} {discoverer.backbone.name}",
+               unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     batches = iterate_prepared(todo, discoverer.preparer, int(cfg.batch_size), int(cfg.num_workers),
                                pin_memory=device.type == "cuda")
     try:
@@ -313,29 +245,28 @@ def _process(
         for items in batches:
             timer.load_wait_s += time.monotonic() - waited
             start = time.monotonic()
-            lines = _discover_items(discoverer, items, has_gt)
+            lines = _discover_items(discoverer, items)
+            evaluators.process(lines)  # scores the new lines (hit, iou) before they are stored
             timer.compute_s += time.monotonic() - start
             store.append(lines)
-            for line in lines:
-                preds[line["image_id"]] = line
-                hits += bool(line.get("hit"))
-            done += len(lines)
+            done_lines += lines
+            hits += sum(bool(line.get("hit")) for line in lines)
             timer.images += len(lines)
             bar.update(len(lines))
-            if has_gt:
-                bar.set_postfix_str(f"CorLoc {100.0 * hits / done:.2f}")
+            if dataset.has_ground_truth:
+                bar.set_postfix_str(f"CorLoc {100.0 * hits / len(done_lines):.2f}")
             waited = time.monotonic()
     finally:
         bar.close()
 
 
-def _discover_items(discoverer: ObjectDiscoverer, items: list[LoadedItem], has_gt: bool) -> list[dict[str, Any]]:
+def _discover_items(discoverer: ObjectDiscoverer, items: list[LoadedItem]) -> list[dict[str, Any]]:
     """Prediction lines for one loader batch; one bad image never takes its batch down."""
-    lines = [prediction_record(it.record, None, it.error, has_gt) for it in items if it.prepared is None]
+    lines = [prediction_record(it.record, None, it.error) for it in items if it.prepared is None]
     for group in split_by_shape([it for it in items if it.prepared is not None]):
         try:
             found = discoverer.discover_batch([it.prepared for it in group])  # type: ignore[misc]
-            lines += [prediction_record(it.record, f, None, has_gt) for it, f in zip(group, found)]
+            lines += [prediction_record(it.record, f, None) for it, f in zip(group, found)]
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception:
@@ -343,8 +274,8 @@ def _discover_items(discoverer: ObjectDiscoverer, items: list[LoadedItem], has_g
             for it in group:
                 try:
                     found_one = discoverer.discover_batch([it.prepared])[0]  # type: ignore[list-item]
-                    lines.append(prediction_record(it.record, found_one, None, has_gt))
+                    lines.append(prediction_record(it.record, found_one, None))
                 except Exception as err:  # noqa: BLE001 - recorded, the run goes on
                     message = f"{it.record.path}: {type(err).__name__}: {' '.join(str(err).split())}"
-                    lines.append(prediction_record(it.record, None, message, has_gt))
+                    lines.append(prediction_record(it.record, None, message))
     return lines

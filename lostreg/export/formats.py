@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lostreg.io.atomic import atomic_write_text
 from lostreg.boxes import xyxy_to_voc, xyxy_to_xywh
 
 __all__ = [
@@ -224,10 +225,7 @@ def failed_file_for(fmt: str, out: str | os.PathLike[str]) -> Path:
 
 def _write_text(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)  # a reader never sees half a file
-    return path
+    return atomic_write_text(path, text)  # a reader never sees half a file
 
 
 def _write_failed(result: ExportResult, failed: list[FailedImage]) -> None:

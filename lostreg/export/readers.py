@@ -2,7 +2,8 @@
 
 Label readers return boxes as ``(x1, y1, x2, y2)`` integer pixels, 0-based, max exclusive
 (:mod:`lostreg.boxes`), so an export read back compares with ``preds.jsonl`` to the pixel.
-The run reader never modifies the run directory (``lostreg eval`` may still be writing it).
+Run directories are read through :mod:`lostreg.rundir`, never modified (``lostreg eval`` may
+still be writing them).
 """
 
 from __future__ import annotations
@@ -11,12 +12,11 @@ import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from omegaconf import DictConfig, OmegaConf
+from typing import Any, Mapping
 
 from lostreg.boxes import voc_to_xyxy
 from lostreg.evaluation.ap import image_order_key
+from lostreg.rundir import RunDir, RunNotFoundError
 
 __all__ = [
     "LabelBox",
@@ -50,10 +50,6 @@ class VocLabels:
     width: int
     height: int
     objects: tuple[LabelBox, ...]
-
-
-class RunNotFoundError(FileNotFoundError):
-    """The folder is not an eval run directory (no ``preds.jsonl``)."""
 
 
 def parse_yolo_line(line: str, width: int, height: int) -> LabelBox:
@@ -139,43 +135,33 @@ def read_voc_xml(path: str | os.PathLike[str]) -> VocLabels:
 def read_run_predictions(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The records of ``<run_dir>/preds.jsonl``, sorted by image id (:func:`image_order_key`).
 
-    Read-only: a last line cut short by a kill (no newline) is ignored, not truncated; the
-    first record of an image id wins, as in the runner.
+    Read-only, through :class:`lostreg.rundir.RunDir`: a last line cut short by a kill (no
+    newline) is ignored, not truncated; the first record of an image id wins, as in the runner.
 
     Raises:
         RunNotFoundError: no ``preds.jsonl``.
-        ValueError: a corrupt complete line.
+        RunError: a corrupt complete line.
     """
-    from lostreg.evaluation.runner import PREDS_FILE, PredictionStore
-
-    preds_path = Path(run_dir) / PREDS_FILE
-    if not preds_path.is_file():
-        raise RunNotFoundError(f"{run_dir} is not an eval run directory: no {PREDS_FILE} in it")
-    records = PredictionStore(preds_path).read()
+    records = RunDir(run_dir).read_predictions()
     return sorted(records.values(), key=lambda r: image_order_key(r["image_id"]))
 
 
-def read_run_config(run_dir: str | os.PathLike[str]) -> DictConfig | None:
-    """The run's ``config.yaml`` (None when absent)."""
-    from lostreg.evaluation.runner import CONFIG_FILE
-
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        return None
-    cfg = OmegaConf.load(path)
-    return cfg if isinstance(cfg, DictConfig) else None
+def read_run_config(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The run's ``config.yaml`` as plain data (None when absent)."""
+    run = RunDir(run_dir)
+    return run.read_config() if run.has_config() else None
 
 
-def default_root(cfg: DictConfig | None) -> Path | None:
+def default_root(cfg: Mapping[str, Any] | None) -> Path | None:
     """The folder export paths are relative to by default: the run's dataset root.
 
     ``dataset.image_dir`` for ``coco``, ``dataset.root`` for ``voc07``, ``voc12``,
     ``coco20k`` and ``folder`` (its parent when the folder dataset was one image file).
     None when unknown (then paths are written absolute).
     """
-    if cfg is None or "dataset" not in cfg:
+    dataset = (cfg or {}).get("dataset")
+    if not isinstance(dataset, Mapping):
         return None
-    dataset = cfg.dataset
     value = dataset.get("image_dir") if str(dataset.get("name")) == "coco" else dataset.get("root")
     if value is None:
         return None

@@ -3,12 +3,15 @@
 The page has the CorLoc table of :mod:`lostreg.evaluation.compare` at the top, a legend, then
 a gallery: one thumbnail per image with the ground truth and every run's box drawn on it,
 and per run a hit / miss / error chip. Filters ("hit by A", "missed by B", "disagreements",
-quick buttons per ordered pair of runs) are a few lines of inline JavaScript over ``data-``
+quick buttons per ordered pair of runs) are a few lines of JavaScript over ``data-``
 attributes of the gallery items, so the page works offline from a single file.
 
-Flow: :func:`load_report_runs` (run directories -> :class:`ReportRun`, refusing runs of
-different datasets) -> :func:`build_report` (runs -> :class:`Report`: the HTML text, plus the
-thumbnail files when they are linked instead of embedded) -> :func:`write_report`.
+Flow: :func:`~lostreg.report.runs.load_report_runs` (run directories -> :class:`ReportRun`,
+refusing runs of different datasets) -> :func:`build_report` (runs -> :class:`Report`: the HTML
+text, plus the thumbnail files when they are linked instead of embedded) -> :func:`write_report`.
+The stylesheet and the script are package files (``assets/report.css``, ``assets/report.js``),
+inlined into the page; the runs' data only ever goes into HTML text and ``data-`` attributes,
+escaped, never into script text.
 """
 
 from __future__ import annotations
@@ -16,355 +19,53 @@ from __future__ import annotations
 import base64
 import dataclasses
 import html
-import io
-import os
 import re
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import numpy as np
-from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from lostreg import __version__
-from lostreg.evaluation.compare import (
-    DATASET_LABELS,
-    RunSummary,
-    Table,
-    build_table,
-    corloc_cell,
-    load_runs,
-    table_text,
+from lostreg.evaluation.compare import DATASET_LABELS, Table, build_table, corloc_cell, table_text
+from lostreg.io.atomic import atomic_write_text
+from lostreg.report.gallery import (
+    DEFAULT_THUMB_SIZE,
+    RUN_COLOURS,
+    GalleryItem,
+    draw_thumbnail,
+    gallery_items,
+    jpeg_bytes,
+    load_first_image,
+    select_items,
 )
-from lostreg.io.images import ImageReadError, load_image_rgb
+from lostreg.report.runs import ReportError, ReportRun, check_same_dataset, describe_dataset, run_label
 from lostreg.viz.draw import GT_COLOUR
 
 __all__ = [
     "DEFAULT_MAX_IMAGES",
     "DEFAULT_THUMB_SIZE",
-    "RUN_COLOURS",
-    "GalleryItem",
     "Report",
     "ReportError",
-    "ReportRun",
     "build_report",
-    "draw_thumbnail",
-    "check_same_dataset",
-    "gallery_items",
     "link_dir_for",
-    "load_report_runs",
     "run_label",
-    "select_items",
     "table_to_html",
     "write_report",
 ]
 
 DEFAULT_MAX_IMAGES = 500
-DEFAULT_THUMB_SIZE = 320
-
-#: Box colours of runs A, B, C, ... (RGB), chosen apart from each other and from the GT green.
-RUN_COLOURS: tuple[tuple[int, int, int], ...] = (
-    (230, 25, 75),    # red
-    (67, 99, 216),    # blue
-    (245, 130, 49),   # orange
-    (240, 50, 230),   # magenta
-    (66, 212, 244),   # cyan
-    (255, 225, 25),   # yellow
-    (145, 30, 180),   # purple
-    (154, 99, 36),    # brown
-)
-
-# Dataset config keys that only say where the files are: the same data may live elsewhere
-# on another machine, so they do not make two runs "different datasets".
-_LOCATION_KEYS = frozenset({"root", "filelist_path", "cache_dir", "annotation_json", "image_dir"})
-
-# Thumbnail drawing, in thumbnail pixels: GT is a ring just inside its box, each run a ring
-# just outside its own, run A innermost; identical boxes thus show as concentric rings.
-_GT_RING = 2
-_RUN_RING = 3
-_PAD_BG = (250, 250, 250)
 
 
-class ReportError(ValueError):
-    """Runs that cannot go in one report; ``str(err)`` is one line."""
-
-
-@dataclass(frozen=True)
-class ReportRun:
-    """One run directory, read.
-
-    Attributes:
-        summary: Config and metrics, as :func:`lostreg.evaluation.compare.load_run` reads them.
-        preds: ``preds.jsonl`` lines by image id, in file order (first occurrence wins).
-        dataset_config: The ``dataset`` section of ``config.yaml``.
-    """
-
-    summary: RunSummary
-    preds: dict[str, dict[str, Any]]
-    dataset_config: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def run_dir(self) -> Path:
-        """The run directory."""
-        return self.summary.run_dir
-
-    @property
-    def name(self) -> str:
-        """``backbone [protocol]``, e.g. ``dinov2_vitl14_reg [k=50]``."""
-        return f"{self.summary.backbone} [{self.summary.protocol}]"
-
-    def dataset_identity(self) -> dict[str, Any]:
-        """Dataset name and the settings that choose its images and ground truth (not its location)."""
-        identity = {k: v for k, v in self.dataset_config.items() if k not in _LOCATION_KEYS}
-        identity["name"] = self.summary.dataset
-        return identity
-
-
-def run_label(index: int) -> str:
-    """``A``, ``B``, ..., ``Z``, ``AA``, ``AB``, ... for run ``index`` (0-based)."""
-    label = ""
-    index += 1
-    while index:
-        index, rest = divmod(index - 1, 26)
-        label = chr(ord("A") + rest) + label
-    return label
-
-
-def _read_preds(path: Path) -> dict[str, dict[str, Any]]:
-    """Lines of ``preds.jsonl`` by image id, in file order (first occurrence wins).
-
-    Read with :meth:`lostreg.evaluation.runner.PredictionStore.read`, which never modifies
-    the file: a report may be built while the run is still writing, and a partial last line
-    is skipped.
-    """
-    from lostreg.evaluation.runner import PredictionStore
-
-    try:
-        return PredictionStore(path).read()
-    except OSError as err:
-        raise ReportError(f"{path}: unreadable: {err.strerror or err}") from None
-    except UnicodeDecodeError as err:
-        raise ReportError(f"{path}: not UTF-8 text ({err})") from None
-    except ValueError as err:  # a complete line that is not JSON; the message names file and line
-        raise ReportError(str(err)) from None
-    except (KeyError, TypeError) as err:  # a JSON line that is not a record with an image_id
-        raise ReportError(f"{path}: corrupt prediction line (no image_id: {err!r})") from None
-
-
-def _describe_dataset(identity: Mapping[str, Any]) -> str:
-    rest = " ".join(f"{k}={v}" for k, v in sorted(identity.items()) if k != "name")
-    return f"{identity.get('name')}" + (f" ({rest})" if rest else "")
-
-
-def load_report_runs(paths: Iterable[str | Path]) -> list[ReportRun]:
-    """Read run directories (or glob patterns) for one report.
-
-    Raises:
-        RunError: A path that is not a run directory, a pattern matching nothing, a broken
-            ``config.yaml`` / ``metrics.json``.
-        ReportError: No ``preds.jsonl``, a corrupt line, runs on different datasets, or
-            runs that share no image.
-    """
-    runs = []
-    for summary in load_runs(paths):  # no on_error: the first bad directory is raised
-        preds_path = summary.run_dir / "preds.jsonl"
-        if not preds_path.is_file():
-            raise ReportError(f"{summary.run_dir}: no preds.jsonl (per-image predictions of `lostreg eval`)")
-        runs.append(ReportRun(summary, _read_preds(preds_path), dict(summary.dataset_config)))
-    if not runs:
-        raise ReportError("no run directory given")
-    check_same_dataset(runs)
-    return runs
-
-
-def check_same_dataset(runs: Sequence[ReportRun]) -> None:
-    """Refuse runs on different datasets (name, split, hard-object setting, ...).
-
-    Also refuses runs that share no image id at all, which is what runs of one dataset
-    kept in different places (or of two custom COCO/folder datasets) look like.
-
-    Raises:
-        ReportError: Naming each run's dataset.
-    """
-    identities = [run.dataset_identity() for run in runs]
-    if any(identity != identities[0] for identity in identities[1:]):
-        listing = "; ".join(f"{run.run_dir}: {_describe_dataset(ident)}" for run, ident in zip(runs, identities))
-        raise ReportError(f"runs on different datasets cannot share a report ({listing})")
-    with_preds = [run for run in runs if run.preds]
-    if len(with_preds) > 1 and not set.intersection(*(set(run.preds) for run in with_preds)):
-        raise ReportError(
-            f"runs share no image id ({', '.join(str(r.run_dir) for r in with_preds)}): not the same dataset"
-        )
-
-
-# ------------------------------------------------------------------------------ gallery items
-
-
-@dataclass(frozen=True)
-class GalleryItem:
-    """One image of the dataset and what each run predicted for it.
-
-    Attributes:
-        image_id: Dataset image id.
-        preds: Per run (report order), its ``preds.jsonl`` line, ``None`` if the run lacks the image.
-    """
-
-    image_id: str
-    preds: tuple[dict[str, Any] | None, ...]
-
-    @property
-    def hits(self) -> tuple[str, ...]:
-        """Per run ``"1"`` hit, ``"0"`` miss (errors included, as CorLoc counts them), ``"-"``
-        not run or no ground truth."""
-        out = []
-        for pred in self.preds:
-            hit = None if pred is None else pred.get("hit")
-            out.append("-" if hit is None else ("1" if hit else "0"))
-        return tuple(out)
-
-    @property
-    def errors(self) -> tuple[bool, ...]:
-        """Per run: LOST failed on the image."""
-        return tuple(pred is not None and pred.get("error") is not None for pred in self.preds)
-
-    @property
-    def disagreement(self) -> bool:
-        """Some run hit the image and another missed it."""
-        known = set(self.hits) - {"-"}
-        return len(known) > 1
-
-    @property
-    def image_paths(self) -> list[str]:
-        """Where the runs found the image (several when runs read the data in different places)."""
-        paths: list[str] = []
-        for pred in self.preds:
-            if pred is not None and pred.get("image") and pred["image"] not in paths:
-                paths.append(str(pred["image"]))
-        return paths
-
-    @property
-    def gt_boxes(self) -> list[list[int]]:
-        """Ground-truth boxes (xyxy, max exclusive) as the first run having the image stored them."""
-        for pred in self.preds:
-            if pred is not None:
-                return [list(b) for b in pred.get("gt_boxes_xyxy") or []]
-        return []
-
-
-def _natural_key(text: str) -> tuple[Any, ...]:
-    # COCO ids are unpadded numbers: "42" before "100".
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text) if part)
-
-
-def gallery_items(runs: Sequence[ReportRun]) -> list[GalleryItem]:
-    """Every image of any run, matched across runs by image id, in natural id order."""
-    ids: dict[str, None] = {}
-    for run in runs:
-        ids.update(dict.fromkeys(run.preds))
-    return [GalleryItem(i, tuple(run.preds.get(i) for run in runs)) for i in sorted(ids, key=_natural_key)]
-
-
-def select_items(items: Sequence[GalleryItem], max_images: int | None) -> list[GalleryItem]:
-    """The images the page shows, in page order: disagreements first, then images on which a
-    run failed, then the rest (each group in the order given); at most ``max_images``
-    (``None`` or 0: all)."""
-    def priority(item: GalleryItem) -> int:
-        return 0 if item.disagreement else 1 if any(item.errors) else 2
-
-    ordered = sorted(items, key=priority)  # stable: keeps id order within a group
-    return ordered if not max_images else ordered[:max_images]
-
-
-# ------------------------------------------------------------------------------ thumbnails
-
-
-def _ring(draw: ImageDraw.ImageDraw, box: Sequence[float], offset: float, thickness: float,
-          colour: tuple[int, int, int]) -> None:
-    """Fill the frame between ``box`` grown by ``offset`` and by ``offset + thickness``
-    (canvas pixels, max exclusive; a negative offset lies inside the box)."""
-    outer = [round(box[0] - offset - thickness), round(box[1] - offset - thickness),
-             round(box[2] + offset + thickness), round(box[3] + offset + thickness)]
-    inner = [round(box[0] - offset), round(box[1] - offset), round(box[2] + offset), round(box[3] + offset)]
-    if thickness < 0:
-        outer, inner = inner, outer
-    bars = [
-        (outer[0], outer[1], outer[2], inner[1]),  # top
-        (outer[0], inner[3], outer[2], outer[3]),  # bottom
-        (outer[0], inner[1], inner[0], inner[3]),  # left
-        (inner[2], inner[1], outer[2], inner[3]),  # right
-    ]
-    for x1, y1, x2, y2 in bars:
-        if x2 > x1 and y2 > y1:
-            draw.rectangle((x1, y1, x2 - 1, y2 - 1), fill=colour)  # PIL corners are inclusive
-
-
-def draw_thumbnail(
-    image_rgb: np.ndarray,
-    gt_boxes: Sequence[Sequence[int]],
-    run_boxes: Sequence[Sequence[int] | None],
-    max_side: int = DEFAULT_THUMB_SIZE,
-    colours: Sequence[tuple[int, int, int]] = RUN_COLOURS,
-) -> Image.Image:
-    """Scale an image so its longer side is ``max_side`` and draw GT and run boxes on it.
-
-    GT boxes are green rings just inside their edges; run ``i``'s box is a ring of colour
-    ``colours[i % len(colours)]`` just outside its edges, ring ``i`` from the edge, so boxes
-    that coincide stay visible. A margin around the image keeps rings of boxes at the border.
-
-    Args:
-        image_rgb: ``(H, W, 3)`` uint8 RGB, the frame the boxes refer to.
-        gt_boxes: Ground-truth boxes, xyxy pixels, max exclusive.
-        run_boxes: One box per run (``None``: no box, e.g. the run failed on the image).
-        max_side: Longer side of the scaled image, without the margin.
-        colours: Run colours (RGB).
-
-    Returns:
-        The thumbnail, RGB.
-    """
-    height, width = image_rgb.shape[:2]
-    scale = max_side / max(height, width)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    margin = _RUN_RING * max(1, len(run_boxes)) + 1
-    picture = Image.fromarray(np.ascontiguousarray(image_rgb)).resize(size, Image.Resampling.LANCZOS)
-    canvas = Image.new("RGB", (size[0] + 2 * margin, size[1] + 2 * margin), _PAD_BG)
-    canvas.paste(picture, (margin, margin))
-    draw = ImageDraw.Draw(canvas)
-
-    def to_canvas(box: Sequence[int]) -> list[float]:
-        return [margin + float(v) * scale for v in box]
-
-    for gt in gt_boxes:
-        _ring(draw, to_canvas(gt), 0.0, -_GT_RING, GT_COLOUR)
-    for i, box in enumerate(run_boxes):
-        if box is not None:
-            _ring(draw, to_canvas(box), float(i * _RUN_RING), float(_RUN_RING), colours[i % len(colours)])
-    return canvas
-
-
-def _jpeg(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=85, optimize=True)
-    return buffer.getvalue()
-
-
-def _load_first(paths: Sequence[str]) -> tuple[np.ndarray | None, str | None]:
-    """The image from the first path that reads, else ``(None, reason)``."""
-    if not paths:
-        return None, "no image path in preds.jsonl"
-    first_error: str | None = None
-    for path in paths:
-        try:
-            return load_image_rgb(path), None
-        except ImageReadError as err:
-            first_error = first_error or str(err)
-    return None, first_error
-
-
-# ------------------------------------------------------------------------------ page
+@lru_cache(maxsize=None)
+def asset(name: str) -> str:
+    """A static file of the page (``report.css``, ``report.js``), from the package."""
+    return resources.files("lostreg.report").joinpath("assets", name).read_text(encoding="utf-8")
 
 
 @dataclass
@@ -496,99 +197,6 @@ def _filters(runs: Sequence[ReportRun], labels: Sequence[str], items: Sequence[G
             '<p class="count" id="shown-count" aria-live="polite"></p></div>')
 
 
-_CSS = """
-:root { color-scheme: light; }
-* { box-sizing: border-box; }
-body { font: 14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 1.5em; color: #1b1b1b;
-       background: #fff; }
-h1 { font-size: 1.5em; margin: 0 0 .3em; } h2 { font-size: 1.2em; margin: 1.4em 0 .5em; }
-code { font-size: .92em; word-break: break-all; }
-[hidden] { display: none !important; }
-table.corloc { border-collapse: collapse; margin: .5em 0; }
-table.corloc th, table.corloc td { border: 1px solid #ccc; padding: .25em .6em; text-align: left; }
-table.corloc th { background: #f0f0f0; }
-table.corloc td.num { text-align: right; font-variant-numeric: tabular-nums; }
-tr.published-only td { color: #666; font-style: italic; }
-.notes p, p.meta { color: #555; font-size: .88em; margin: .2em 0; max-width: 70em; }
-p.warning { color: #8a4b00; }
-.legend { list-style: none; padding: 0; margin: .3em 0; }
-.legend li { margin: .2em 0; }
-.swatch { display: inline-block; width: 1.6em; height: .9em; vertical-align: middle; border: 3px solid var(--c);
-          margin-right: .4em; }
-.chip { display: inline-block; border-left: .45em solid var(--c); padding: 0 .35em; margin: .1em .2em .1em 0;
-        background: #f4f4f4; border-radius: 2px; white-space: nowrap; font-size: .9em; }
-.chip.hit { background: #e3f5e1; } .chip.miss { background: #fbe4e4; } .chip.absent { color: #777; }
-.badge { background: #b00020; color: #fff; border-radius: 3px; padding: 0 .3em; font-size: .85em; font-weight: 600; }
-.filters { position: sticky; top: 0; background: #fff; border-bottom: 1px solid #ddd; padding: .5em 0; z-index: 1; }
-.filters label { margin-right: 1em; } .filters select { max-width: 24em; }
-.quick-buttons { margin-top: .4em; }
-button.quick { margin: .15em .3em .15em 0; padding: .2em .6em; border: 1px solid #999; border-radius: 3px;
-               background: #fafafa; cursor: pointer; font: inherit; }
-button.quick[aria-pressed="true"] { background: #1b1b1b; color: #fff; border-color: #1b1b1b; }
-.count { font-weight: 600; margin: .4em 0 0; }
-#gallery { display: flex; flex-wrap: wrap; align-items: flex-start; gap: 12px; margin-top: 1em; }
-.item { margin: 0; width: min-content; border: 1px solid #ddd; padding: 4px; background: #fff; }
-.item.disagree { border-color: #888; }
-.item img, .noimg { display: block; }
-.noimg { background: #eee; color: #555; display: flex; align-items: center; justify-content: center;
-         text-align: center; padding: 1em; font-size: .9em; }
-.item figcaption { margin-top: 3px; }
-.iid { display: block; font-family: ui-monospace, monospace; font-size: .9em; word-break: break-all; }
-"""
-
-# Inline and static: the data lives in data- attributes, so nothing from the runs is ever
-# interpolated into script text.
-_JS = """
-(function () {
-  "use strict";
-  var items = Array.prototype.slice.call(document.querySelectorAll("#gallery .item"));
-  var hitBy = document.getElementById("hit-by");
-  var missedBy = document.getElementById("missed-by");
-  var onlyDisagree = document.getElementById("only-disagreements");
-  var onlyErrors = document.getElementById("only-errors");
-  var count = document.getElementById("shown-count");
-  var empty = document.getElementById("empty");
-  var buttons = Array.prototype.slice.call(document.querySelectorAll("button.quick"));
-  function value(control) { return control ? control.value : ""; }
-  function checked(control) { return control ? control.checked : false; }
-  function apply() {
-    var hit = value(hitBy), miss = value(missedBy);
-    var disagree = checked(onlyDisagree), errors = checked(onlyErrors);
-    var shown = 0;
-    items.forEach(function (item) {
-      var hits = item.getAttribute("data-hits").split(",");
-      var ok = (hit === "" || hits[Number(hit)] === "1") &&
-               (miss === "" || hits[Number(miss)] === "0") &&
-               (!disagree || item.getAttribute("data-disagree") === "1") &&
-               (!errors || item.getAttribute("data-errors").indexOf("1") !== -1);
-      item.hidden = !ok;
-      if (ok) { shown += 1; }
-    });
-    if (count) { count.textContent = shown + " of " + items.length + " images shown"; }
-    if (empty) { empty.hidden = shown !== 0; }
-    buttons.forEach(function (button) {
-      var active = button.getAttribute("data-hit") === hit && button.getAttribute("data-miss") === miss &&
-                   (button.getAttribute("data-disagree") === "1") === disagree &&
-                   (button.getAttribute("data-errors-only") === "1") === errors;
-      button.setAttribute("aria-pressed", active ? "true" : "false");
-    });
-  }
-  buttons.forEach(function (button) {
-    button.addEventListener("click", function () {
-      if (hitBy) { hitBy.value = button.getAttribute("data-hit"); }
-      if (missedBy) { missedBy.value = button.getAttribute("data-miss"); }
-      if (onlyDisagree) { onlyDisagree.checked = button.getAttribute("data-disagree") === "1"; }
-      if (onlyErrors) { onlyErrors.checked = button.getAttribute("data-errors-only") === "1"; }
-      apply();
-    });
-  });
-  [hitBy, missedBy, onlyDisagree, onlyErrors].forEach(function (control) {
-    if (control) { control.addEventListener("change", apply); }
-  });
-  apply();
-})();
-"""
-
 # No network and nothing from elsewhere: images are data: URIs or files beside the page.
 _CSP = ("default-src 'none'; img-src data: 'self' file:; style-src 'unsafe-inline'; "
         "script-src 'unsafe-inline'; base-uri 'none'; form-action 'none'")
@@ -692,12 +300,12 @@ def build_report(
         # An empty icon: otherwise a browser asks the server (or file system) for favicon.ico.
         '<link rel="icon" href="data:,">',
         f"<title>{_esc(title)}</title>",
-        f"<style>{_CSS}\n{colour_css}\n</style>",
+        f"<style>{asset('report.css')}\n{colour_css}\n</style>",
         "</head>",
         "<body>",
         f"<h1>{_esc(dataset_label)}: CorLoc of {len(runs)} run{'s' if len(runs) != 1 else ''}</h1>",
         f'<p class="meta">Generated by lostreg {_esc(__version__)}. Dataset: '
-        f"{_esc(_describe_dataset(runs[0].dataset_identity()))}.</p>",
+        f"{_esc(describe_dataset(runs[0].dataset_identity()))}.</p>",
         '<section id="table">',
         "<h2>CorLoc</h2>",
         table_html,
@@ -713,7 +321,7 @@ def build_report(
         "\n".join(figures),
         "</div>",
         "</section>",
-        f"<script>{_JS}</script>",
+        f"<script>{asset('report.js')}</script>",
         "</body>",
         "</html>",
     ]
@@ -732,11 +340,11 @@ def _figure(
     report: Report,
 ) -> str:
     """One gallery item: thumbnail (or why there is none), id, per-run chips, data attributes."""
-    image, problem = _load_first(item.image_paths)
+    image, problem = load_first_image(item.image_paths)
     if image is not None:
         boxes = [None if p is None else p.get("box_xyxy") for p in item.preds]
         thumb = draw_thumbnail(image, item.gt_boxes, boxes, thumb_size, colours)
-        data = _jpeg(thumb)
+        data = jpeg_bytes(thumb)
         if link_dir is None:
             src = "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
         else:
@@ -774,7 +382,4 @@ def write_report(report: Report, output: str | Path) -> Path:
         path = output.parent / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-    tmp = output.with_name(output.name + ".tmp")
-    tmp.write_text(report.html, encoding="utf-8")
-    os.replace(tmp, output)
-    return output
+    return atomic_write_text(output, report.html)

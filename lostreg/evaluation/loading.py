@@ -1,4 +1,4 @@
-"""Read stage for dataset runs: decode and prepare images in worker processes, batched by size.
+"""The read stage of dataset runs: decode and prepare images in worker processes, batched by size.
 
 Images are grouped by padded size so that one backbone pass serves a whole batch (VOC has
 many 500x375 and 375x500 images). Grouping only changes *which* images share a pass, never a
@@ -13,9 +13,8 @@ from typing import Iterator, Sequence
 from torch.utils.data import DataLoader, Dataset
 
 from lostreg.datasets.base import ImageRecord
-from lostreg.discovery import ImagePreparer, PreparedImage
 from lostreg.io.images import ImageReadError, load_image_rgb
-from lostreg.preprocess import ImageTooSmallError
+from lostreg.preprocess import ImagePreparer, ImageTooSmallError, PreparedImage
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,237 @@
+"""Finished or partial eval runs, read back for tables and reports (through :mod:`lostreg.rundir`).
+
+:func:`load_run` reads one run directory's ``config.yaml`` and ``metrics.json`` into a
+:class:`RunSummary`: which backbone, dataset and protocol produced which CorLoc. Nothing here
+imports torch; nothing here writes.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lostreg.backbones.registry import is_weight_free
+from lostreg.evaluation.published import PublishedResult, published_for
+from lostreg.protocol import DiscoveryProtocol, FeatureConfig, LostConfig, ProtocolError
+from lostreg.rundir import RunDir, RunError
+
+__all__ = ["DEFAULT_PROTOCOL_TEXT", "RunError", "RunSummary", "load_run", "load_runs"]
+
+#: How a row with the default protocol (:class:`~lostreg.protocol.DiscoveryProtocol` defaults) is named.
+DEFAULT_PROTOCOL_TEXT = "default"
+_DEFAULT_WEIGHTS = "pretrained"
+_CONFIG_KEYS = ("backbone.name", "dataset.name", "weights", "max_size")
+_METRIC_KEYS = ("corloc", "hits", "total", "num_images", "complete")
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a table needs from one run directory.
+
+    Attributes:
+        run_dir: The directory.
+        backbone: lostreg backbone name (``backbone.name``).
+        dataset: ``dataset.name`` (``voc07``, ``voc12``, ``coco20k``, ``coco``, ``folder``).
+        weights: ``pretrained``, ``random`` or a checkpoint path.
+        discovery: The discovery protocol (method, features, knobs) of the run.
+        max_size: Downscale limit in pixels, ``None`` for native resolution.
+        corloc: Percent, ``None`` when not computed (no image, no ground truth).
+        hits: Images hit; ``None`` without ground truth (folder).
+        total: Images evaluated so far (failed ones included, as misses).
+        failed: Images on which discovery failed.
+        num_images: Size of the dataset.
+        complete: Every image of the dataset is done.
+        dataset_config: The whole ``dataset`` section of ``config.yaml`` (root, split, ...);
+            not part of equality.
+    """
+
+    run_dir: Path
+    backbone: str
+    dataset: str
+    weights: str
+    discovery: DiscoveryProtocol
+    max_size: int | None
+    corloc: float | None
+    hits: int | None
+    total: int
+    failed: int
+    num_images: int
+    complete: bool
+    dataset_config: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def which(self) -> str:
+        """``q``, ``k`` or ``v``."""
+        return self.discovery.features.which
+
+    @property
+    def layer(self) -> int:
+        """Block index, negative from the end."""
+        return self.discovery.features.layer
+
+    @property
+    def l2_normalize(self) -> bool:
+        """Features L2-normalised before the method."""
+        return self.discovery.features.l2_normalize
+
+    @property
+    def k_patches(self) -> int:
+        """LOST's k."""
+        return self.discovery.lost.k_patches
+
+    @property
+    def gram_bias(self) -> float:
+        """Added to the Gram matrix."""
+        return self.discovery.lost.gram_bias
+
+    @property
+    def is_random(self) -> bool:
+        """The backbone had random weights (weight-free backbones such as ``pixels`` never do)."""
+        return self.weights == "random" and not is_weight_free(self.backbone)
+
+    @property
+    def protocol(self) -> str:
+        """The departures from the default protocol, e.g. ``"which=q layer=-2"``, or ``"default"``."""
+        parts = self.discovery.departures()
+        if self.max_size is not None:
+            parts.append(f"max_size={self.max_size}")
+        if self.weights != _DEFAULT_WEIGHTS and not is_weight_free(self.backbone):
+            parts.append(f"weights={self.weights}")
+        return " ".join(parts) or DEFAULT_PROTOCOL_TEXT
+
+    @property
+    def row_key(self) -> tuple[str, str]:
+        """``(backbone, protocol)``: runs with one key share a table row."""
+        return self.backbone, self.protocol
+
+    def published(self) -> PublishedResult | None:
+        """The published row this run compares with (see :func:`published_for`)."""
+        if self.l2_normalize or self.discovery.method != "lost":
+            return None  # no published row uses one fixed L2-normalised protocol
+        return published_for(self.backbone, which=self.which, layer=self.layer, k_patches=self.k_patches,
+                             gram_bias=self.gram_bias, weights=self.weights)
+
+
+def _select(data: Any, dotted: str, source: Path) -> Any:
+    node = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise RunError(f"{source}: missing key {dotted!r}")
+        node = node[part]
+    return node
+
+
+def _typed(value: Any, kind: type, key: str, source: Path, optional: bool = False) -> Any:
+    if value is None and optional:
+        return None
+    # bool is an int to Python: a yaml/json `true` where a number belongs is a broken file.
+    if isinstance(value, bool) != (kind is bool):
+        raise RunError(f"{source}: {key!r} must be {kind.__name__}, got {value!r}")
+    if kind is float and isinstance(value, int):
+        return float(value)
+    if not isinstance(value, kind):
+        raise RunError(f"{source}: {key!r} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def _protocol(config: Mapping[str, Any], source: Path) -> DiscoveryProtocol:
+    for key in ("lost.k_patches", "lost.gram_bias", "features.which", "features.layer"):
+        _select(config, key, source)  # older files may lack method / l2_normalize, never these
+    try:
+        read = DiscoveryProtocol.from_mapping(config)
+    except ProtocolError as err:
+        raise RunError(f"{source}: {err}") from None
+    features = FeatureConfig(
+        which=str(read.features.which),
+        layer=_typed(read.features.layer, int, "features.layer", source),
+        l2_normalize=_typed(read.features.l2_normalize, bool, "features.l2_normalize", source),
+    )
+    lost = LostConfig(k_patches=_typed(read.lost.k_patches, int, "lost.k_patches", source),
+                      gram_bias=_typed(read.lost.gram_bias, float, "lost.gram_bias", source))
+    return DiscoveryProtocol(method=str(read.method), features=features, lost=lost)
+
+
+def load_run(run_dir: str | Path) -> RunSummary:
+    """Read one run directory.
+
+    Raises:
+        RunError: not a directory, a missing or unreadable ``config.yaml`` /
+            ``metrics.json``, or a missing or mistyped key; the message names the path.
+    """
+    run = RunDir(run_dir)
+    run.require("config.yaml", "metrics.json")
+    config = run.read_config()
+    metrics = run.read_metrics()
+    assert metrics is not None  # required above
+    cfg = {key: _select(config, key, run.config_path) for key in _CONFIG_KEYS}
+    for key in _METRIC_KEYS:
+        if key not in metrics:
+            raise RunError(f"{run.metrics_path}: missing key {key!r}")
+    corloc = _typed(metrics["corloc"], float, "corloc", run.metrics_path, optional=True)
+    if corloc is not None and math.isnan(corloc):
+        corloc = None
+    return RunSummary(
+        run_dir=run.path,
+        backbone=str(cfg["backbone.name"]),
+        dataset=str(cfg["dataset.name"]).lower(),
+        weights=str(cfg["weights"]),
+        discovery=_protocol(config, run.config_path),
+        # 0 means "off", as null does: one protocol, one row.
+        max_size=_typed(cfg["max_size"], int, "max_size", run.config_path, optional=True) or None,
+        corloc=corloc,
+        hits=_typed(metrics["hits"], int, "hits", run.metrics_path, optional=True),
+        total=_typed(metrics["total"], int, "total", run.metrics_path),
+        failed=_typed(metrics.get("failed", 0), int, "failed", run.metrics_path),
+        num_images=_typed(metrics["num_images"], int, "num_images", run.metrics_path),
+        complete=_typed(metrics["complete"], bool, "complete", run.metrics_path),
+        dataset_config=dict(config["dataset"]),  # a dict: _select found dataset.name in it
+    )
+
+
+def _expand(pattern: str) -> list[Path]:
+    """A literal existing path as is, else the sorted glob matches (``**`` recursive)."""
+    if Path(pattern).exists() or not any(c in pattern for c in "*?["):
+        return [Path(pattern)]
+    return [Path(p) for p in sorted(glob.glob(pattern, recursive=True))]
+
+
+def load_runs(
+    paths: Iterable[str | Path],
+    on_error: Callable[[RunError], None] | None = None,
+) -> list[RunSummary]:
+    """Read run directories given as paths or glob patterns.
+
+    Args:
+        paths: Run directories or glob patterns (``outputs/voc07/*/*``). A directory
+            matched twice is read once.
+        on_error: Called with each :class:`RunError` (bad directory, pattern matching
+            nothing); the others are still read. ``None``: the first error is raised.
+
+    Returns:
+        The readable runs, in the order given (matches of one pattern sorted).
+    """
+    runs: list[RunSummary] = []
+    seen: set[Path] = set()
+    for pattern in paths:
+        matches = _expand(str(pattern))
+        if not matches:
+            err = RunError(f"{pattern}: no run directory matches this pattern")
+            if on_error is None:
+                raise err
+            on_error(err)
+        for match in matches:
+            resolved = match.resolve()
+            if resolved in seen:
+                continue
+            seen.add(resolved)
+            try:
+                runs.append(load_run(match))
+            except RunError as err:
+                if on_error is None:
+                    raise
+                on_error(err)
+    return runs

@@ -1,0 +1,201 @@
+"""The discovery protocol, defined once: which features feed the method, and the method's knobs.
+
+Everything that decides a box besides the image, the backbone and its weights is here, as
+plain frozen dataclasses whose field defaults are THE defaults of lostreg (the LOST paper's
+protocol: raw keys of the last block, k = 100, no Gram bias):
+
+* :class:`FeatureConfig` — what the backbone hands over: ``which`` (q, k or v of the attention's
+  qkv projection), ``layer`` (block, negative from the end), ``l2_normalize`` (per patch).
+* :class:`LostConfig` — LOST's own knobs: ``k_patches``, ``gram_bias``.
+* :class:`DiscoveryProtocol` — ``method`` (``lost`` today; the seam where another method such as
+  TokenCut plugs in) plus the two above.
+
+The hydra schema (:mod:`lostreg.config`), the argparse flags of every command
+(:func:`lostreg.cli.common.protocol_parent_parser`), the run-directory names, the comparison
+table and the published-number matching all read these classes; none repeats a default.
+
+This module imports nothing heavy (no torch), so light commands can use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping, NamedTuple
+
+__all__ = [
+    "FEATURE_KINDS",
+    "METHODS",
+    "DiscoveryProtocol",
+    "FeatureConfig",
+    "FeatureKey",
+    "FeatureKind",
+    "LostConfig",
+    "ProtocolError",
+    "describe_protocol",
+]
+
+FeatureKind = Literal["q", "k", "v"]
+#: The slices of an attention qkv projection, in channel order.
+FEATURE_KINDS: tuple[str, ...] = ("q", "k", "v")
+#: Discovery methods lostreg runs (``method=`` in configs, ``--method`` on the command line).
+METHODS: tuple[str, ...] = ("lost",)
+
+
+class ProtocolError(ValueError):
+    """A protocol value out of its range or choices; ``str(err)`` names the setting and what is allowed."""
+
+
+class FeatureKey(NamedTuple):
+    """One feature set a backbone can return: ``which`` of block ``layer`` (negative from the end)."""
+
+    which: FeatureKind = "k"
+    layer: int = -1
+
+
+def _check_int(value: Any, key: str, minimum: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError(f"{key} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ProtocolError(f"{key} must be >= {minimum}, got {value}")
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Which backbone features feed discovery.
+
+    Attributes:
+        which: ``q``, ``k`` or ``v`` of block ``layer``'s attention qkv projection (bias included,
+            heads concatenated, no scaling).
+        layer: block index, negative from the end (-1 = last block). Its range depends on the
+            backbone and is checked when the backbone is known (:meth:`Backbone.check_feature_key`).
+        l2_normalize: divide each patch feature by its L2 norm first (the Gram matrix becomes
+            cosine similarities), as in the public-checkpoint protocol of spec section 6.
+    """
+
+    which: str = "k"
+    layer: int = -1
+    l2_normalize: bool = False
+
+    def validate(self) -> None:
+        """Raise :class:`ProtocolError` for a value no backbone accepts."""
+        if self.which not in FEATURE_KINDS:
+            raise ProtocolError(f"features.which must be one of {', '.join(FEATURE_KINDS)}; got {self.which!r}")
+        _check_int(self.layer, "features.layer")
+        if not isinstance(self.l2_normalize, bool):
+            raise ProtocolError(f"features.l2_normalize must be true or false, got {self.l2_normalize!r}")
+
+    @property
+    def key(self) -> FeatureKey:
+        """The backbone feature set this config asks for."""
+        return FeatureKey(self.which, self.layer)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class LostConfig:
+    """LOST's knobs (spec section 3).
+
+    Attributes:
+        k_patches: how many lowest-degree patches may join the seed's similars (>= 1).
+        gram_bias: added to every Gram entry before any threshold; 0 reproduces the reference.
+    """
+
+    k_patches: int = 100
+    gram_bias: float = 0.0
+
+    def validate(self) -> None:
+        """Raise :class:`ProtocolError` for a value out of range."""
+        _check_int(self.k_patches, "lost.k_patches", minimum=1)
+        if isinstance(self.gram_bias, bool) or not isinstance(self.gram_bias, (int, float)) \
+                or not math.isfinite(self.gram_bias):
+            raise ProtocolError(f"lost.gram_bias must be a finite number, got {self.gram_bias!r}")
+
+
+@dataclass(frozen=True)
+class DiscoveryProtocol:
+    """Everything that turns backbone features into a box: the method, its features and its knobs."""
+
+    method: str = "lost"
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    lost: LostConfig = field(default_factory=LostConfig)
+
+    def validate(self) -> "DiscoveryProtocol":
+        """Check every value; return ``self`` so calls chain.
+
+        Raises:
+            ProtocolError: one line naming the setting and the allowed values.
+        """
+        if self.method not in METHODS:
+            raise ProtocolError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
+        self.features.validate()
+        self.lost.validate()
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain nested dict (``{"method", "features": {...}, "lost": {...}}``) for JSON summaries."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> "DiscoveryProtocol":
+        """Build from a mapping shaped like the eval config (``method``, ``features``, ``lost``).
+
+        Missing sections or keys take the defaults (older run directories lack ``method`` and
+        ``features.l2_normalize``); unknown keys are an error. Values are not validated here.
+
+        Raises:
+            ProtocolError: an unknown key.
+        """
+        def build(kind: type, section: str) -> Any:
+            values = dict(data.get(section) or {})
+            names = {f.name for f in dataclasses.fields(kind)}
+            unknown = sorted(set(values) - names)
+            if unknown:
+                raise ProtocolError(f"unknown setting {section}.{unknown[0]} (known: {', '.join(sorted(names))})")
+            return kind(**values)
+
+        method = data.get("method", cls.method)
+        return cls(method=str(method), features=build(FeatureConfig, "features"), lost=build(LostConfig, "lost"))
+
+    @property
+    def name(self) -> str:
+        """Directory-name form, e.g. ``k_layer-1_k100_bias0.0`` (``_l2`` appended when normalised).
+
+        The LOST method's name keeps the form of earlier lostreg versions, so their run
+        directories are found again by the same command.
+        """
+        f, lost = self.features, self.lost
+        text = f"{f.which}_layer{f.layer}_k{lost.k_patches}_bias{float(lost.gram_bias)}"
+        text += "_l2" if f.l2_normalize else ""
+        return text if self.method == "lost" else f"{self.method}_{text}"
+
+    def departures(self) -> list[str]:
+        """How this protocol differs from the default one, e.g. ``["which=q", "layer=-2"]``."""
+        default = DiscoveryProtocol()
+        parts = []
+        if self.method != default.method:
+            parts.append(f"method={self.method}")
+        if self.features.which != default.features.which:
+            parts.append(f"which={self.features.which}")
+        if self.features.layer != default.features.layer:
+            parts.append(f"layer={self.features.layer}")
+        if self.lost.k_patches != default.lost.k_patches:
+            parts.append(f"k={self.lost.k_patches}")
+        if self.lost.gram_bias != default.lost.gram_bias:
+            parts.append(f"bias={self.lost.gram_bias:g}")
+        if self.features.l2_normalize != default.features.l2_normalize:
+            parts.append("l2")
+        return parts
+
+
+_KIND_WORDS = {"q": "queries", "k": "keys", "v": "values"}
+
+
+def describe_protocol(protocol: DiscoveryProtocol) -> str:
+    """The protocol in words, e.g. ``raw keys of the last layer, k=100, Gram bias 0``."""
+    f = protocol.features
+    layer = "the last layer" if f.layer == -1 else f"layer {f.layer}"
+    text = f"{'L2-normalised' if f.l2_normalize else 'raw'} {_KIND_WORDS.get(f.which, f.which)} of {layer}"
+    if protocol.method != "lost":
+        return f"{protocol.method}: {text}"
+    return f"{text}, k={protocol.lost.k_patches}, Gram bias {protocol.lost.gram_bias:g}"

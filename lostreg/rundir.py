@@ -1,0 +1,351 @@
+"""The run directory of ``lostreg eval``: its layout, its files, and who may write them.
+
+Every module that reads or writes a run directory does it through this one; nothing here
+imports torch, so ``compare``, ``report`` and ``export`` stay light.
+
+Layout of a run directory:
+
+* ``config.yaml``  the composed config, resolved: the run's identity (written once).
+* ``run.json``     ``{"sessions": [...]}``, one entry per session (command, versions, git state,
+  device, timings, whether it was interrupted).
+* ``preds.jsonl``  one JSON line per image, appended and flushed per batch (:class:`PredictionStore`).
+* ``metrics.json`` what the evaluators computed over every line of ``preds.jsonl``.
+* ``.lock``        advisory lock held by the one process that appends to the directory; it holds
+  that process's pid, host and command, so a second writer is told who holds it.
+
+All JSON and YAML writes are atomic (:func:`atomic_write_bytes`): a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any, Callable, Iterable, Iterator, Mapping
+
+import yaml
+
+from lostreg.io.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+__all__ = [
+    "CONFIG_FILE",
+    "LOCK_FILE",
+    "METRICS_FILE",
+    "PREDS_FILE",
+    "RUN_INFO_FILE",
+    "PredictionStore",
+    "RunConfigMismatch",
+    "RunDir",
+    "RunError",
+    "RunLockedError",
+    "RunNotFoundError",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "config_differences",
+]
+
+CONFIG_FILE = "config.yaml"
+RUN_INFO_FILE = "run.json"
+PREDS_FILE = "preds.jsonl"
+METRICS_FILE = "metrics.json"
+LOCK_FILE = ".lock"
+
+
+class RunError(ValueError):
+    """A run directory that cannot be read; ``str(err)`` is one line naming the path."""
+
+
+class RunNotFoundError(RunError, FileNotFoundError):
+    """The folder is not a run directory (no ``config.yaml`` / ``preds.jsonl`` as asked)."""
+
+
+class RunConfigMismatch(RuntimeError):
+    """The run directory holds results of another configuration."""
+
+
+class RunLockedError(RuntimeError):
+    """Another process is writing to the run directory."""
+
+
+# --------------------------------------------------------------------------- predictions
+
+
+class PredictionStore:
+    """Append-only JSON-lines file of per-image predictions, safe against kills.
+
+    Each :meth:`append` writes whole lines, flushes and fsyncs them, so a killed process loses
+    at most the batch being written; :meth:`read` ignores and :meth:`load` drops a trailing
+    partial line.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def read(self) -> dict[str, dict[str, Any]]:
+        """Records by image id, read-only: a partial last line (left by a kill) is ignored.
+
+        Raises:
+            RunError: a complete line that is not JSON, naming the file and line.
+        """
+        if not self.path.exists():
+            return {}
+        try:
+            text = self._complete_bytes().decode("utf-8")
+        except OSError as err:
+            raise RunError(f"{self.path}: unreadable: {err.strerror or err}") from None
+        except UnicodeDecodeError as err:
+            raise RunError(f"{self.path}: not UTF-8 text ({err})") from None
+        records: dict[str, dict[str, Any]] = {}
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise RunError(f"{self.path}:{number}: corrupt prediction line ({err})") from None
+            if not isinstance(record, dict) or "image_id" not in record:
+                raise RunError(f"{self.path}:{number}: corrupt prediction line (no image_id)")
+            # First occurrence wins; later duplicates cannot appear through this class.
+            records.setdefault(str(record["image_id"]), record)
+        return records
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        """:meth:`read`, then truncate a partial last line so that appends start on a line."""
+        records = self.read()
+        if self.path.exists():
+            complete = len(self._complete_bytes())
+            if complete != self.path.stat().st_size:
+                with self.path.open("r+b") as f:
+                    f.truncate(complete)
+        return records
+
+    def _complete_bytes(self) -> bytes:
+        data = self.path.read_bytes()
+        return data[: data.rfind(b"\n") + 1]
+
+    def append(self, records: Iterable[dict[str, Any]]) -> None:
+        """Append whole lines and make them durable (flush + fsync) before returning."""
+        lines = "".join(json.dumps(r) + "\n" for r in records)
+        if not lines:
+            return
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(lines)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+# --------------------------------------------------------------------------- the directory
+
+
+def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """``["lost.k_patches: 100 in the run dir, 50 now", ...]`` for nested dicts ``old`` and ``new``."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += config_differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} in the run dir, {new!r} now"]
+
+
+class RunDir:
+    """One run directory: paths, readers, and the writer's operations (pin, lock, append, record).
+
+    Args:
+        path: the directory (it need not exist yet).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # -- paths ---------------------------------------------------------------------------
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def preds_path(self) -> Path:
+        return self.path / PREDS_FILE
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def info_path(self) -> Path:
+        return self.path / RUN_INFO_FILE
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / LOCK_FILE
+
+    def has_config(self) -> bool:
+        """Whether ``config.yaml`` exists (the directory was started by ``lostreg eval``)."""
+        return self.config_path.is_file()
+
+    def has_predictions(self) -> bool:
+        """Whether ``preds.jsonl`` exists."""
+        return self.preds_path.is_file()
+
+    # -- readers (never modify the directory) ----------------------------------------------
+
+    def require(self, *files: str) -> None:
+        """Raise :class:`RunNotFoundError` unless the directory exists and holds ``files``."""
+        if not self.path.is_dir():
+            raise RunNotFoundError(f"{self.path}: not a run directory (no such directory)")
+        for name in files:
+            if not (self.path / name).is_file():
+                raise RunNotFoundError(f"{self.path}: not a run directory (no {name}; written by `lostreg eval`)")
+
+    def read_config(self) -> dict[str, Any]:
+        """``config.yaml`` as plain data.
+
+        Raises:
+            RunNotFoundError: no ``config.yaml``.
+            RunError: unreadable, or not a mapping.
+        """
+        self.require(CONFIG_FILE)
+        try:
+            config = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+            raise RunError(f"{self.config_path}: unreadable: {' '.join(str(err).split())}") from None
+        if not isinstance(config, dict):
+            raise RunError(f"{self.config_path}: expected a mapping")
+        return config
+
+    def read_metrics(self) -> dict[str, Any] | None:
+        """``metrics.json``, or None when absent (a run killed before its first metrics).
+
+        Raises:
+            RunError: unreadable or not a JSON object.
+        """
+        if not self.metrics_path.is_file():
+            return None
+        try:
+            metrics = json.loads(self.metrics_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise RunError(f"{self.metrics_path}: unreadable: {err}") from None
+        if not isinstance(metrics, dict):
+            raise RunError(f"{self.metrics_path}: expected a JSON object")
+        return metrics
+
+    def read_run_info(self) -> dict[str, Any]:
+        """``run.json`` (``{"sessions": []}`` when absent).
+
+        Raises:
+            RunError: unreadable.
+        """
+        if not self.info_path.is_file():
+            return {"sessions": []}
+        try:
+            info = json.loads(self.info_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise RunError(f"{self.info_path}: unreadable: {err}") from None
+        if not isinstance(info, dict) or not isinstance(info.get("sessions"), list):
+            raise RunError(f"{self.info_path}: expected {{\"sessions\": [...]}}")
+        return info
+
+    def read_predictions(self) -> dict[str, dict[str, Any]]:
+        """``preds.jsonl`` records by image id, read-only (see :meth:`PredictionStore.read`).
+
+        Raises:
+            RunNotFoundError: no ``preds.jsonl``.
+            RunError: a corrupt complete line.
+        """
+        if not self.has_predictions():
+            raise RunNotFoundError(f"{self.path} is not an eval run directory: no {PREDS_FILE} in it")
+        return PredictionStore(self.preds_path).read()
+
+    # -- the writer's operations ---------------------------------------------------------
+
+    def store(self) -> PredictionStore:
+        """The prediction store of this directory (for the one writer holding :meth:`lock`)."""
+        return PredictionStore(self.preds_path)
+
+    def pin_config(self, config: Mapping[str, Any], identity: Callable[[Mapping[str, Any]], Any]) -> None:
+        """Write ``config.yaml`` on first use; afterwards refuse a config of another identity.
+
+        Args:
+            config: the resolved config as plain data.
+            identity: maps a config (the new one, or the one on disk) to the part that can
+                change a result; the two must be equal to share the directory.
+
+        Raises:
+            RunConfigMismatch: naming the differing keys and how to proceed.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        if self.has_config():
+            old, new = identity(self.read_config()), identity(config)
+            if old != new:
+                diffs = config_differences(old, new)
+                raise RunConfigMismatch(
+                    f"{self.path} holds results of another configuration ({'; '.join(diffs[:5])}); "
+                    "results are never mixed: pass run_dir=<new folder>, or delete the old one"
+                )
+        else:
+            atomic_write_text(self.config_path, yaml.safe_dump(dict(config), sort_keys=False))
+
+    @contextlib.contextmanager
+    def lock(self, command: str | None = None) -> Iterator[None]:
+        """Hold the directory's advisory write lock; released on exit and by the OS if the process dies.
+
+        Raises:
+            RunLockedError: another process holds it; the message names that process.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.lock_path, "a+", encoding="utf-8")
+        try:
+            if not _try_lock(handle):
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown process"
+                raise RunLockedError(
+                    f"{self.path} is being written by another process ({holder}); wait for it to finish, "
+                    "or pass another run_dir"
+                )
+            handle.seek(0)
+            handle.truncate()
+            started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {started}: "
+                         f"{command or ' '.join(sys.argv)}\n")
+            handle.flush()
+            yield
+        finally:
+            handle.close()  # closing the descriptor releases the lock
+
+    def write_metrics(self, metrics: Mapping[str, Any]) -> None:
+        """Replace ``metrics.json`` atomically."""
+        atomic_write_json(self.metrics_path, dict(metrics))
+
+    def append_session(self, session: Mapping[str, Any]) -> None:
+        """Add one session to ``run.json`` (atomically)."""
+        info = self.read_run_info()
+        info["sessions"].append(dict(session))
+        atomic_write_json(self.info_path, info)
+
+
+def _try_lock(handle: IO[str]) -> bool:
+    """Take an exclusive, non-blocking advisory lock on an open file; False if someone holds it."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        import msvcrt
+
+        try:
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
