@@ -28,3 +28,44 @@ def test_backbones_table_lists_registry(capsys: pytest.CaptureFixture[str]) -> N
     out = capsys.readouterr().out
     assert "| dinov2_vits14_reg | dinov2_reg | vit_small_patch14_reg4_dinov2.lvd142m | 14 | 4 |" in out
     assert "| pixels |  | (no weights) | 16 | 0 | - |" in out
+
+
+_HEAVY = ("torch", "timm", "hydra", "matplotlib", "scipy")
+_IMPORTS_AFTER_HELP = """
+import sys
+from lostreg.cli.main import COMMANDS, main
+for argv in [["--help"]] + [[name, "--help"] for name in COMMANDS]:
+    try:
+        main(argv)
+    except SystemExit:
+        pass
+print("IMPORTED=" + ",".join(sorted(m for m in {heavy!r} if m in sys.modules)))
+"""
+
+
+def test_help_imports_neither_torch_nor_timm() -> None:
+    """`lostreg --help` and every `lostreg COMMAND --help` answer without the heavy libraries."""
+    import subprocess
+    import sys
+
+    code = _IMPORTS_AFTER_HELP.format(heavy=_HEAVY)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "IMPORTED=", proc.stdout.strip().splitlines()[-1]
+
+
+def test_report_help_defaults_are_the_library_defaults() -> None:
+    from lostreg.cli import report_cmd
+    from lostreg.report.gallery import DEFAULT_THUMB_SIZE
+    from lostreg.report.html import DEFAULT_MAX_IMAGES
+
+    assert (report_cmd.DEFAULT_MAX_IMAGES, report_cmd.DEFAULT_THUMB_SIZE) == (DEFAULT_MAX_IMAGES, DEFAULT_THUMB_SIZE)
+
+
+def test_protocol_flags_are_shared_by_every_discovering_command(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("discover", "inspect", "export"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        out = capsys.readouterr().out
+        assert all(flag in out for flag in ("--which", "--layer", "--l2-normalize", "--k-patches", "--gram-bias",
+                                            "--method")), command

@@ -12,6 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from lostreg.cli.common import error, warning
+
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,21 +31,21 @@ def run(args: argparse.Namespace) -> int:
 
     def report(err: RunError) -> None:
         errors.append(err)
-        print(f"lostreg: error: {err}", file=sys.stderr)
+        error(err)
 
     runs = load_runs(args.run_dirs, on_error=report)
     if not runs:
-        print("lostreg: error: no usable run directory", file=sys.stderr)
+        error("no usable run directory")
         return 2
     table = build_table(runs, include_published=not args.no_published)
-    for warning in table.warnings:
-        print(f"lostreg: warning: {warning}", file=sys.stderr)
+    for text in table.warnings:
+        warning(text)
     sys.stdout.write(to_markdown(table))
     if args.csv is not None:
         try:
             to_csv(table, args.csv)
         except OSError as err:
-            print(f"lostreg: error: {args.csv}: cannot write CSV: {err.strerror or err}", file=sys.stderr)
+            error(f"{args.csv}: cannot write CSV: {err.strerror or err}")
             return 2
         print(f"wrote {args.csv}", file=sys.stderr)
     return 1 if errors else 0

@@ -18,6 +18,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from lostreg.cli.common import error, warning
+
 #: Defaults of lostreg.report.html / lostreg.report.gallery (checked equal by tests/test_cli.py),
 #: repeated so that --help does not import PIL and the page builder.
 DEFAULT_MAX_IMAGES = 500
@@ -63,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     output: Path = args.output
     if output.is_dir():
-        print(f"lostreg: error: {output}: is a directory; pass the HTML file to write", file=sys.stderr)
+        error(f"{output}: is a directory; pass the HTML file to write")
         return 2
     try:
         runs = load_report_runs(args.run_dirs)
@@ -76,16 +78,16 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
     except (RunError, ReportError) as err:
-        print(f"lostreg: error: {err}", file=sys.stderr)
+        error(err)
         return 2
     if report.unreadable:
         image_id, reason = report.unreadable[0]
-        print(f"lostreg: warning: {len(report.unreadable)} image(s) shown without picture, the file could not be "
-              f"read (first: {image_id}: {reason})", file=sys.stderr)
+        warning(f"{len(report.unreadable)} image(s) shown without picture, the file could not be "
+                f"read (first: {image_id}: {reason})")
     try:
         write_report(report, output)
     except OSError as err:
-        print(f"lostreg: error: {output}: cannot write: {err.strerror or err}", file=sys.stderr)
+        error(f"{output}: cannot write: {err.strerror or err}")
         return 2
     where = f" and {len(report.files)} thumbnails in {output.parent / link_dir_for(output)}" if report.files else ""
     print(f"wrote {output}{where} ({report.shown} of {report.total} images)", file=sys.stderr)

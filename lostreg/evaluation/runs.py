@@ -17,7 +17,7 @@ from typing import Any
 from lostreg.backbones.registry import is_weight_free
 from lostreg.evaluation.published import PublishedResult, published_for
 from lostreg.protocol import DiscoveryProtocol, FeatureConfig, LostConfig, ProtocolError
-from lostreg.rundir import RunDir, RunError
+from lostreg.rundir import CONFIG_FILE, METRICS_FILE, RunDir, RunError
 
 __all__ = ["DEFAULT_PROTOCOL_TEXT", "RunError", "RunSummary", "load_run", "load_runs"]
 
@@ -163,7 +163,7 @@ def load_run(run_dir: str | Path) -> RunSummary:
             ``metrics.json``, or a missing or mistyped key; the message names the path.
     """
     run = RunDir(run_dir)
-    run.require("config.yaml", "metrics.json")
+    run.require(CONFIG_FILE, METRICS_FILE)
     config = run.read_config()
     metrics = run.read_metrics()
     assert metrics is not None  # required above
