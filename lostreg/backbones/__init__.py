@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lostreg.backbones.base import FEATURE_KINDS, Backbone, FeatureKey, FeatureKind
+from lostreg.backbones.base import FEATURE_KINDS, Backbone, FeatureKey, FeatureKind, RopeMode
 from lostreg.backbones.registry import (
     ALIASES,
     BUILDERS,
@@ -18,6 +18,7 @@ from lostreg.backbones.registry import (
 from lostreg.backbones.weights import WeightsError, WeightsUnavailableError
 
 # Importing the builder modules registers them in BUILDERS.
+from lostreg.backbones import dinov3 as _dinov3  # noqa: F401,E402
 from lostreg.backbones import pixels as _pixels  # noqa: F401,E402
 from lostreg.backbones import vit as _vit  # noqa: F401,E402
 
@@ -33,21 +34,32 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 
 
 def build_backbone(
-    name: str, weights: str | None = "pretrained", device: str | torch.device | None = "auto"
+    name: str,
+    weights: str | None = "pretrained",
+    device: str | torch.device | None = "auto",
+    *,
+    rope: RopeMode = "pre",
 ) -> Backbone:
-    """Build a backbone by lostreg name, alias or timm ViT name.
+    """Build a backbone by lostreg name, alias, timm ViT name or timm DINOv3 name.
 
     Args:
-        name: e.g. ``dinov2_reg``, ``dino_vitb16``, ``pixels``, ``vit_base_patch16_224.augreg_in21k``.
+        name: e.g. ``dinov2_reg``, ``dino_vitb16``, ``dinov3``, ``pixels``,
+            ``vit_base_patch16_224.augreg_in21k``, ``vit_small_patch16_dinov3_qkvb.lvd1689m``.
         weights: ``pretrained`` (timm hub, cached as timm caches it), ``random`` (random init;
-            boxes are meaningless), or a path to a timm-format or official DINO/DINOv2 checkpoint.
+            boxes are meaningless), or a path to a timm-format or official DINO/DINOv2/DINOv3
+            checkpoint.
         device: ``auto`` (cuda if available), ``cpu``, ``cuda``, ``cuda:1``...
+        rope: for RoPE backbones (DINOv3), whether q/k features are taken ``"pre"`` (default)
+            or ``"post"`` rotation; other backbones accept only ``"pre"``.
 
     Raises:
         UnknownBackboneError, WeightsError, WeightsUnavailableError: one-line messages.
+        ValueError: ``rope`` is not ``pre``/``post``, or ``post`` for a backbone without RoPE.
     """
+    if rope not in ("pre", "post"):
+        raise ValueError(f"features.rope must be pre or post, got {rope!r}")
     spec = resolve_backbone(name)
-    return BUILDERS[spec.builder](spec, weights, resolve_device(device))
+    return BUILDERS[spec.builder](spec, weights, resolve_device(device), rope=rope)
 
 
 __all__ = [
@@ -57,6 +69,7 @@ __all__ = [
     "FeatureKey",
     "BackboneSpec",
     "FeatureKind",
+    "RopeMode",
     "UnknownBackboneError",
     "WeightsError",
     "WeightsUnavailableError",

@@ -11,6 +11,18 @@ from lostreg.backbones.registry import BackboneSpec
 
 FeatureKind = Literal["q", "k", "v"]
 FEATURE_KINDS: tuple[str, ...] = ("q", "k", "v")
+#: Whether a rotary-embedding backbone's q/k features are taken before or after the rotation.
+RopeMode = Literal["pre", "post"]
+
+
+def refuse_rope_option(rope: str) -> None:
+    """For builders of backbones without rotary embeddings: only the default ``rope="pre"`` applies.
+
+    Raises:
+        ValueError: one line, naming the setting.
+    """
+    if rope != "pre":
+        raise ValueError(f"features.rope={rope} applies only to RoPE backbones (dinov3)")
 
 
 class FeatureKey(NamedTuple):

@@ -31,6 +31,8 @@ class PosEmbedInterp(str, Enum):
     OFFSET_0_1 = "offset_0.1"
     #: timm's resize (bicubic, exact size, antialias); equals the official DINOv2+reg one.
     TIMM = "timm"
+    #: No absolute position table to resize: rotary embeddings (DINOv3) are recomputed per grid.
+    NONE_ROPE = "none (rope)"
 
 
 def interpolate_with_offset(
