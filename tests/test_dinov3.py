@@ -487,10 +487,9 @@ def test_timm_files_load_across_bias_layouts(tmp_path: Path, fused: DinoV3Backbo
 def test_weights_for_another_architecture(tmp_path: Path, fused: DinoV3Backbone) -> None:
     path = tmp_path / "small.safetensors"
     save_file({k: v.contiguous() for k, v in fused.model.state_dict().items()}, str(path))
-    with pytest.raises(WeightsError, match="different architecture"):
+    with pytest.raises(WeightsError, match="different architecture") as err:
         _load(SWIGLU, path)
-    with pytest.raises(WeightsError, match="different architecture"):
-        build_backbone("dinov2_reg", weights=str(path), device="cpu")
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
 def test_pretrained_asks_the_hub_for_the_tagged_file(

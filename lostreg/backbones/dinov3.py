@@ -198,10 +198,11 @@ class DinoV3Backbone(Backbone):
     def attention_inputs(self, images: torch.Tensor, layer: int = -1) -> AttentionInputs:
         """q/k/v of block ``layer`` before and after RoPE, all tokens (see :class:`AttentionInputs`)."""
         images = images.to(self.device, torch.float32)
+        block = self.model.blocks[self.layer_index(layer)]
+        attn = block.attn
         with strict_fp32():
             x, rope = self.block_input(images, layer)
-            attn = self.model.blocks[self.layer_index(layer)].attn
-            q, k, v = project_qkv(attn, self.model.blocks[self.layer_index(layer)].norm1(x))
+            q, k, v = project_qkv(attn, block.norm1(x))
             npt = self.num_prefix_tokens
             q_rot = rotate_patch_tokens(q, rope, npt, attn.rotate_half)
             k_rot = rotate_patch_tokens(k, rope, npt, attn.rotate_half)

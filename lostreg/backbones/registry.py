@@ -112,9 +112,10 @@ for _size, _timm_size in [("s", "small"), ("b", "base"), ("l", "large"), ("g", "
     ))
 
 # DINOv3 (Simeoni et al. 2025): timm Eva models, 4 registers, RoPE inside attention, patch 16.
-# timm also carries each of S, S+, B, L, H+ as a ``*_dinov3_qkvb`` twin with the same weights in
-# another layout (separate q/v bias Parameters, zero in the released weights): not given names
-# here, but their full timm names resolve (see resolve_backbone) and load the same files.
+# timm also carries each of S, S+, B, L, H+ as a ``*_dinov3_qkvb`` twin: the same released
+# weights in another layout, with separate q/v bias Parameters that timm documents as zero. They
+# get no short names (they would duplicate these rows), but their full timm names resolve (see
+# resolve_backbone), and either layout loads the other's files (lostreg.backbones.dinov3).
 _DINOV3_URL = "https://github.com/facebookresearch/dinov3"
 for _name, _timm in [
     ("dinov3_vits16", "vit_small_patch16_dinov3.lvd1689m"),
