@@ -33,10 +33,13 @@ __all__ = [
     "FeatureKind",
     "LostConfig",
     "ProtocolError",
+    "RopeMode",
     "describe_protocol",
 ]
 
 FeatureKind = Literal["q", "k", "v"]
+#: Whether a rotary-embedding backbone's q/k features are taken before or after the rotation.
+RopeMode = Literal["pre", "post"]
 #: The slices of an attention qkv projection, in channel order.
 FEATURE_KINDS: tuple[str, ...] = ("q", "k", "v")
 #: Discovery methods lostreg runs (``method=`` in configs, ``--method`` on the command line).

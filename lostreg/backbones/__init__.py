@@ -23,7 +23,7 @@ from lostreg.backbones.registry import (
     registered_spec,
     resolve_backbone,
 )
-from lostreg.protocol import FEATURE_KINDS, FeatureKey, FeatureKind
+from lostreg.protocol import FEATURE_KINDS, FeatureKey, FeatureKind, RopeMode
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from lostreg.backbones.weights import WeightsError, WeightsUnavailableError
 
 #: Modules whose import registers a builder in BUILDERS (``@register_builder``).
-BUILDER_MODULES = ("lostreg.backbones.vit", "lostreg.backbones.pixels")
+BUILDER_MODULES = ("lostreg.backbones.vit", "lostreg.backbones.pixels", "lostreg.backbones.dinov3")
 
 _LAZY = {
     "Backbone": "lostreg.backbones.base",
@@ -74,23 +74,34 @@ def resolve_device(device: "str | torch.device | None" = "auto") -> "torch.devic
 
 
 def build_backbone(
-    name: str, weights: str | None = "pretrained", device: "str | torch.device | None" = "auto"
+    name: str,
+    weights: str | None = "pretrained",
+    device: "str | torch.device | None" = "auto",
+    *,
+    rope: RopeMode = "pre",
 ) -> "Backbone":
-    """Build a backbone by lostreg name, alias or timm ViT name.
+    """Build a backbone by lostreg name, alias, timm ViT name or timm DINOv3 name.
 
     Args:
-        name: e.g. ``dinov2_reg``, ``dino_vitb16``, ``pixels``, ``vit_base_patch16_224.augreg_in21k``.
+        name: e.g. ``dinov2_reg``, ``dino_vitb16``, ``dinov3``, ``pixels``,
+            ``vit_base_patch16_224.augreg_in21k``, ``vit_small_patch16_dinov3_qkvb.lvd1689m``.
         weights: ``pretrained`` (timm hub, cached as timm caches it), ``random`` (random init;
-            boxes are meaningless), or a path to a timm-format or official DINO/DINOv2 checkpoint.
+            boxes are meaningless), or a path to a timm-format or official DINO/DINOv2/DINOv3
+            checkpoint.
         device: ``auto`` (cuda if available), ``cpu``, ``cuda``, ``cuda:1``...
+        rope: for RoPE backbones (DINOv3), whether q/k features are taken ``"pre"`` (default)
+            or ``"post"`` rotation; other backbones accept only ``"pre"``.
 
     Raises:
-        UnknownBackboneError, WeightsError, WeightsUnavailableError, ValueError: one-line messages.
+        UnknownBackboneError, WeightsError, WeightsUnavailableError: one-line messages.
+        ValueError: ``rope`` is not ``pre``/``post``, or ``post`` for a backbone without RoPE; a bad device.
     """
+    if rope not in ("pre", "post"):
+        raise ValueError(f"features.rope must be pre or post, got {rope!r}")
     for module in BUILDER_MODULES:
         importlib.import_module(module)
     spec = resolve_backbone(name)
-    return BUILDERS[spec.builder](spec, weights, resolve_device(device))
+    return BUILDERS[spec.builder](spec, weights, resolve_device(device), rope=rope)
 
 
 __all__ = [
@@ -102,6 +113,7 @@ __all__ = [
     "FeatureKey",
     "FeatureKind",
     "PosEmbedInterp",
+    "RopeMode",
     "UnknownBackboneError",
     "WeightsError",
     "WeightsUnavailableError",

@@ -11,6 +11,16 @@ from lostreg.backbones.registry import BackboneSpec
 from lostreg.protocol import FEATURE_KINDS, FeatureKey, FeatureKind
 
 
+def refuse_rope_option(rope: str) -> None:
+    """For builders of backbones without rotary embeddings: only the default ``rope="pre"`` applies.
+
+    Raises:
+        ValueError: one line, naming the setting.
+    """
+    if rope != "pre":
+        raise ValueError(f"features.rope={rope} applies only to RoPE backbones (dinov3)")
+
+
 class Backbone(abc.ABC):
     """A feature extractor for LOST.
 

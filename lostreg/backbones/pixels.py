@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from lostreg.backbones.base import Backbone, FeatureKey
+from lostreg.backbones.base import Backbone, FeatureKey, refuse_rope_option
 from lostreg.backbones.registry import BackboneSpec, register_builder
 from lostreg.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
@@ -64,7 +64,11 @@ class PixelBackbone(Backbone):
 
 
 @register_builder("pixels")
-def build_pixels(spec: BackboneSpec, weights: str | None, device: torch.device) -> PixelBackbone:
+def build_pixels(
+    spec: BackboneSpec, weights: str | None, device: torch.device, *, rope: str = "pre"
+) -> PixelBackbone:
+    """The weight-free baseline; ``weights`` must not name a file and ``rope`` must be ``"pre"``."""
+    refuse_rope_option(rope)
     if weights not in (None, "pretrained", "random"):
         raise ValueError("the pixels backbone has no weights: do not pass --weights")
     return PixelBackbone(spec, device)

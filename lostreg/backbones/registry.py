@@ -3,7 +3,8 @@
 Names follow timm's grammar, shortened: ``<method>_vit<size><patch>[_reg]``, e.g.
 ``dinov2_vits14_reg`` = DINOv2 ViT-S/14 with 4 registers = timm
 ``vit_small_patch14_reg4_dinov2.lvd142m``. Always the *tagged* timm name: the untagged one is a
-supervised model with other weights and normalisation.
+supervised model with other weights and normalisation (for DINOv3 the tag picks the training
+data, and with it the normalisation: ``.lvd1689m`` web images, ``.sat493m`` satellite images).
 
 Nothing here builds or downloads a model (:func:`lostreg.backbones.build_backbone` does), and
 nothing here imports torch or timm at import time: listing backbones stays instant.
@@ -29,6 +30,8 @@ class PosEmbedInterp(str, Enum):
     OFFSET_0_1 = "offset_0.1"
     #: timm's resize (bicubic, exact size, antialias); equals the official DINOv2+reg one.
     TIMM = "timm"
+    #: No absolute position table to resize: rotary embeddings (DINOv3) are recomputed per grid.
+    NONE_ROPE = "none (rope)"
 
 
 class UnknownBackboneError(ValueError):
@@ -41,7 +44,8 @@ class BackboneSpec:
 
     Attributes:
         name: lostreg name (``dinov2_vits14_reg``).
-        family: ``dino``, ``dinov2``, ``dinov2_reg``, ``timm`` (any other timm ViT) or ``pixels``.
+        family: ``dino``, ``dinov2``, ``dinov2_reg``, ``dinov3``, ``timm`` (any other timm ViT) or
+            ``pixels``.
         timm_name: tagged timm model name, None for weight-free backbones.
         patch_size: published patch size in pixels (informative; the model is the authority).
         num_registers: published register count (informative; the model is the authority).
@@ -68,8 +72,11 @@ ALIASES: dict[str, str] = {
     "dino": "dino_vits16",
     "dinov2": "dinov2_vits14",
     "dinov2_reg": "dinov2_vits14_reg",
+    "dinov3": "dinov3_vits16",
 }
-#: builder name -> callable(spec, weights, device) -> Backbone; filled by the builder modules.
+#: builder name -> callable(spec, weights, device, *, rope) -> Backbone; filled by the builder
+#: modules. ``rope`` is ``"pre"`` or ``"post"`` (see :func:`lostreg.backbones.build_backbone`);
+#: builders of backbones without rotary embeddings refuse ``"post"``.
 BUILDERS: dict[str, Callable[..., "Backbone"]] = {}
 
 
@@ -118,6 +125,28 @@ for _size, _timm_size in [("s", "small"), ("b", "base"), ("l", "large"), ("g", "
         pos_embed_interp=PosEmbedInterp.TIMM, official_url=_DINOV2_URL,
     ))
 
+# DINOv3 (Simeoni et al. 2025): timm Eva models, 4 registers, RoPE inside attention, patch 16.
+# timm also carries each of S, S+, B, L, H+ as a ``*_dinov3_qkvb`` twin: the same released
+# weights in another layout, with separate q/v bias Parameters that timm documents as zero. They
+# get no short names (they would duplicate these rows), but their full timm names resolve (see
+# resolve_backbone), and either layout loads the other's files (lostreg.backbones.dinov3).
+_DINOV3_URL = "https://github.com/facebookresearch/dinov3"
+for _name, _timm in [
+    ("dinov3_vits16", "vit_small_patch16_dinov3.lvd1689m"),
+    ("dinov3_vits16plus", "vit_small_plus_patch16_dinov3.lvd1689m"),
+    ("dinov3_vitb16", "vit_base_patch16_dinov3.lvd1689m"),
+    ("dinov3_vitl16", "vit_large_patch16_dinov3.lvd1689m"),
+    ("dinov3_vith16plus", "vit_huge_plus_patch16_dinov3.lvd1689m"),
+    ("dinov3_vit7b16", "vit_7b_patch16_dinov3.lvd1689m"),
+    # Satellite-imagery pretraining (SAT-493M): own normalisation in timm's pretrained config.
+    ("dinov3_vitl16_sat", "vit_large_patch16_dinov3.sat493m"),
+    ("dinov3_vit7b16_sat", "vit_7b_patch16_dinov3.sat493m"),
+]:
+    register_backbone(BackboneSpec(
+        name=_name, family="dinov3", timm_name=_timm, patch_size=16, num_registers=4,
+        pos_embed_interp=PosEmbedInterp.NONE_ROPE, builder="timm_eva", official_url=_DINOV3_URL,
+    ))
+
 # Weight-free baseline: LOST on raw normalised pixels (see lostreg.backbones.pixels).
 register_backbone(BackboneSpec(
     name="pixels", family="pixels", timm_name=None, patch_size=16, num_registers=0, builder="pixels",
@@ -143,7 +172,8 @@ def is_weight_free(name: str) -> bool:
 
 
 def resolve_backbone(name: str) -> BackboneSpec:
-    """Look up a registered name or alias; otherwise accept any timm VisionTransformer name.
+    """Look up a registered name or alias; otherwise accept any timm VisionTransformer name, or
+    any timm DINOv3 Eva name (``vit_small_patch16_dinov3_qkvb.lvd1689m``).
 
     Raises:
         UnknownBackboneError: listing the valid names (and close matches).
@@ -153,11 +183,17 @@ def resolve_backbone(name: str) -> BackboneSpec:
         return _REGISTRY[key]
     if _is_timm_vit(name):
         return BackboneSpec(name=name, family="timm", timm_name=name, patch_size=None, num_registers=0)
+    if _is_timm_dinov3(name):
+        return BackboneSpec(
+            name=name, family="dinov3", timm_name=name, patch_size=None, num_registers=4,
+            pos_embed_interp=PosEmbedInterp.NONE_ROPE, builder="timm_eva", official_url=_DINOV3_URL,
+        )
     close = difflib.get_close_matches(name, list_backbones(), n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise UnknownBackboneError(
         f"unknown backbone {name!r}.{hint} Valid names: {', '.join(list_backbones())}, "
-        "or any timm VisionTransformer name such as vit_base_patch16_224.augreg_in21k."
+        "or any timm VisionTransformer name such as vit_base_patch16_224.augreg_in21k, "
+        "or any timm DINOv3 name such as vit_small_patch16_dinov3_qkvb.lvd1689m."
     )
 
 
@@ -169,3 +205,12 @@ def _is_timm_vit(name: str) -> bool:
         return False
     # Only timm's VisionTransformer family exposes the blocks[i].attn.qkv layout LOST reads.
     return timm.models.is_model_in_modules(arch, ["vision_transformer"])
+
+
+def _is_timm_dinov3(name: str) -> bool:
+    import timm
+
+    arch = name.split(".")[0]
+    # DINOv3 lives in timm's Eva module; other Eva models (EVA-02, PE, ...) use absolute position
+    # tables or other attention types that the DINOv3 extractor does not handle.
+    return "dinov3" in arch and timm.is_model(arch) and timm.models.is_model_in_modules(arch, ["eva"])

@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from lostreg.backbones.base import Backbone, FeatureKey, FeatureKind
+from lostreg.backbones.base import Backbone, FeatureKey, FeatureKind, refuse_rope_option
 from lostreg.backbones.pos_embed import resize_patch_pos_embed
 from lostreg.backbones.registry import BackboneSpec, register_builder
 from lostreg.precision import strict_fp32
@@ -188,8 +188,14 @@ def _check_supported(model: nn.Module, name: str) -> None:
 
 
 @register_builder("timm_vit")
-def build_timm_vit(spec: BackboneSpec, weights: str | None, device: torch.device) -> TimmViTBackbone:
-    """Build ``spec.timm_name`` with ``weights``: None/"pretrained" (hub), "random", or a file path."""
+def build_timm_vit(
+    spec: BackboneSpec, weights: str | None, device: torch.device, *, rope: str = "pre"
+) -> TimmViTBackbone:
+    """Build ``spec.timm_name`` with ``weights``: None/"pretrained" (hub), "random", or a file path.
+
+    ``rope`` must be ``"pre"``: these ViTs have absolute position embeddings, no rotation.
+    """
+    refuse_rope_option(rope)
     import timm
 
     assert spec.timm_name is not None

@@ -8,6 +8,9 @@ safetensors). Official facebookresearch layouts are converted to timm's key name
 * DINOv2 / DINOv2-reg ``*_pretrain.pth``: ``register_tokens``, ``mask_token``, chunked blocks
   (``blocks.<chunk>.<i>.``), SwiGLU ``w12``/``w3`` and the class token's position embedding,
   folded by :func:`timm.models.vision_transformer.checkpoint_filter_fn`.
+* DINOv3 ``dinov3_*_pretrain_*.pth``: ``storage_tokens``, ``ls1``/``ls2.gamma``, the masked
+  ``qkv.bias``, SwiGLU ``w1``/``w2``/``w3``, converted by :func:`timm.models.eva.checkpoint_filter_fn`
+  after :mod:`lostreg.backbones.dinov3` has matched the q/k/v bias layout (see there).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 import re
 import socket
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlparse
 
 import torch
@@ -99,17 +103,32 @@ def normalise_key_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
-def load_into_model(model: nn.Module, state: dict[str, torch.Tensor], source: str, arch: str) -> None:
+def load_into_model(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    source: str,
+    arch: str,
+    filter_fn: Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]] | None = None,
+) -> None:
     """Convert ``state`` to timm's layout and load it strictly into ``model``.
+
+    Args:
+        model: the timm model to fill.
+        state: flat ``{name: tensor}`` (timm or official layout).
+        source: where ``state`` came from (for messages).
+        arch: the architecture's name (for messages).
+        filter_fn: timm's ``checkpoint_filter_fn`` of the model's family; None = the
+            VisionTransformer one (DINO, DINOv2).
 
     Raises:
         WeightsError: naming ``source``, the architecture and the first mismatches.
     """
-    from timm.models.vision_transformer import checkpoint_filter_fn
+    if filter_fn is None:
+        from timm.models.vision_transformer import checkpoint_filter_fn as filter_fn
 
     state = normalise_key_names(state)
     try:
-        state = checkpoint_filter_fn(state, model)
+        state = filter_fn(state, model)
     except Exception as err:  # a wrong-architecture file can break the filter's reshapes
         raise WeightsError(f"{source}: weights for a different architecture than {arch} ({err})") from None
     own = model.state_dict()
