@@ -19,6 +19,19 @@ Typical use::
     neurons = RegisterNeurons.load("dinov2_vitl14_neurons.json")
     backbone = apply_test_time_registers(backbone, neurons)   # refuses a file for other weights
     keys = backbone.extract(images, "k", -1)                  # (B, rows*cols, D), register dropped
+
+Published lists. The authors' 45-unit list for DINOv2 ViT-L/14 is NOT shipped: their repository
+(github nickjiang2378/test-time-registers, HEAD 860df43) has no licence at its root; the only
+licence file is Meta's Apache-2.0 text inside ``dinov2/``, the forked DINOv2 code, and the list
+(``dinov2/dinov2/hub/register_neurons.py``, added by the authors) carries no licence statement of
+its own, so redistributing it is not clearly permitted. Instead, find a list for your weights:
+``lostreg calibrate --backbone dinov2_vitl14 --images DIR --output l14.json --threshold 150
+--highest-layer 17 --top-k 45`` reproduces the paper's procedure (detection at block -2, outlier
+norm > 150, layers <= 17) on your own ~100 images; the units need not match theirs one for one
+(their own shipped score file does not reproduce their list either, spec A5). A list you obtained
+yourself as ``{layer: [units]}`` becomes a file with ``RegisterNeurons.from_layer_units(backbone,
+layers, note="source ...").save(path)`` (no weights hash: it then applies to any weights of that
+architecture).
 """
 
 from lostreg.ttreg.apply import (
