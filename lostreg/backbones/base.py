@@ -93,7 +93,7 @@ class Backbone(abc.ABC):
         """
         n = self.num_layers
         if isinstance(layer, bool) or not isinstance(layer, int) or not -n <= layer < n:
-            raise ValueError(f"features.layer must be in [{-n}, {n - 1}] ({self.name} has {n} blocks), got {layer!r}")
+            raise ValueError(f"{self.name} has {n} blocks; layer must be in [{-n}, {n - 1}], got {layer!r}")
         return layer % n
 
     def check_feature_key(self, key: FeatureKey) -> None:
@@ -102,7 +102,12 @@ class Backbone(abc.ABC):
             raise ValueError(f"features.which must be one of q, k, v; got {key.which!r}")
         if not self.has_attention and key.which != "k":
             raise ValueError(f"{self.name} has no attention layers: features.which must be k, got {key.which!r}")
-        self.layer_index(key.layer)
+        try:
+            self.layer_index(key.layer)
+        except ValueError:
+            n = self.num_layers
+            raise ValueError(f"features.layer must be in [{-n}, {n - 1}] ({self.name} has {n} blocks), "
+                             f"got {key.layer!r}") from None
 
     def extract(self, images: torch.Tensor, which: FeatureKind = "k", layer: int = -1) -> torch.Tensor:
         """Patch features of a batch.

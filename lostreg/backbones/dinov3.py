@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lostreg.backbones.base import Backbone, FeatureKey, RopeMode
+from lostreg.backbones.base import Backbone, FeatureKey
+from lostreg.protocol import RopeMode
 from lostreg.backbones.registry import BackboneSpec, register_builder
 from lostreg.backbones.weights import (
     WeightsError,

@@ -4,13 +4,20 @@ The forward pass is written out over timm's modules instead of hooking ``model.f
 the token sequence is assembled here so that each family's official position-embedding
 interpolation can be applied (timm's differs for DINO and plain DINOv2), blocks after the
 requested layer are never run, and no hook can be left behind.
+
+Test-time registers (:mod:`lostreg.ttreg`) are an explicit state of the backbone
+(:meth:`TimmViTBackbone.with_test_time_registers`): one extra token appended at the END of the
+sequence, ``[CLS, registers..., patches..., TTR]``, and an edit of the listed MLP units inside
+:meth:`TimmViTBackbone.run_block`. Every forward in this module and in the diagnostics goes
+through :meth:`~TimmViTBackbone.tokens` and :meth:`~TimmViTBackbone.run_block`, and patch
+features are sliced ``[P : P + rows*cols]``, so the extra token never reaches LOST.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import nn
@@ -20,6 +27,9 @@ from lostreg.backbones.pos_embed import resize_patch_pos_embed
 from lostreg.backbones.registry import BackboneSpec, register_builder
 from lostreg.precision import strict_fp32
 from lostreg.backbones.weights import WeightsError, hub_weights_file, load_into_model, read_state_dict
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lostreg.ttreg.apply import TestTimeRegisters
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +47,26 @@ class TimmViTBackbone(Backbone):
         model: a timm VisionTransformer built with ``dynamic_img_size=True``, in eval mode.
         device: where the model lives and features are returned.
         random_weights: True when the weights are random (boxes are meaningless).
+        test_time_registers: None (default), or the test-time register to run with
+            (see :meth:`with_test_time_registers`).
     """
 
-    def __init__(self, spec: BackboneSpec, model: nn.Module, device: torch.device, random_weights: bool) -> None:
+    def __init__(
+        self,
+        spec: BackboneSpec,
+        model: nn.Module,
+        device: torch.device,
+        random_weights: bool,
+        test_time_registers: "TestTimeRegisters | None" = None,
+    ) -> None:
         _check_supported(model, spec.name)
         self.spec = spec
         self.model = model.to(device).eval()
         self.device = device
         self._random = random_weights
+        if test_time_registers is not None:
+            test_time_registers.check_model(model, spec.name)
+        self._ttr = test_time_registers
         cfg = getattr(model, "pretrained_cfg", None) or {}
         self._mean = tuple(float(m) for m in cfg.get("mean", (0.485, 0.456, 0.406)))
         self._std = tuple(float(s) for s in cfg.get("std", (0.229, 0.224, 0.225)))
@@ -80,10 +102,30 @@ class TimmViTBackbone(Backbone):
     def is_random(self) -> bool:
         return self._random
 
-    def tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """Input tokens of the first block: (B, num_prefix_tokens + rows*cols, D).
+    @property
+    def test_time_registers(self) -> "TestTimeRegisters | None":
+        """The test-time register this backbone runs with, or None (the plain model)."""
+        return self._ttr
 
-        Order is [CLS, registers, patches row-major], position embeddings added the family's way.
+    @property
+    def num_trailing_tokens(self) -> int:
+        """Tokens after the patches: 1 with a test-time register, else 0."""
+        return 0 if self._ttr is None else self._ttr.num_tokens
+
+    def with_test_time_registers(self, registers: "TestTimeRegisters | None") -> "TimmViTBackbone":
+        """A backbone over the same model (shared, not copied) that runs with ``registers``.
+
+        ``None`` gives the plain model back. The model's weights are never modified; see
+        :func:`lostreg.ttreg.apply_test_time_registers` for the variant that also checks a neuron
+        file against these weights.
+        """
+        return TimmViTBackbone(self.spec, self.model, self.device, self._random, test_time_registers=registers)
+
+    def tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Input tokens of the first block: (B, num_prefix_tokens + rows*cols + num_trailing_tokens, D).
+
+        Order is [CLS, registers, patches row-major, test-time register if any], position
+        embeddings added the family's way (the test-time register is a zero vector and gets none).
         """
         model = self.model
         p = self.patch_size
@@ -118,22 +160,46 @@ class TimmViTBackbone(Backbone):
                 x = torch.cat(prefix + [x], dim=1) + torch.cat([pos_prefix, pos_patch], dim=1)
         else:
             x = torch.cat(prefix + [x], dim=1)
+        if self._ttr is not None:
+            # After the position embedding and before norm_pre, as in the paper's CLIP fork.
+            x = self._ttr.append_token(x)
         return model.norm_pre(model.patch_drop(x))
 
+    def run_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """Block ``index`` (0-based) on tokens ``x`` as :meth:`tokens` lays them out; same shape out.
+
+        With a test-time register whose units include this layer, the block runs with its MLP
+        hidden activation edited (a hook that exists only during this call).
+        """
+        block = self.model.blocks[index]
+        if self._ttr is None or index not in self._ttr.layers:
+            return block(x)
+        return self._ttr.run_block(block, index, x, self.num_prefix_tokens)
+
+    def patch_tokens(self, x: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
+        """The patch part ``[P : P + rows*cols]`` of a token tensor (B, T, C) -> (B, rows*cols, C)."""
+        start = self.num_prefix_tokens
+        n = grid_hw[0] * grid_hw[1]
+        if x.shape[1] != start + n + self.num_trailing_tokens:
+            raise ValueError(
+                f"{x.shape[1]} tokens != {start} prefix + {n} patches + {self.num_trailing_tokens} trailing"
+            )
+        return x[:, start:start + n]
+
     def block_input(self, images: torch.Tensor, layer: int = -1) -> torch.Tensor:
-        """Tokens entering block ``layer``: (B, num_prefix_tokens + rows*cols, D)."""
+        """Tokens entering block ``layer``: (B, num_prefix_tokens + rows*cols + num_trailing_tokens, D)."""
         index = self.layer_index(layer)
         x = self.tokens(images)
-        for block in self.model.blocks[:index]:
-            x = block(x)
+        for i in range(index):
+            x = self.run_block(i, x)
         return x
 
     def qkv(self, images: torch.Tensor, layer: int = -1) -> torch.Tensor:
         """Output of block ``layer``'s attention qkv linear (bias included), all tokens.
 
         Returns:
-            (B, num_prefix_tokens + rows*cols, 3*D): channels [0:D] = q, [D:2D] = k, [2D:3D] = v,
-            heads concatenated in head order within each.
+            (B, num_prefix_tokens + rows*cols + num_trailing_tokens, 3*D): channels [0:D] = q,
+            [D:2D] = k, [2D:3D] = v, heads concatenated in head order within each.
         """
         block = self.model.blocks[self.layer_index(layer)]
         return block.attn.qkv(block.norm1(self.block_input(images, layer)))
@@ -151,19 +217,21 @@ class TimmViTBackbone(Backbone):
         for key in keys:
             wanted.setdefault(self.layer_index(key.layer), []).append(key)
         images = images.to(self.device, torch.float32)
+        grid_hw = self.grid_hw((int(images.shape[-2]), int(images.shape[-1])))
         out: dict[FeatureKey, torch.Tensor] = {}
         # The features feed LOST's sign thresholds: no TF32 in the patch-embedding conv or matmuls.
         with strict_fp32():
             x = self.tokens(images)
             last = max(wanted)
-            for index, block in enumerate(self.model.blocks[: last + 1]):
+            for index in range(last + 1):
                 if index in wanted:
                     # The same two calls as qkv(): one qkv output serves every kind of this layer.
+                    block = self.model.blocks[index]
                     qkv = block.attn.qkv(block.norm1(x))
                     for key in wanted[index]:
-                        out[key] = select_features(qkv, key.which)[:, self.num_prefix_tokens:].float()
+                        out[key] = self.patch_tokens(select_features(qkv, key.which), grid_hw).float()
                 if index < last:
-                    x = block(x)
+                    x = self.run_block(index, x)
         return {key: out[key] for key in keys}  # in the order asked
 
 

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("export_cmd", "write pseudo-boxes for detector training"),
     "report": ("report_cmd", "self-contained HTML report of eval runs"),
     "inspect": ("inspect_cmd", "diagnostic figures: token norms, attention, PCA, LOST internals"),
+    "calibrate": ("calibrate_cmd", "find a ViT's register neurons (test-time registers) from unlabeled images"),
     "backbones": ("backbones_cmd", "list the backbones lostreg knows"),
 }
 

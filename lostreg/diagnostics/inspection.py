@@ -197,11 +197,14 @@ def inspect_image(
     if isinstance(backbone, TimmViTBackbone):
         trace = trace_vit(backbone, images, features_config.layer)
         tokens = trace.final if norm_source == "final" else trace.prenorm
-        patch_tokens = tokens[0, trace.num_prefix_tokens:]
-        features = select_features(trace.qkv[0, trace.num_prefix_tokens:], features_config.which)  # type: ignore[arg-type]
+        # Explicit slice: a test-time register token sits after the patches.
+        patches = slice(trace.num_prefix_tokens, trace.num_prefix_tokens + grid_hw[0] * grid_hw[1])
+        patch_tokens = tokens[0, patches]
+        features = select_features(trace.qkv[0, patches], features_config.which)  # type: ignore[arg-type]
         block = backbone.model.blocks[trace.layer]
         with torch.inference_mode():
-            att = prefix_attention(trace.qkv, block.attn, trace.num_prefix_tokens, grid_hw, trace.has_class_token)
+            att = prefix_attention(trace.qkv, block.attn, trace.num_prefix_tokens, grid_hw, trace.has_class_token,
+                                   trace.num_trailing_tokens)
         cls_map = None if att.cls is None else att.cls[0].cpu().numpy()
         # Models without registers get None, not an empty array: "no register maps" is explicit.
         reg_maps = att.registers[0].cpu().numpy() if att.registers.shape[1] else None

@@ -5,7 +5,9 @@ one image that combines them is :mod:`lostreg.diagnostics.inspection`. Conventio
 
 * Token order is ``[CLS, register_1..register_R, patches row-major]`` (timm's), so a patch
   tensor reshapes to ``(rows, cols)`` of the padded image's patch grid; padded patches are
-  included, as they are in LOST.
+  included, as they are in LOST. A backbone running a test-time register
+  (:mod:`lostreg.ttreg`) has one more token after the patches; it takes part in the forward
+  pass and in the attention softmax, and is left out of every patch map.
 * **Output-token norms** are L2 norms of the patch tokens. ``norm_source="final"`` (default) takes
   them after the model's final LayerNorm, i.e. what timm's ``forward_features`` returns and
   DINOv2's ``x_norm_patchtokens``, the features users take from these models; ``"prenorm"``
@@ -88,7 +90,8 @@ class ViTTrace:
         num_prefix_tokens: CLS + registers at the start of T.
         num_registers: R (0 without registers).
         has_class_token: Whether token 0 is a CLS token.
-        grid_hw: (rows, cols); T = num_prefix_tokens + rows * cols.
+        grid_hw: (rows, cols); T = num_prefix_tokens + rows * cols + num_trailing_tokens.
+        num_trailing_tokens: tokens after the patches (1 with a test-time register, else 0).
     """
 
     final: torch.Tensor
@@ -99,14 +102,16 @@ class ViTTrace:
     num_registers: int
     has_class_token: bool
     grid_hw: tuple[int, int]
+    num_trailing_tokens: int = 0
 
 
 def trace_vit(backbone: TimmViTBackbone, images: torch.Tensor, layer: int = -1) -> ViTTrace:
     """Run all blocks once, keeping the final tokens and block ``layer``'s qkv.
 
     The block calls are those of :meth:`TimmViTBackbone.extract` (same modules, same order, fp32
-    without TF32), so the k slice of :attr:`ViTTrace.qkv` equals ``extract(images, "k", layer)``
-    bit for bit on the same device and batch.
+    without TF32, the backbone's test-time register if it has one), so the k slice of
+    :attr:`ViTTrace.qkv` equals ``extract(images, "k", layer)`` bit for bit on the same device
+    and batch.
 
     Args:
         backbone: a built ViT backbone.
@@ -124,7 +129,7 @@ def trace_vit(backbone: TimmViTBackbone, images: torch.Tensor, layer: int = -1) 
         for i, block in enumerate(model.blocks):
             if i == index:
                 qkv = block.attn.qkv(block.norm1(x))
-            x = block(x)
+            x = backbone.run_block(i, x)
         final = model.norm(x)
     assert qkv is not None
     return ViTTrace(
@@ -136,22 +141,26 @@ def trace_vit(backbone: TimmViTBackbone, images: torch.Tensor, layer: int = -1) 
         num_registers=backbone.num_registers,
         has_class_token=getattr(model, "cls_token", None) is not None,
         grid_hw=grid_hw,
+        num_trailing_tokens=backbone.num_trailing_tokens,
     )
 
 
-def patch_token_norms(tokens: torch.Tensor, num_prefix_tokens: int, grid_hw: tuple[int, int]) -> torch.Tensor:
+def patch_token_norms(
+    tokens: torch.Tensor, num_prefix_tokens: int, grid_hw: tuple[int, int], num_trailing_tokens: int = 0
+) -> torch.Tensor:
     """L2 norms of the patch tokens on the grid.
 
     Args:
-        tokens: (B, num_prefix_tokens + rows*cols, D).
+        tokens: (B, num_prefix_tokens + rows*cols + num_trailing_tokens, D).
         num_prefix_tokens: leading tokens to drop.
         grid_hw: (rows, cols).
+        num_trailing_tokens: tokens after the patches to drop (a test-time register).
 
     Returns:
         (B, rows, cols) float32.
     """
     rows, cols = grid_hw
-    patches = tokens[:, num_prefix_tokens:]
+    patches = tokens[:, num_prefix_tokens:tokens.shape[1] - num_trailing_tokens]
     if patches.shape[1] != rows * cols:
         raise ValueError(f"{patches.shape[1]} patch tokens do not fill a {rows}x{cols} grid")
     return torch.linalg.vector_norm(patches.float(), dim=-1).reshape(-1, rows, cols)
@@ -296,6 +305,7 @@ def prefix_attention(
     num_prefix_tokens: int,
     grid_hw: tuple[int, int],
     has_class_token: bool = True,
+    num_trailing_tokens: int = 0,
 ) -> PrefixAttention:
     """Attention maps of the prefix queries, recomputed from one block's qkv as the model does.
 
@@ -305,6 +315,8 @@ def prefix_attention(
         num_prefix_tokens: P = CLS (if any) + registers.
         grid_hw: (rows, cols), with T = P + rows*cols.
         has_class_token: whether token 0 is CLS (else all prefix tokens are registers).
+        num_trailing_tokens: tokens after the patches (a test-time register): keys in the
+            softmax, but not in the maps or in ``patch_mass``.
 
     Returns:
         :class:`PrefixAttention`. Only the P prefix rows of the (T, T) matrix are formed.
@@ -313,15 +325,16 @@ def prefix_attention(
     heads = int(attn.num_heads)
     head_dim = channels // (3 * heads)
     rows, cols = grid_hw
-    if tokens != num_prefix_tokens + rows * cols:
-        raise ValueError(f"{tokens} tokens != {num_prefix_tokens} prefix + {rows}x{cols} patches")
+    if tokens != num_prefix_tokens + rows * cols + num_trailing_tokens:
+        raise ValueError(f"{tokens} tokens != {num_prefix_tokens} prefix + {rows}x{cols} patches"
+                         f" + {num_trailing_tokens} trailing")
     q, k, _ = qkv.float().reshape(batch, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
     q, k = attn.q_norm(q), attn.k_norm(k)
     scale = float(getattr(attn, "scale", head_dim ** -0.5))
     with strict_fp32():
         logits = (q[:, :, :num_prefix_tokens] * scale) @ k.transpose(-2, -1)  # (B, H, P, T)
     probs = logits.softmax(dim=-1)
-    patch = probs[..., num_prefix_tokens:]  # (B, H, P, rows*cols)
+    patch = probs[..., num_prefix_tokens:num_prefix_tokens + rows * cols]  # (B, H, P, rows*cols)
     mass = patch.sum(dim=-1).permute(0, 2, 1)  # (B, P, H)
     maps = patch.reshape(batch, heads, num_prefix_tokens, rows, cols).permute(0, 2, 1, 3, 4)  # (B, P, H, r, c)
     first_register = 1 if has_class_token else 0
