@@ -175,9 +175,12 @@ def lost_batch(
 
     Steps 1-8 of spec section 3 (degrees, order, seed, potentials, similars, expansion
     map) run as batched tensor operations on the features' device, never holding the
-    ``N x N`` Gram matrix and never waiting for the device per image. The results then come
-    to the CPU in one transfer, where ``scipy.ndimage.label`` finds each seed's component.
-    Each result is the one :func:`lost` gives for that image alone.
+    ``N x N`` Gram matrix and never waiting for the device per image (the input checks wait
+    once per batch: finiteness, and ``excluded`` when given). Degrees, potentials, similar
+    flags and expansion maps then come to the CPU in one packed transfer; the masks are
+    ``expansion > 0`` there, and ``scipy.ndimage.label`` finds each seed's component.
+    Each result is the one :func:`lost` gives for that image alone (bitwise on CPU; see
+    :mod:`lostreg.lost_tiles` for what holds on CUDA).
 
     Args:
         features: (B, rows*cols, d) real tensor (or numpy array): per image, patch features

@@ -64,7 +64,14 @@ import torch
 
 from lostreg.precision import strict_fp32
 
-__all__ = ["TILE_ROWS", "LostTensors", "auto_chunk_rows", "available_memory_bytes", "lost_tensors", "tile_rows"]
+__all__ = [
+    "TILE_ROWS",
+    "LostTensors",
+    "auto_chunk_rows",
+    "available_memory_bytes",
+    "lost_tensors",
+    "tile_rows",
+]
 
 #: Rows per Gram tile. Part of the exactness rule: changing it may change last bits.
 TILE_ROWS = 128

@@ -23,6 +23,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import scipy.ndimage
 import torch
 
 import lostreg.lost_tiles as lost_tiles
@@ -46,8 +47,6 @@ def oracle(
     potentials = order[:k]
     similars = [p for p in potentials if float(gram[seed, p]) > 0]
     expansion = gram[similars].sum(0).reshape(rows, cols) if similars else torch.zeros(rows, cols)
-    import scipy.ndimage
-
     labels, _ = scipy.ndimage.label((expansion > 0).numpy())
     sr, sc = divmod(seed, cols)
     if labels[sr, sc]:
@@ -145,6 +144,9 @@ def test_integer_features_match_oracle_for_every_tiling(monkeypatch: pytest.Monk
         for b, res in enumerate(results):
             exp = oracle(feats[b], rows, cols, k, bias)
             assert_matches_oracle(res, exp, exact=True, ctx=f"tile {tile} case {case} image {b}")
+            # One image: several tiles per product, the padded last tile among them.
+            alone = lost(feats[b], (rows, cols), k, bias, chunk_size=3 * tile + 1)
+            assert_matches_oracle(alone, exp, exact=True, ctx=f"tile {tile} case {case} image {b} alone")
             stats["multi"] += int(res.mask.sum() > 1)
             stats["degenerate"] += int(not res.seed_in_mask)
     assert stats["multi"] >= 5 and stats["degenerate"] >= 1, stats
