@@ -1,7 +1,10 @@
-"""LOST: seed selection, seed expansion and box extraction on one image's patch features.
+"""LOST: seed selection, seed expansion and box extraction on patch features.
 
 Pure and I/O-free: features in, patch-unit box out. Converting the box to pixels of the
-original image is :func:`lostreg.boxes.patch_box_to_pixels`.
+original image is :func:`lostreg.boxes.patch_box_to_pixels`. :func:`lost` takes one image,
+:func:`lost_batch` a batch of images that share a grid; both run in memory linear in the
+number of patches (the Gram matrix is never held whole, see :mod:`lostreg.lost_tiles`,
+which also states exactly which results are bitwise reproducible).
 
 The behaviour follows the lostreg LOST specification, section 3 (reference: valeoai/LOST,
 ``object_discovery.py``) step by step, with these documented lostreg rules:
@@ -12,6 +15,9 @@ The behaviour follows the lostreg LOST specification, section 3 (reference: vale
   included. With ``gram_bias=0`` the result is the reference's.
 * Where the reference raises ("the seed is in the background component"), lostreg
   returns the seed patch alone as mask and box, with ``seed_in_mask=False``.
+* ``excluded`` (lostreg extension, off by default): patches that may be neither seed nor
+  potential, e.g. high-norm artifact tokens. They are skipped in the ascending-degree
+  order; degrees still count them and the expansion map still covers them.
 """
 
 from __future__ import annotations
@@ -22,14 +28,14 @@ import numpy as np
 import scipy.ndimage
 import torch
 
-from lostreg.precision import strict_fp32
+from lostreg.lost_tiles import auto_chunk_rows, lost_tensors
 
-__all__ = ["LostResult", "lost"]
+__all__ = ["LostResult", "lost", "lost_batch"]
 
 
 @dataclass(frozen=True, eq=False)
 class LostResult:
-    """Output of :func:`lost` for one image. All tensors are on the CPU.
+    """Output of :func:`lost` (or one image of :func:`lost_batch`). Tensors are on the CPU.
 
     Attributes:
         seed: Flat row-major index of the seed patch, in ``[0, rows*cols)``.
@@ -62,40 +68,193 @@ class LostResult:
         return int(row), int(col)
 
 
-def _check_inputs(
-    features: torch.Tensor, grid_hw: tuple[int, int], k_patches: int, gram_bias: float
-) -> tuple[torch.Tensor, int, int]:
-    """Validate the arguments of :func:`lost`; return fp32 features and the grid."""
+def _check_features(features: torch.Tensor, ndim: int, layout: str) -> torch.Tensor:
+    """Validate the type and rank of ``features``; return them detached."""
     if isinstance(features, np.ndarray):
         features = torch.from_numpy(features)
     if not isinstance(features, torch.Tensor):
         raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
     features = features.detach()
-    if features.dim() != 2:
-        raise ValueError(
-            f"features must be 2-D (rows*cols, d), got shape {tuple(features.shape)}"
-        )
+    if features.dim() != ndim:
+        raise ValueError(f"features must be {ndim}-D {layout}, got shape {tuple(features.shape)}")
     if features.dtype == torch.bool or features.is_complex():
         raise ValueError(f"features must be real numbers, got dtype {features.dtype}")
+    return features
+
+
+def _check_arguments(
+    features: torch.Tensor,
+    grid_hw: tuple[int, int],
+    k_patches: int,
+    gram_bias: float,
+    chunk_size: int | None,
+) -> tuple[torch.Tensor, int, int]:
+    """Validate (B, N, d) features and the scalar arguments; return contiguous fp32
+    features and the grid."""
     if len(grid_hw) != 2:
         raise ValueError(f"grid_hw must be (rows, cols), got {grid_hw!r}")
     rows, cols = (int(v) for v in grid_hw)
     if (rows, cols) != tuple(grid_hw) or rows < 1 or cols < 1:
         raise ValueError(f"grid_hw must be two positive integers, got {grid_hw!r}")
-    if rows * cols != features.shape[0]:
+    if rows * cols != features.shape[1]:
         raise ValueError(
             f"grid {rows}x{cols} has {rows * cols} patches but features has "
-            f"{features.shape[0]} rows"
+            f"{features.shape[1]} rows"
         )
     if isinstance(k_patches, bool) or int(k_patches) != k_patches or k_patches < 1:
         raise ValueError(f"k_patches must be an integer >= 1, got {k_patches!r}")
     if not np.isfinite(float(gram_bias)):
         raise ValueError(f"gram_bias must be finite, got {gram_bias!r}")
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or int(chunk_size) != chunk_size or chunk_size < 1
+    ):
+        raise ValueError(f"chunk_size must be None or an integer >= 1, got {chunk_size!r}")
     # Cast before the finiteness check: float64 values beyond fp32 range become inf.
-    features = features.to(torch.float32)
+    features = features.to(torch.float32).contiguous()
     if not bool(torch.isfinite(features).all()):
         raise ValueError("features contain NaN or infinite values (in float32)")
     return features, rows, cols
+
+
+def _check_excluded(excluded: object, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Validate an ``excluded`` mask of the given shape; return it as bool on ``device``."""
+    if isinstance(excluded, np.ndarray):
+        excluded = torch.from_numpy(excluded)
+    if not isinstance(excluded, torch.Tensor):
+        raise TypeError(f"excluded must be a bool torch.Tensor, got {type(excluded).__name__}")
+    if excluded.dtype != torch.bool:
+        raise ValueError(f"excluded must have dtype bool, got {excluded.dtype}")
+    if tuple(excluded.shape) != shape:
+        raise ValueError(f"excluded must have shape {shape}, got {tuple(excluded.shape)}")
+    return excluded.detach().to(device)
+
+
+def _pack_to_host(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Copy (B, ...) tensors to the CPU as one packed byte tensor: one transfer, one wait."""
+    flat = [t.contiguous().reshape(t.shape[0], -1).view(torch.uint8) for t in tensors]
+    packed = torch.cat(flat, dim=1).cpu()
+    out, start = [], 0
+    for t, f in zip(tensors, flat):
+        part = packed[:, start : start + f.shape[1]].contiguous()
+        out.append(part.view(t.dtype).reshape(t.shape))
+        start += f.shape[1]
+    return out
+
+
+def _to_host(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The tensors on the CPU: as they are if already there, else by :func:`_pack_to_host`."""
+    if all(t.device.type == "cpu" for t in tensors):
+        return tensors
+    return _pack_to_host(tensors)
+
+
+def _seed_component(expansion: np.ndarray, seed: int) -> tuple[np.ndarray, bool]:
+    """The 4-connected component of ``expansion > 0`` holding the seed, or the seed alone."""
+    rows, cols = expansion.shape
+    seed_row, seed_col = divmod(seed, cols)
+    # scipy's default structuring element in 2-D is the 4-neighbourhood cross.
+    labels, _ = scipy.ndimage.label(expansion > 0)
+    seed_label = labels[seed_row, seed_col]
+    if seed_label != 0:
+        return labels == seed_label, True
+    component = np.zeros((rows, cols), dtype=bool)
+    component[seed_row, seed_col] = True
+    return component, False
+
+
+def lost_batch(
+    features: torch.Tensor,
+    grid_hw: tuple[int, int],
+    k_patches: int = 100,
+    gram_bias: float = 0.0,
+    *,
+    chunk_size: int | None = None,
+    excluded: torch.Tensor | None = None,
+) -> list[LostResult]:
+    """Localise one object per image with LOST, for a batch of images on one grid.
+
+    Steps 1-8 of spec section 3 (degrees, order, seed, potentials, similars, expansion
+    map) run as batched tensor operations on the features' device, never holding the
+    ``N x N`` Gram matrix and never waiting for the device per image (the input checks wait
+    once per batch: finiteness, and ``excluded`` when given). Degrees, potentials, similar
+    flags and expansion maps then come to the CPU in one packed transfer; the masks are
+    ``expansion > 0`` there, and ``scipy.ndimage.label`` finds each seed's component.
+    Each result is the one :func:`lost` gives for that image alone (bitwise on CPU; see
+    :mod:`lostreg.lost_tiles` for what holds on CUDA).
+
+    Args:
+        features: (B, rows*cols, d) real tensor (or numpy array): per image, patch features
+            in row-major grid order, prefix tokens dropped. Computed on its device in
+            float32 with TF32 disabled.
+        grid_hw: ``(rows, cols)`` of the patch grid, shared by the batch.
+        k_patches: Number of lowest-degree patches that may join the seed's similars;
+            ``min(k_patches, allowed patches)`` are used.
+        gram_bias: Added to every entry of the Gram matrix ``F Fᵀ`` (diagonal included)
+            before any threshold. 0 reproduces the reference.
+        chunk_size: Gram rows per image held at once (peak extra memory about
+            ``4 * B * rows*cols * chunk_size`` bytes). Rounded down to whole tiles of
+            ``min(rows*cols, 128)`` rows, at least one. None: chosen from the memory
+            available on the device (an eighth of it, at most 256 MiB per step). It never
+            changes a result on CPU; see :mod:`lostreg.lost_tiles` for CUDA.
+        excluded: Optional (B, rows*cols) bool: patches that may be neither the seed nor a
+            potential (e.g. high-norm artifact tokens). Degrees still count them and the
+            expansion map still covers them. None or all False: the plain LOST result.
+
+    Returns:
+        One :class:`LostResult` per image, in batch order, tensors on the CPU. ``box`` is in
+        patch units, ``(x1, y1, x2, y2)``, max exclusive. An empty batch gives ``[]``.
+
+    Raises:
+        TypeError: ``features`` or ``excluded`` is not a tensor or numpy array.
+        ValueError: ``features`` is not 3-D or not real, ``rows*cols`` differs from its
+            second dimension, ``k_patches < 1``, features / bias are not finite,
+            ``chunk_size < 1``, ``excluded`` has the wrong dtype or shape, or excludes every
+            patch of an image.
+    """
+    features = _check_features(features, 3, "(batch, rows*cols, d)")
+    feats, rows, cols = _check_arguments(features, grid_hw, k_patches, gram_bias, chunk_size)
+    batch, n = feats.shape[0], rows * cols
+    if excluded is not None:
+        excluded = _check_excluded(excluded, (batch, n), feats.device)
+        full = excluded.all(dim=1)
+        if bool(full.any()):
+            first = int(full.nonzero()[0, 0])
+            raise ValueError(f"excluded covers every patch of image {first}: no seed is possible")
+        if not bool(excluded.any()):
+            excluded = None  # all False: exactly the plain path
+    if batch == 0:
+        return []
+    chunk = chunk_size if chunk_size is not None else auto_chunk_rows(feats.device, batch, n)
+
+    out = lost_tensors(feats, int(k_patches), float(gram_bias), int(chunk), excluded)
+    degree, potentials, similar, expansion = _to_host(
+        [out.degree, out.potentials, out.similar, out.expansion]
+    )
+
+    results = []
+    for b in range(batch):
+        seed = int(potentials[b, 0])
+        exp_map = expansion[b].reshape(rows, cols).clone()
+        component, seed_in_mask = _seed_component(exp_map.numpy(), seed)
+        mask_rows, mask_cols = np.nonzero(component)
+        box = (
+            int(mask_cols.min()),
+            int(mask_rows.min()),
+            int(mask_cols.max()) + 1,
+            int(mask_rows.max()) + 1,
+        )
+        results.append(
+            LostResult(
+                seed=seed,
+                similars=potentials[b][similar[b]].clone(),
+                mask=torch.from_numpy(component),
+                box=box,
+                seed_in_mask=seed_in_mask,
+                degree=degree[b].clone(),
+                expansion=exp_map,
+            )
+        )
+    return results
 
 
 def lost(
@@ -103,8 +262,14 @@ def lost(
     grid_hw: tuple[int, int],
     k_patches: int = 100,
     gram_bias: float = 0.0,
+    *,
+    chunk_size: int | None = None,
+    excluded: torch.Tensor | None = None,
 ) -> LostResult:
     """Localise one object with LOST.
+
+    Runs in memory linear in ``rows*cols`` (the Gram matrix is computed in row blocks and
+    never held whole), through the same code as :func:`lost_batch`.
 
     Args:
         features: (rows*cols, d) real tensor of patch features in row-major grid order
@@ -112,9 +277,13 @@ def lost(
             TF32 disabled. A numpy array is accepted too.
         grid_hw: ``(rows, cols)`` of the patch grid.
         k_patches: Number of lowest-degree patches that may join the seed's similars;
-            ``min(k_patches, rows*cols)`` are used.
+            ``min(k_patches, rows*cols)`` are used (not counting excluded patches).
         gram_bias: Added to every entry of the Gram matrix ``F Fᵀ`` (diagonal included)
             before any threshold. 0 reproduces the reference.
+        chunk_size: Gram rows held at once, as in :func:`lost_batch`; None picks it from
+            the available memory. Never changes a result on CPU.
+        excluded: Optional (rows*cols,) bool: patches that may be neither the seed nor a
+            potential; see :func:`lost_batch`. None or all False: plain LOST.
 
     Returns:
         A :class:`LostResult`. ``box`` is in patch units, ``(x1, y1, x2, y2)``, max
@@ -126,57 +295,19 @@ def lost(
     alone as ``mask`` and ``box`` and sets ``seed_in_mask=False``.
 
     Raises:
-        TypeError: ``features`` is not a tensor or numpy array.
+        TypeError: ``features`` (or ``excluded``) is not a tensor or numpy array.
         ValueError: ``features`` is not 2-D or not real, ``rows*cols`` differs from its
-            number of rows, ``k_patches < 1``, or features / bias are not finite.
+            number of rows, ``k_patches < 1``, features / bias are not finite,
+            ``chunk_size < 1``, or ``excluded`` is malformed or excludes every patch.
     """
-    feats, rows, cols = _check_inputs(features, grid_hw, k_patches, gram_bias)
-    n = rows * cols
-
-    with strict_fp32():
-        gram = feats @ feats.T
-    if gram_bias != 0:
-        gram = gram + float(gram_bias)
-
-    off_diag = gram.clone()
-    off_diag.fill_diagonal_(0)
-    degree = (off_diag > 0).sum(dim=1)
-
-    # Stable: equal degrees keep ascending flat index, so the lowest index wins ties.
-    _, order = torch.sort(degree, stable=True)
-    seed = int(order[0])
-
-    potentials = order[: min(int(k_patches), n)]
-    similars = potentials[gram[seed, potentials] > 0]
-    # Rows of the Gram with its diagonal intact; signed sum (an empty set sums to 0).
-    expansion = gram[similars].sum(dim=0).reshape(rows, cols)
-
-    positive = (expansion > 0).cpu().numpy()
-    seed_row, seed_col = divmod(seed, cols)
-    # scipy's default structuring element in 2-D is the 4-neighbourhood cross.
-    labels, _ = scipy.ndimage.label(positive)
-    seed_label = labels[seed_row, seed_col]
-    seed_in_mask = bool(seed_label != 0)
-    if seed_in_mask:
-        component = labels == seed_label
-    else:
-        component = np.zeros((rows, cols), dtype=bool)
-        component[seed_row, seed_col] = True
-
-    mask_rows, mask_cols = np.nonzero(component)
-    box = (
-        int(mask_cols.min()),
-        int(mask_rows.min()),
-        int(mask_cols.max()) + 1,
-        int(mask_rows.max()) + 1,
-    )
-
-    return LostResult(
-        seed=seed,
-        similars=similars.detach().to("cpu", torch.int64),
-        mask=torch.from_numpy(component),
-        box=box,
-        seed_in_mask=seed_in_mask,
-        degree=degree.detach().to("cpu", torch.int64),
-        expansion=expansion.detach().to("cpu", torch.float32).contiguous(),
-    )
+    features = _check_features(features, 2, "(rows*cols, d)")
+    if excluded is not None:
+        excluded = _check_excluded(excluded, (features.shape[0],), features.device).unsqueeze(0)
+    return lost_batch(
+        features.unsqueeze(0),
+        grid_hw,
+        k_patches,
+        gram_bias,
+        chunk_size=chunk_size,
+        excluded=excluded,
+    )[0]
