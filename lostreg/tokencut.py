@@ -61,10 +61,12 @@ Deviations from the reference (lostreg rules):
   (the empty graph is a lostreg addition to the spec's complete-graph test) does not
   depend on eigenvalue precision; with a uniform diagonal both graphs have exactly
   ``λ2 = λ3`` and the gap test alone would catch them in exact arithmetic.
-* **torch32 eigenvalues** are float64 Rayleigh quotients ``uᵀ L_sym u / uᵀ u`` of the
-  float32 eigenvectors (cost ``O(N²)``), not the float32 eigenvalues, whose absolute
-  error (~1e-7) is larger than the degeneracy threshold: this keeps the gap test
-  meaningful in float32 (the Rayleigh error is quadratic in the eigenvector error).
+* **torch32 eigenvalues** are not the float32 eigenvalues, whose absolute error (~1e-7)
+  exceeds the degeneracy threshold, but float64 Rayleigh-Ritz values of ``L_sym`` on the
+  span of the exact null vector ``sqrt(d)`` and the first float32 eigenvectors (8 in
+  all; cost ``O(N²)`` per vector). Their error is quadratic in the vectors' error, so the
+  gap test flags the same images as in float64. The eigenvector itself stays the raw
+  float32 one (upcast), as specified.
 * **Prefix tokens**: the caller drops CLS *and* register tokens; the reference drops
   CLS only, inside ``ncut``.
 * Only the default binary graph is implemented (the ``--no-binary-graph`` ablation is
@@ -115,6 +117,8 @@ EIG_SOLVERS: tuple[str, ...] = ("scipy", "torch64", "torch32")
 DEGENERATE_RTOL = 1e-6
 _GAP_FLOOR = 1e-12
 _NORMALIZE_EPS = 1e-12  # F.normalize's default, as in the reference
+_PAD_MULTIPLE = 8  # Laplacians are padded to a multiple of 8 nodes (see _fiedler_torch)
+_RITZ_SIZE = 8  # subspace size of the torch32 eigenvalue refinement
 
 
 @dataclass(frozen=True, eq=False)
@@ -314,23 +318,61 @@ def _fiedler_torch(
         ``(x, lam)``: (B, N) float64 D-normalised eigenvectors ``x = D^-1/2 u2`` and
         (B, 2) float64 ``(λ2, λ3)``, ascending.
     """
-    f64 = dict(dtype=torch.float64, device=adjacency.device)
-    w = torch.where(adjacency, torch.ones((), **f64), torch.full((), eps, **f64))
+    batch, n = adjacency.shape[0], adjacency.shape[-1]
+    # MKL's eigen-solver rounds differently depending on each matrix's 16-byte alignment,
+    # and torch packs a batch as (B, n, n) contiguous. Rounding n up to a multiple of 8
+    # puts every matrix of a batch on the alignment of a lone one (so a batch and a
+    # single image give the same bits). The pad block is 4·I: decoupled from L_sym, with
+    # eigenvalue 4 above L_sym's spectrum (within [0, 2]), so it never reaches index 1-2.
+    n_pad = -(-n // _PAD_MULTIPLE) * _PAD_MULTIPLE
+    lap = torch.zeros(batch, n_pad, n_pad, dtype=torch.float64, device=adjacency.device)
+    w = lap[:, :n, :n]
+    w.fill_(eps).masked_fill_(adjacency, 1.0)  # W = 1.0 where S > tau, else eps
     r = w.sum(dim=-1).rsqrt()  # degrees are >= N*eps > 0
-    # L_sym = I - D^-1/2 W D^-1/2, built in place over W to hold one N x N per image.
-    lap = w.mul_(r[..., :, None]).mul_(r[..., None, :]).neg_()
-    lap.diagonal(dim1=-2, dim2=-1).add_(1.0)
+    # L_sym = I - D^-1/2 W D^-1/2, built in place over W.
+    w.mul_(r[..., :, None]).mul_(r[..., None, :]).neg_()
+    diagonal = lap.diagonal(dim1=-2, dim2=-1)
+    diagonal[:, :n].add_(1.0)
+    diagonal[:, n:].fill_(4.0)
     if solver == "torch64":
         evals, evecs = torch.linalg.eigh(lap)
-        u = evecs[..., :, 1]
+        u = evecs[..., :n, 1]
         lam = evals[..., 1:3]
     else:
         _, evecs = torch.linalg.eigh(lap.to(torch.float32))
-        v = evecs[..., :, 1:3].to(torch.float64)
-        # float64 Rayleigh quotients: float32 eigenvalues are too coarse for the gap test.
-        lam = ((v * (lap @ v)).sum(dim=-2) / (v * v).sum(dim=-2)).sort(dim=-1).values
-        u = v[..., :, 0]
+        u = evecs[..., :n, 1].to(torch.float64)
+        lam = _ritz_eigenvalues(lap, evecs, r)
     return r * u, lam
+
+
+def _ritz_eigenvalues(lap: torch.Tensor, evecs32: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """float64 ``(λ2, λ3)`` from float32 eigenvectors, by Rayleigh-Ritz.
+
+    float32 eigenvalues carry absolute errors near 1e-7, far above the degeneracy
+    threshold. The float32 vectors also mix with the null vector (``λ1 = 0``, often only
+    ~1e-5 below ``λ2``). So the subspace of the exact float64 null vector
+    ``sqrt(d)`` and the next ``k - 1`` float32 eigenvectors is orthonormalised in float64
+    and ``L_sym`` is projected onto it: the Ritz values' errors are quadratic in the
+    vectors' components outside the subspace. Cost ``O(k N²)`` per image.
+
+    Args:
+        lap: (B, M, M) float64 padded ``L_sym`` (the graph's N nodes first).
+        evecs32: (B, M, M) float32 eigenvectors of ``lap``, ascending eigenvalues.
+        r: (B, N) float64 ``d^-1/2``.
+
+    Returns:
+        (B, 2) float64 ``(λ2, λ3)``, ascending.
+    """
+    n = r.shape[-1]
+    k = min(_RITZ_SIZE, n)
+    basis = evecs32[..., :, :k].to(torch.float64)
+    null = torch.zeros_like(basis[..., 0])
+    null[..., :n] = r.reciprocal()  # sqrt(d): L_sym sqrt(d) = 0 exactly
+    basis[..., 0] = null
+    q, _ = torch.linalg.qr(basis)
+    projected = q.transpose(-1, -2) @ (lap @ q)
+    ritz = torch.linalg.eigvalsh((projected + projected.transpose(-1, -2)) / 2)
+    return ritz[..., 1:3]
 
 
 # ----------------------------------------------------------------------- assembly
