@@ -296,12 +296,10 @@ def _fiedler_scipy(cosine: np.ndarray, tau: float, eps: float) -> tuple[np.ndarr
         eigenvector of the 2nd smallest eigenvalue.
     """
     adjacency = cosine > tau  # numpy rounds the Python float tau to float32 here
-    n = adjacency.shape[0]
-    off_diagonal = int(adjacency.sum()) - int(np.count_nonzero(np.diagonal(adjacency)))
     w = np.where(adjacency, 1.0, eps)
     d = np.diag(w.sum(axis=1))
     evals, evecs = scipy.linalg.eigh(d - w, d, subset_by_index=[1, 2])
-    structureless = off_diagonal in (0, n * (n - 1))
+    structureless = bool(_structureless(torch.from_numpy(adjacency)[None])[0])
     return evecs[:, 0], (float(evals[0]), float(evals[1])), structureless
 
 

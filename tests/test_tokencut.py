@@ -37,6 +37,7 @@ from lostreg.tokencut import (
     _gap_degenerate,
     _split_batch,
     _split_reference,
+    _structureless,
     tokencut,
     tokencut_batch,
 )
@@ -406,7 +407,38 @@ def test_symmetric_spectrum_is_flagged_by_the_gap(eig: str) -> None:
     assert control.box in ((0, 2, 4, 3), (0, 0, 2, 1))  # one of the two small cliques
 
 
+@pytest.mark.parametrize("eig", EIG_SOLVERS)
+def test_empty_graph_is_degenerate_even_with_a_spectral_gap(eig: str) -> None:
+    # Two orthogonal patches and ten zero vectors: no pair is similar (empty graph), but
+    # the self-loops differ (1 vs eps), so λ2 < λ3 clearly and only the structure rule
+    # flags the image.
+    feats = torch.zeros(12, 4)
+    feats[3, 0] = feats[8, 1] = 1.0
+    res = tokencut(feats, (3, 4), eig=eig)
+    lam2, lam3 = res.eigenvalues
+    assert lam3 - lam2 > 1e-3 * lam3
+    assert_fixed_degenerate(res, 3, 4)
+
+
+def test_structure_rule() -> None:
+    n = 5
+    eye = torch.eye(n, dtype=torch.bool)
+    complete_no_loops = ~eye
+    one_pair = eye.clone()
+    one_pair[1, 3] = True
+    all_but_one = torch.ones(n, n, dtype=torch.bool)
+    all_but_one[2, 0] = False
+    cases = torch.stack([eye, ~eye, complete_no_loops | eye, torch.zeros(n, n, dtype=torch.bool), one_pair, all_but_one])
+    assert _structureless(cases).tolist() == [True, True, True, True, False, False]
+
+
 def test_gap_rule_boundary() -> None:
+    # lam3 picked so that lam3 - lam2 equals the threshold exactly in float64.
+    lam3 = 1.4210854715202004e-08
+    lam2 = lam3 - DEGENERATE_RTOL * lam3
+    assert lam3 - lam2 == DEGENERATE_RTOL * lam3
+    assert _gap_degenerate(lam2, lam3)  # "<=": the boundary is degenerate
+    assert not _gap_degenerate(float(np.nextafter(lam2, 0.0)), lam3)
     assert _gap_degenerate(1.0, 1.0)
     assert _gap_degenerate(0.5, 0.5 + DEGENERATE_RTOL * 0.25)  # well inside
     assert not _gap_degenerate(0.5, 0.5 + 2 * DEGENERATE_RTOL * 0.5)
@@ -442,6 +474,11 @@ def test_threshold_is_strict(eig: str) -> None:
     assert at.mask.sum() == 4 and at.seed_rc in block
     below = tokencut(feats, (4, 5), tau=0.4999, eig=eig)  # every pair is an edge
     assert_fixed_degenerate(below, 4, 5)
+    # tau is compared in float32, like the reference's float32 array against a Python
+    # float: 0.49999999 rounds to 0.5, so cos == 0.5 is still no edge.
+    assert np.float32(0.49999999) == np.float32(0.5)
+    rounded = tokencut(feats, (4, 5), tau=0.49999999, eig=eig)
+    assert not rounded.degenerate and rounded.box == at.box
     # The same at the self-cosine: with tau = 1.0 not even self-loops are edges.
     ones = tokencut(exact_grid(4, 5, {}), (4, 5), tau=1.0, eig=eig)
     assert_fixed_degenerate(ones, 4, 5)
