@@ -44,6 +44,10 @@ synthetic planted-object graphs (spec 5.2; non-degenerate cases):
   flipping patches close to the mean. ``L_sym`` is built in float64 and only the
   eigen-solve runs in float32; ``x``, the split and the reported eigenvalues are float64.
 
+On this package's own test set (64 structured graphs of 120-320 patches,
+``tests/test_tokencut.py``) torch64 gives the scipy box on 64/64 and torch32 on 63/64
+(bipartition 56/64).
+
 ``torch.lobpcg`` is deliberately not offered: in float32 its default tolerance exceeds
 ``λ2`` and it converges to wrong vectors (spec 5.2).
 
@@ -79,17 +83,25 @@ Batching: :func:`tokencut_batch` builds the graphs and Laplacians of ``B`` same-
 images and makes one batched ``torch.linalg.eigh`` call on the device; the split, seed
 and flip are batched tensor ops, and one device-to-host copy per batch brings back the
 eigenvectors, bipartitions, seeds, eigenvalues and flags. Only the connected components
-(``scipy.ndimage.label``) run per image on the CPU. Each image's result equals
-:func:`tokencut` on that image alone (bit for bit on the CPU, where the batched kernels
-are per-matrix loops; on CUDA, cuBLAS / cuSOLVER may choose batch-size dependent kernels,
-e.g. batched Jacobi ``syevj`` for ``N <= 32``, so there bit equality is not guaranteed).
+(``scipy.ndimage.label``) run per image on the CPU. With ``eig="scipy"`` the cosine
+matrices come to the CPU in one copy and each image is solved there.
+
+Each image's result equals :func:`tokencut` on that image alone. On the CPU this holds
+bit for bit (tested): :func:`tokencut` is the batch code with ``B = 1``, and because
+MKL's eigen-solver rounds differently with a matrix's memory alignment, every Laplacian
+is padded to ``M = N`` rounded up to a multiple of 8 nodes, the pad block being ``4·I``
+(decoupled, eigenvalue 4 above ``L_sym``'s spectrum in ``[0, 2]``), so that each matrix
+of a batch sits on the alignment of a lone one. On CUDA (not tested here: no GPU was
+available), cuBLAS / cuSOLVER may pick batch-size dependent kernels, e.g. batched Jacobi
+``syevj`` for ``N <= 32``, so bit equality is not guaranteed there.
 
 Complexity per image: ``O(N² d)`` for the cosines and ``O(N³)`` for the eigen-solve
 (``torch.linalg.eigh`` computes all ``N`` eigenpairs; scipy's subset driver only two).
-Memory: a few ``N x N`` arrays per image: ``S`` (float32), ``W`` / ``L_sym`` (float64,
-updated in place) and the float64 eigenvector matrix, e.g. about 13.5 MB each at
-``N = 1300``; peak about 4 such float64 matrices per image (plus float32 copies for
-``"torch32"``).
+Memory: a few ``N x N`` arrays per image, alive together: ``S`` (float32) and
+``S > tau`` (bool), the padded ``W`` / ``L_sym`` (float64, ``M x M``, built in place) and
+``torch.linalg.eigh``'s eigenvector matrix and workspace (float64, or float32 plus a
+float32 copy of ``L_sym`` for ``"torch32"``). One float64 ``N x N`` is 13.5 MB at
+``N = 1300``; budget about 5 of them per image, i.e. roughly 0.5 GB for a batch of 8.
 """
 
 from __future__ import annotations
@@ -107,7 +119,14 @@ import torch.nn.functional as F
 
 from lostreg.precision import strict_fp32
 
-__all__ = ["DEGENERATE_RTOL", "EIG_SOLVERS", "EigSolver", "TokenCutResult", "tokencut", "tokencut_batch"]
+__all__ = [
+    "DEGENERATE_RTOL",
+    "EIG_SOLVERS",
+    "EigSolver",
+    "TokenCutResult",
+    "tokencut",
+    "tokencut_batch",
+]
 
 EigSolver = Literal["scipy", "torch64", "torch32"]
 EIG_SOLVERS: tuple[str, ...] = ("scipy", "torch64", "torch32")
@@ -198,7 +217,9 @@ def _as_features(features: torch.Tensor, ndim: int) -> torch.Tensor:
     if features.dtype == torch.bool or features.is_complex():
         raise ValueError(f"features must be real numbers, got dtype {features.dtype}")
     if features.shape[-1] < 1:
-        raise ValueError(f"features must have at least one channel, got shape {tuple(features.shape)}")
+        raise ValueError(
+            f"features must have at least one channel, got shape {tuple(features.shape)}"
+        )
     # Cast before the finiteness check: float64 values beyond fp32 range become inf.
     features = features.to(torch.float32)
     if not bool(torch.isfinite(features).all()):
@@ -285,7 +306,9 @@ def _split_batch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
 # ------------------------------------------------------------------------ solvers
 
 
-def _fiedler_scipy(cosine: np.ndarray, tau: float, eps: float) -> tuple[np.ndarray, tuple[float, float], bool]:
+def _fiedler_scipy(
+    cosine: np.ndarray, tau: float, eps: float
+) -> tuple[np.ndarray, tuple[float, float], bool]:
     """The reference graph and eigen-call for one image.
 
     Args:
@@ -420,7 +443,9 @@ def _assemble(
     )
 
 
-def _run(features: torch.Tensor, rows: int, cols: int, tau: float, eps: float, eig: str) -> list[TokenCutResult]:
+def _run(
+    features: torch.Tensor, rows: int, cols: int, tau: float, eps: float, eig: str
+) -> list[TokenCutResult]:
     """TokenCut on validated (B, N, d) float32 features of one grid."""
     cosine = _cosine(features)
     if eig == "scipy":
@@ -443,10 +468,20 @@ def _run(features: torch.Tensor, rows: int, cols: int, tau: float, eps: float, e
 
     # One device-to-host copy for the batch; seeds (< 2**53) are exact in float64.
     n = x.shape[-1]
-    host = torch.cat(
-        [x, fg.to(torch.float64), seed.to(torch.float64)[:, None], lam, degenerate.to(torch.float64)[:, None]],
-        dim=-1,
-    ).cpu().numpy()
+    host = (
+        torch.cat(
+            [
+                x,
+                fg.to(torch.float64),
+                seed.to(torch.float64)[:, None],
+                lam,
+                degenerate.to(torch.float64)[:, None],
+            ],
+            dim=-1,
+        )
+        .cpu()
+        .numpy()
+    )
     results = []
     for row in host:
         results.append(

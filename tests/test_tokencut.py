@@ -50,9 +50,13 @@ A = (1.0, 1.0, 1.0, 1.0)
 E1, E2, E3 = (2.0, 0.0, 0.0, 0.0), (0.0, 2.0, 0.0, 0.0), (0.0, 0.0, 2.0, 0.0)
 
 
-def exact_grid(rows: int, cols: int, cells: dict[tuple[int, int], tuple[float, ...]], bg=A) -> torch.Tensor:
+def exact_grid(
+    rows: int, cols: int, cells: dict[tuple[int, int], tuple[float, ...]], bg=A
+) -> torch.Tensor:
     """(rows*cols, 4) float32: ``bg`` everywhere except the given (row, col) cells."""
-    return torch.tensor([cells.get((r, c), bg) for r in range(rows) for c in range(cols)], dtype=torch.float32)
+    return torch.tensor(
+        [cells.get((r, c), bg) for r in range(rows) for c in range(cols)], dtype=torch.float32
+    )
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -65,7 +69,9 @@ def structured_features(rng: np.random.Generator, rows: int, cols: int, d: int =
     rr, cc = (g.ravel() for g in np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij"))
     k = int(rng.integers(2, 5))
     centres = np.stack([rng.uniform(0, rows, k), rng.uniform(0, cols, k)], axis=1)
-    region = ((rr[:, None] - centres[:, 0]) ** 2 + (cc[:, None] - centres[:, 1]) ** 2).argmin(axis=1)
+    region = ((rr[:, None] - centres[:, 0]) ** 2 + (cc[:, None] - centres[:, 1]) ** 2).argmin(
+        axis=1
+    )
     protos = [_unit(rng.standard_normal(d)) for _ in range(k)]
     proto = np.stack([protos[r] for r in region])
     for _ in range(1 if rng.random() < 0.7 else 2):
@@ -75,7 +81,9 @@ def structured_features(rng: np.random.Generator, rows: int, cols: int, d: int =
         cy, cx = rng.uniform(0, rows), rng.uniform(0, cols)
         inside = ((rr - cy) / semi_r) ** 2 + ((cc - cx) / semi_c) ** 2 <= 1
         rho = rng.uniform(0.0, 0.6)  # correlation of the object with a background region
-        proto[inside] = _unit(rho * protos[rng.integers(k)] + np.sqrt(1 - rho**2) * _unit(rng.standard_normal(d)))
+        proto[inside] = _unit(
+            rho * protos[rng.integers(k)] + np.sqrt(1 - rho**2) * _unit(rng.standard_normal(d))
+        )
     # Random signal strength against unit noise: same-region cosines spread over ~[0, 0.6].
     feats = rng.uniform(0.2, 1.2, size=(n, 1)) * proto + rng.standard_normal((n, d)) / np.sqrt(d)
     if rng.random() < 0.5:
@@ -130,7 +138,9 @@ def _resolve(x: np.ndarray, fg: np.ndarray) -> tuple[np.ndarray, int]:
     return (fg if fg[seed] else ~fg), seed
 
 
-def reference_tokencut(features: np.ndarray, rows: int, cols: int, tau: float = 0.2, eps: float = 1e-5) -> dict:
+def reference_tokencut(
+    features: np.ndarray, rows: int, cols: int, tau: float = 0.2, eps: float = 1e-5
+) -> dict:
     """TokenCut on one image, written from the spec (sections 1.3-1.6 and 5.3)."""
     n = rows * cols
     unit = F.normalize(torch.from_numpy(features), p=2.0, dim=1, eps=1e-12)
@@ -189,7 +199,8 @@ def assert_fixed_degenerate(res: TokenCutResult, rows: int, cols: int) -> None:
 
 def assert_same_result(a: TokenCutResult, b: TokenCutResult, ctx: str = "") -> None:
     """Every field equal, bit for bit."""
-    assert (a.seed, a.box, a.degenerate, a.eigenvalues) == (b.seed, b.box, b.degenerate, b.eigenvalues), ctx
+    fields = ("seed", "box", "degenerate", "eigenvalues")
+    assert [getattr(a, f) for f in fields] == [getattr(b, f) for f in fields], ctx
     for name in ("mask", "bipartition", "eigenvector"):
         ta, tb = getattr(a, name), getattr(b, name)
         assert ta.dtype == tb.dtype and torch.equal(ta, tb), f"{ctx}: {name}"
@@ -214,7 +225,24 @@ def _check_against_reference(feats: np.ndarray, rows: int, cols: int, tau: float
     return ref
 
 
+STAT_KEYS = (
+    "cases",
+    "degenerate",
+    "flipped",
+    "zero_split_differs",
+    "median_split_differs",
+    "8_connectivity_differs",
+    "seed_near_tie",
+    "multi_component",
+)
+
+
+def _new_stats() -> dict[str, int]:
+    return dict.fromkeys(STAT_KEYS, 0)
+
+
 def _tally(stats: dict, ref: dict) -> None:
+    """Count which conventions a case tells apart (see the variants of the reference)."""
     if ref["degenerate"]:
         stats["degenerate"] += 1
         return
@@ -229,16 +257,21 @@ def _tally(stats: dict, ref: dict) -> None:
 
 def test_scipy_path_equals_reference_on_structured_graphs() -> None:
     rng = np.random.default_rng(1234)
-    stats = dict.fromkeys(
-        ("cases", "degenerate", "flipped", "zero_split_differs", "median_split_differs",
-         "8_connectivity_differs", "seed_near_tie", "multi_component"), 0)
+    stats = _new_stats()
     for i in range(36):
         rows, cols = int(rng.integers(6, 15)), int(rng.integers(6, 17))
         tau = float(rng.choice([0.2, 0.2, 0.1, 0.3]))
         feats = structured_features(rng, rows, cols)
-        _tally(stats, _check_against_reference(feats, rows, cols, tau, f"structured {i}: {rows}x{cols} tau={tau}"))
+        _tally(
+            stats,
+            _check_against_reference(
+                feats, rows, cols, tau, f"structured {i}: {rows}x{cols} tau={tau}"
+            ),
+        )
     # The cases must exercise each convention (else a wrong rule could pass unnoticed).
-    assert stats["cases"] >= 30 and stats["flipped"] >= 5 and stats["cases"] - stats["flipped"] >= 5, stats
+    assert (
+        stats["cases"] >= 30 and stats["flipped"] >= 5 and stats["cases"] - stats["flipped"] >= 5
+    ), stats
     assert stats["zero_split_differs"] >= 3 and stats["median_split_differs"] >= 3, stats
     assert stats["seed_near_tie"] >= 3 and stats["multi_component"] >= 3, stats
     assert stats["8_connectivity_differs"] >= 1, stats
@@ -246,16 +279,19 @@ def test_scipy_path_equals_reference_on_structured_graphs() -> None:
 
 def test_scipy_path_equals_reference_on_random_graphs() -> None:
     rng = np.random.default_rng(99)
-    stats = dict.fromkeys(
-        ("cases", "degenerate", "flipped", "zero_split_differs", "median_split_differs",
-         "8_connectivity_differs", "seed_near_tie", "multi_component"), 0)
+    stats = _new_stats()
     for i in range(40):
         rows, cols = int(rng.integers(2, 9)), int(rng.integers(2, 9))
         if rows * cols < 3:
             continue
         tau = float(rng.choice([-0.3, 0.0, 0.2, 0.5]))
         feats = random_features(rng, rows, cols)
-        _tally(stats, _check_against_reference(feats, rows, cols, tau, f"random {i}: {rows}x{cols} tau={tau}"))
+        _tally(
+            stats,
+            _check_against_reference(
+                feats, rows, cols, tau, f"random {i}: {rows}x{cols} tau={tau}"
+            ),
+        )
     assert stats["cases"] >= 25, stats
     assert stats["zero_split_differs"] >= 3 and stats["median_split_differs"] >= 3, stats
     assert stats["8_connectivity_differs"] >= 3 and stats["multi_component"] >= 5, stats
@@ -280,9 +316,13 @@ def test_torch_solvers_agree_with_scipy_on_structured_graphs() -> None:
             assert not s.degenerate, ctx  # the generator makes distinct objects
             assert not r64.degenerate and not r32.degenerate, ctx
             counts["cases"] += 1
-            np.testing.assert_allclose(r64.eigenvalues, s.eigenvalues, rtol=1e-9, atol=1e-13, err_msg=ctx)
+            np.testing.assert_allclose(
+                r64.eigenvalues, s.eigenvalues, rtol=1e-9, atol=1e-13, err_msg=ctx
+            )
             # Rayleigh-Ritz values: raw float32 eigenvalues would be off by ~1e-3 relative here.
-            np.testing.assert_allclose(r32.eigenvalues, s.eigenvalues, rtol=1e-5, atol=0, err_msg=ctx)
+            np.testing.assert_allclose(
+                r32.eigenvalues, s.eigenvalues, rtol=1e-5, atol=0, err_msg=ctx
+            )
             counts["fg64"] += bool(torch.equal(r64.bipartition, s.bipartition))
             counts["fg32"] += bool(torch.equal(r32.bipartition, s.bipartition))
             counts["box32"] += r32.box == s.box
@@ -308,7 +348,9 @@ def test_batch_equals_single_image(eig: str) -> None:
     rng = np.random.default_rng(5)
     rows, cols = 9, 13
     batch = [structured_features(rng, rows, cols) for _ in range(5)]
-    batch.append(np.tile(rng.standard_normal((1, 384)), (rows * cols, 1)).astype(np.float32))  # degenerate
+    batch.append(
+        np.tile(rng.standard_normal((1, 384)), (rows * cols, 1)).astype(np.float32)
+    )  # degenerate
     zeros = structured_features(rng, rows, cols)
     zeros[[3, 40, 41]] = 0.0
     batch.append(zeros)
@@ -361,7 +403,9 @@ def test_uniform_features_complete_graph_is_degenerate(eig: str) -> None:
 @pytest.mark.parametrize("eig", EIG_SOLVERS)
 def test_nothing_similar_empty_graph_is_degenerate(eig: str) -> None:
     # Orthonormal rows: every off-diagonal cosine is ~0 < tau, only self-loops remain.
-    q, _ = torch.linalg.qr(torch.randn(40, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(1)))
+    q, _ = torch.linalg.qr(
+        torch.randn(40, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    )
     res = tokencut(q[:30].float(), (5, 6), eig=eig)
     assert_fixed_degenerate(res, 5, 6)
     # W = eps 11ᵀ + (1 - eps) I: λ2 = λ3 = N eps / (1 + (N-1) eps) with the self-loops
@@ -428,7 +472,16 @@ def test_structure_rule() -> None:
     one_pair[1, 3] = True
     all_but_one = torch.ones(n, n, dtype=torch.bool)
     all_but_one[2, 0] = False
-    cases = torch.stack([eye, ~eye, complete_no_loops | eye, torch.zeros(n, n, dtype=torch.bool), one_pair, all_but_one])
+    cases = torch.stack(
+        [
+            eye,
+            ~eye,
+            complete_no_loops | eye,
+            torch.zeros(n, n, dtype=torch.bool),
+            one_pair,
+            all_but_one,
+        ]
+    )
     assert _structureless(cases).tolist() == [True, True, True, True, False, False]
 
 
@@ -490,7 +543,9 @@ def test_four_connectivity_and_box(eig: str) -> None:
     feats = exact_grid(4, 5, {(1, 1): E1, (2, 2): E1})
     res = tokencut(feats, (4, 5), tau=0.5, eig=eig)
     assert not res.degenerate
-    assert res.bipartition.sum() == 2 and bool(res.bipartition[1, 1]) and bool(res.bipartition[2, 2])
+    assert (
+        res.bipartition.sum() == 2 and bool(res.bipartition[1, 1]) and bool(res.bipartition[2, 2])
+    )
     assert res.mask.sum() == 1 and res.seed_rc in ((1, 1), (2, 2))
     r, c = res.seed_rc
     assert res.box == (c, r, c + 1, r + 1)  # 8-connectivity would give a 2x2 box
@@ -511,7 +566,9 @@ def test_split_invert_rule_with_exact_ties_at_the_mean() -> None:
     # inverted and index 1 (x == mean) joins the foreground; "-x > -mean" would leave it
     # out. Row 1: no flip, the tie stays background. Row 2: |x| tie between indices 0
     # and 2: the first one is the seed.
-    x = np.array([[-6.0, 0.0, 2.0, 2.0, 2.0], [6.0, 0.0, -2.0, -2.0, -2.0], [-5.0, 1.0, 5.0, -1.0, 0.0]])
+    x = np.array(
+        [[-6.0, 0.0, 2.0, 2.0, 2.0], [6.0, 0.0, -2.0, -2.0, -2.0], [-5.0, 1.0, 5.0, -1.0, 0.0]]
+    )
     expected = [
         ([6.0, 0.0, -2.0, -2.0, -2.0], [True, True, False, False, False], 0),
         ([6.0, 0.0, -2.0, -2.0, -2.0], [True, False, False, False, False], 0),
@@ -619,7 +676,9 @@ def test_precision_flags_restored() -> None:
         (torch.ones(12, 3), (3, 4), {"eig": None}, "eig"),
     ],
 )
-def test_invalid_inputs_raise(features: torch.Tensor, grid: tuple, kwargs: dict, match: str) -> None:
+def test_invalid_inputs_raise(
+    features: torch.Tensor, grid: tuple, kwargs: dict, match: str
+) -> None:
     with pytest.raises(ValueError, match=match):
         tokencut(features, grid_hw=grid, **kwargs)
 
