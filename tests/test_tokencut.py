@@ -372,17 +372,22 @@ def test_empty_batch() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu() -> None:
+    # Written without a GPU at hand: cuBLAS / cuSOLVER round differently from MKL, so a
+    # cosine at tau or a seed near-tie may legitimately change one box.
     rng = np.random.default_rng(11)
-    feats = torch.from_numpy(np.stack([structured_features(rng, 12, 16) for _ in range(6)]))
-    cpu = tokencut_batch(feats, (12, 16))
-    gpu = tokencut_batch(feats.cuda(), (12, 16))
-    for c, g in zip(cpu, gpu):
-        assert g.mask.device.type == "cpu" and g.eigenvector.device.type == "cpu"
-        assert (g.box, g.degenerate) == (c.box, c.degenerate)
-        torch.testing.assert_close(g.eigenvector, c.eigenvector, rtol=0, atol=1e-7)
-    for eig in ("torch64", "torch32", "scipy"):
-        for i, res in enumerate(tokencut_batch(feats.cuda(), (12, 16), eig=eig)):
-            assert res.box == tokencut(feats[i].cuda(), (12, 16), eig=eig).box
+    grid = (12, 16)
+    feats = torch.from_numpy(np.stack([structured_features(rng, *grid) for _ in range(6)]))
+    cpu = tokencut_batch(feats, grid)
+    gpu = tokencut_batch(feats.cuda(), grid)
+    assert all(g.mask.device.type == "cpu" and g.eigenvector.device.type == "cpu" for g in gpu)
+    assert sum(g.box == c.box for g, c in zip(gpu, cpu)) >= len(cpu) - 1
+    for g, c in zip(gpu, cpu):
+        if torch.equal(g.bipartition, c.bipartition):
+            torch.testing.assert_close(g.eigenvector, c.eigenvector, rtol=0, atol=1e-6)
+    for eig in EIG_SOLVERS:
+        batch = tokencut_batch(feats.cuda(), grid, eig=eig)
+        for i, res in enumerate(batch):
+            assert res.box == tokencut(feats[i].cuda(), grid, eig=eig).box, (eig, i)
 
 
 # ----------------------------------------------------------------- degenerate
@@ -632,7 +637,9 @@ def test_float64_and_numpy_inputs_match_float32() -> None:
     rng = np.random.default_rng(4)
     feats = structured_features(rng, 6, 8)
     ref = tokencut(torch.from_numpy(feats), (6, 8))
-    for other in (torch.from_numpy(feats).double(), feats):
+    strided = torch.from_numpy(np.ascontiguousarray(feats.T)).T  # non-contiguous view
+    grad = torch.from_numpy(feats).requires_grad_(True)
+    for other in (torch.from_numpy(feats).double(), feats, strided, grad):
         assert_same_result(tokencut(other, (6, 8)), ref)
     assert_same_result(tokencut_batch(feats[None], (6, 8))[0], ref)
 
