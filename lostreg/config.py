@@ -14,10 +14,13 @@ settings and datasets' in the nodes below. ``configs/*.yaml`` only pick config-g
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
+import os
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
 
 from hydra import compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
@@ -25,6 +28,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from lostreg.datasets.voc import DEFAULT_VOC_SPLIT
 from lostreg.protocol import DiscoveryProtocol, FeatureConfig, LostConfig, ProtocolError
 
 __all__ = [
@@ -35,7 +39,11 @@ __all__ = [
     "dataset_kwargs",
     "expand_sweeps",
     "protocol_from_config",
+    "dataset_identity",
     "result_affecting",
+    "run_identity",
+    "validate_execution",
+    "weights_identity",
 ]
 
 CONFIG_MODULE = "lostreg.configs"
@@ -74,7 +82,7 @@ class VocNode:
 
     name: str = MISSING
     root: str = "data"
-    split: str = "trainval"
+    split: str = DEFAULT_VOC_SPLIT
     no_hard: bool = False
 
 
@@ -117,14 +125,20 @@ class EvalNode:
     method: str = DiscoveryProtocol.method
     features: FeatureNode = field(default_factory=FeatureNode)  # type: ignore[valid-type]
     lost: LostNode = field(default_factory=LostNode)  # type: ignore[valid-type]
-    #: downscale images whose longer side exceeds this (null = native resolution, the protocol)
+    #: downscale images whose longer side exceeds this (null or 0 = native resolution, the protocol)
     max_size: Optional[int] = None
     # Execution: none of these can change a box, so a run may be resumed with other values.
     device: str = "auto"
     batch_size: int = 8
     num_workers: int = 2
-    # Deterministic, so that re-running the same command resumes the same run.
-    run_dir: str = "outputs/${dataset.name}/${backbone.name}/${lostreg_protocol:${method},${features},${lost}}"
+    #: only the first N images of the dataset (a smoke test); the same run directory completes later
+    limit: Optional[int] = None
+    #: start afresh: delete the run directory's predictions, metrics and config first
+    overwrite: bool = False
+    # Deterministic, so that re-running the same command resumes the same run; it names what
+    # changes results (dataset variant, backbone and weights, protocol, max_size), see run_identity.
+    run_dir: str = ("outputs/${lostreg_dataset_dir:${dataset}}/${lostreg_backbone_dir:${backbone.name},${weights}}/"
+                    "${lostreg_protocol_dir:${method},${features},${lost},${max_size}}")
 
 
 def _register_schema() -> None:
@@ -137,14 +151,44 @@ def _register_schema() -> None:
     store.store(group="schema/dataset", name="folder", node=FolderNode)
 
 
-def _protocol_name(method: str, features: DictConfig, lost: DictConfig) -> str:
-    """Run-directory name of a protocol: ``k_layer-1_k100_bias0.0`` (see :attr:`DiscoveryProtocol.name`)."""
-    return DiscoveryProtocol.from_mapping({"method": method, "features": features, "lost": lost}).name
+#: Dataset settings that only say where the files are (the same data may live elsewhere).
+LOCATION_KEYS = ("root", "filelist_path", "cache_dir", "annotation_json", "image_dir")
+#: Dataset settings that neither locate files nor choose images or ground truth.
+_DATASET_CHECK_KEYS = ("expected_count",)
+
+
+def _protocol_dir(method: str, features: DictConfig, lost: DictConfig, max_size: int | None) -> str:
+    """Run-directory name of a protocol: ``k_layer-1_k100_bias0.0`` (see :attr:`DiscoveryProtocol.name`),
+    plus ``_max1024`` when images are downscaled."""
+    name = DiscoveryProtocol.from_mapping({"method": method, "features": features, "lost": lost}).name
+    return name + (f"_max{max_size}" if max_size else "")
+
+
+def _dataset_dir(dataset: DictConfig) -> str:
+    """``voc07``; ``voc07_small``, ``voc12_nohard`` for other variants; ``folder_<name>``, ``coco_<json stem>``."""
+    name = str(dataset.name)
+    if name in ("voc07", "voc12"):
+        split = str(dataset.get("split", DEFAULT_VOC_SPLIT))
+        return name + ("" if split == DEFAULT_VOC_SPLIT else f"_{split}") + ("_nohard" if dataset.get("no_hard") else "")
+    if name == "folder":
+        return f"folder_{Path(str(dataset.root)).expanduser().resolve().name or 'root'}"
+    if name == "coco":
+        return f"coco_{Path(str(dataset.annotation_json)).stem}"
+    return name
+
+
+def _backbone_dir(backbone: str, weights: str) -> str:
+    """``dinov2_vits14_reg`` (pretrained), ``dinov2_vits14_reg-random``, ``dinov2_vits14_reg-<file stem>``."""
+    if weights == "pretrained":
+        return backbone
+    return f"{backbone}-{'random' if weights == 'random' else Path(weights).stem}"
 
 
 _register_schema()
 # Used by the schema's default run_dir.
-OmegaConf.register_new_resolver("lostreg_protocol", _protocol_name, replace=True)
+OmegaConf.register_new_resolver("lostreg_protocol_dir", _protocol_dir, replace=True)
+OmegaConf.register_new_resolver("lostreg_dataset_dir", _dataset_dir, replace=True)
+OmegaConf.register_new_resolver("lostreg_backbone_dir", _backbone_dir, replace=True)
 
 
 class ConfigError(ValueError):
@@ -203,6 +247,82 @@ def result_affecting(cfg: DictConfig) -> dict[str, Any]:
     container = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(container, dict)
     return {key: container.get(key) for key in RESULT_KEYS}
+
+
+def _real_path(value: Any) -> str | None:
+    return None if value is None else os.path.realpath(os.path.expanduser(str(value)))
+
+
+def _file_digest(path: str) -> str:
+    """sha256 of a small file (the COCO20k list), or the resolved path when it cannot be read."""
+    try:
+        return hashlib.sha256(Path(path).expanduser().read_bytes()).hexdigest()
+    except OSError:
+        return f"unreadable:{_real_path(path)}"
+
+
+def dataset_identity(dataset: Mapping[str, Any]) -> dict[str, Any]:
+    """What chooses a dataset's images and ground truth, independent of how its location is spelled.
+
+    The published datasets (VOC07, VOC12) are the same wherever they live: their location keys are
+    left out. COCO20k is its file list (by content). A COCO file or a folder of one's own is its
+    location, resolved (``./data`` and ``/home/u/data`` are one folder).
+    """
+    name = str(dataset.get("name"))
+    identity = {k: v for k, v in dataset.items() if k not in LOCATION_KEYS + _DATASET_CHECK_KEYS}
+    if name == "coco20k":
+        identity["filelist_sha256"] = _file_digest(str(dataset.get("filelist_path")))
+    elif name not in ("voc07", "voc12"):
+        identity.update({k: _real_path(dataset[k]) for k in LOCATION_KEYS if k in dataset})
+    return identity
+
+
+def weights_identity(weights: Any) -> Any:
+    """``pretrained`` / ``random`` as they are; a checkpoint file as its resolved path and size."""
+    if weights in ("pretrained", "random", None):
+        return weights
+    path = _real_path(weights)
+    try:
+        size = os.path.getsize(str(path))
+    except OSError:
+        size = None
+    return {"file": path, "bytes": size}
+
+
+def run_identity(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a resolved config that can change a result, normalised: two configs with equal
+    identities may share a run directory.
+
+    Included: the dataset (:func:`dataset_identity`), backbone, weights (:func:`weights_identity`),
+    the discovery protocol (missing keys of older run directories take their defaults) and
+    ``max_size`` (0 and null both mean native resolution). Left out: execution settings (device,
+    batch size, workers, ``limit``, ``overwrite``, ``run_dir``) and how paths are spelled.
+    """
+    identity: dict[str, Any] = {
+        "dataset": dataset_identity(config.get("dataset") or {}),
+        "backbone": dict(config.get("backbone") or {}),
+        "weights": weights_identity(config.get("weights")),
+        "max_size": config.get("max_size") or None,
+    }
+    identity.update(DiscoveryProtocol.from_mapping(config).as_dict())
+    return identity
+
+
+def validate_execution(cfg: DictConfig) -> None:
+    """Check the execution settings' ranges (types are the schema's).
+
+    Raises:
+        ConfigError: one line naming the key and the allowed values.
+    """
+    checks = (("batch_size", cfg.batch_size, 1), ("num_workers", cfg.num_workers, 0))
+    for key, value, low in checks:
+        if value < low:
+            raise ConfigError(f"{key} must be >= {low}, got {value}")
+    if cfg.max_size is not None and cfg.max_size < 0:
+        raise ConfigError(f"max_size must be a number of pixels >= 1, or 0 / null for native resolution; "
+                          f"got {cfg.max_size}")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise ConfigError(f"limit must be >= 1 (or null for every image), got {cfg.limit}")
 
 
 def protocol_from_config(cfg: DictConfig) -> DiscoveryProtocol:

@@ -320,6 +320,19 @@ class RunDir:
         finally:
             handle.close()  # closing the descriptor releases the lock
 
+    def clear(self) -> list[str]:
+        """Remove the run's files (config, predictions, metrics, sessions) to start afresh.
+
+        Only the files this module names are removed, never anything else in the folder; the
+        caller holds :meth:`lock`. Returns the names removed.
+        """
+        removed = []
+        for path in (self.preds_path, self.metrics_path, self.info_path, self.config_path):
+            if path.is_file():
+                path.unlink()
+                removed.append(path.name)
+        return removed
+
     def write_metrics(self, metrics: Mapping[str, Any]) -> None:
         """Replace ``metrics.json`` atomically."""
         atomic_write_json(self.metrics_path, dict(metrics))

@@ -348,3 +348,35 @@ def test_needs_a_run_dir(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["compare"])
     assert info.value.code == 2
+
+
+def test_other_splits_are_their_own_rows_without_published_numbers(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A 20-image split and a no_hard run are labelled and never set beside the published trainval numbers."""
+    full = make_run(tmp_path, "full", "dino_vits16", "voc07", 61.0)
+    small = make_run(tmp_path, "small", "dino_vits16", "voc07", 70.0, overrides=("dataset.split=small",))
+    no_hard = make_run(tmp_path, "nohard", "dino_vits16", "voc07", 65.0, overrides=("dataset.no_hard=true",))
+    for path, images in ((small, 20), (no_hard, 4900)):  # what such runs count
+        metrics = json.loads((path / "metrics.json").read_text())
+        metrics.update(total=images, num_images=images)
+        (path / "metrics.json").write_text(json.dumps(metrics))
+    code, out, err = compare(capsys, str(full), str(small), str(no_hard))
+    assert code == 0 and "two runs" not in err, "no run is dropped"
+    _, rows, notes = parse_markdown(out)
+    assert rows[("dino_vits16", "default")]["VOC07 published"] == "61.9"
+    assert (rows[("dino_vits16", "split=small")]["VOC07 ours"], rows[("dino_vits16", "split=small")]["VOC07 published"]) \
+        == ("70.00", "-")
+    assert rows[("dino_vits16", "no_hard")]["VOC07 published"] == "-"
+    assert any("not comparable with published numbers: dino_vits16 [split=small] VOC07: split=small" in n for n in notes)
+
+
+def test_a_partial_copy_of_a_published_dataset_is_not_compared(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    run = make_run(tmp_path, "r", "dino_vits16", "voc07", 50.0)
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics.update(total=300, num_images=300)  # a 300-image "trainval": not the published 5011
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    _, out, _ = compare(capsys, str(run))
+    _, rows, notes = parse_markdown(out)
+    assert rows[("dino_vits16", "default")]["VOC07 published"] == "-"
+    assert any("300 images, not the published 5011" in n for n in notes)

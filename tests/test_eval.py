@@ -296,3 +296,74 @@ def test_bad_override_is_one_clear_error(capsys: pytest.CaptureFixture[str]) -> 
     assert main(["eval", "backbone=nonexistent"]) == 2
     err = capsys.readouterr().err
     assert "backbone/nonexistent" in err and "dinov2_reg" in err
+
+
+def test_a_killed_run_is_visible_and_honest(small_voc: tuple[Path, list], tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """After SIGKILL, metrics.json reflects the batches done (complete: false): compare, report and
+    export all show the partial run as incomplete, and resuming says how much was done."""
+    root, _ = small_voc
+    args = ["eval", "--no-progress", "backbone=pixels", "dataset=voc07", f"dataset.root={root}",
+            "batch_size=2", "num_workers=0", f"run_dir={tmp_path / 'cut'}"]
+    script = tmp_path / "killer.py"
+    script.write_text(_KILLER)
+    killed = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    metrics = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert metrics["complete"] is False and metrics["total"] == 4 and metrics["num_images"] == 12
+
+    assert main(["compare", str(tmp_path / "cut")]) == 0
+    out = capsys.readouterr().out
+    assert "*" in out and "incomplete" in out and "4/12 images" in out
+    assert main(["report", str(tmp_path / "cut"), "-o", str(tmp_path / "r.html"), "--no-progress"]) == 0
+    assert "incomplete: 4 of 12 images" in (tmp_path / "r.html").read_text()
+    assert main(["export", str(tmp_path / "cut"), "--format", "coco", "--out", str(tmp_path / "x.json")]) == 0
+    assert "is incomplete (4 of 12 images)" in capsys.readouterr().err
+
+    assert main(args) == 0
+    assert "4/12 images already done, 8 to go" in capsys.readouterr().err
+    assert main(args) == 0
+    assert "already complete (12/12 images)" in capsys.readouterr().err
+
+
+def test_limit_then_complete_and_overwrite(small_voc: tuple[Path, list], tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    root, _ = small_voc
+    base = ["eval", "--no-progress", "backbone=pixels", "dataset=voc07", f"dataset.root={root}", "num_workers=0",
+            f"run_dir={tmp_path / 'run'}"]
+    assert main(base + ["limit=5"]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert (metrics["total"], metrics["num_images"], metrics["complete"]) == (5, 12, False)
+    assert main(base) == 0, "limit is not part of the run's identity: the same directory completes"
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["complete"] is True
+    capsys.readouterr()
+    assert main(base + ["lost.k_patches=3"]) == 2  # another configuration: refused ...
+    assert main(base + ["lost.k_patches=3", "overwrite=true"]) == 0  # ... unless started afresh
+    assert "overwrite=true: removed" in capsys.readouterr().err
+    config = (tmp_path / "run" / "config.yaml").read_text()
+    assert "k_patches: 3" in config and len(read_preds(tmp_path / "run")) == 12
+
+
+def test_default_run_dir_names_what_changes_results(small_voc: tuple[Path, list], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The split, no_hard and weights are in the default run directory; an equivalent spelling of
+    the dataset root (VOCdevkit itself) resumes the same run."""
+    root, _ = small_voc
+    monkeypatch.chdir(tmp_path)
+    base = ["eval", "--no-progress", "backbone=pixels", "dataset=voc07", "num_workers=0"]
+    assert main(base + [f"dataset.root={root}"]) == 0
+    assert main(base + [f"dataset.root={root / 'VOCdevkit'}"]) == 0  # same data, other spelling
+    assert main(base + [f"dataset.root={root}", "dataset.no_hard=true"]) == 0
+    runs = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "outputs").glob("*/*/*"))
+    assert runs == ["outputs/voc07/pixels/k_layer-1_k100_bias0.0", "outputs/voc07_nohard/pixels/k_layer-1_k100_bias0.0"]
+
+
+def test_multirun_prints_the_table_of_the_runs_that_ran(small_voc: tuple[Path, list], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    root, _ = small_voc
+    code = main(["eval", "--multirun", "--no-progress", "backbone=pixels", "dataset=voc07", f"dataset.root={root}",
+                 "lost.k_patches=10,0", "num_workers=0", f"run_dir={tmp_path}/k${{lost.k_patches}}"])
+    captured = capsys.readouterr()
+    assert code == 2 and "lost.k_patches must be >= 1" in captured.err
+    assert captured.out.count("CorLoc: ") == 1 and "| pixels | k=10 |" in captured.out
+    assert not (tmp_path / "k0").exists()

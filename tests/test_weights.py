@@ -135,6 +135,24 @@ def test_pickled_code_is_refused(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+def test_load_failures_give_the_right_advice(tmp_path: Path) -> None:
+    """Never torch's "re-run with weights_only=False" (it would run the file's code), never ANSI codes."""
+    noise = tmp_path / "noise.pth"
+    noise.write_bytes(bytes(range(256)) * 8)
+    pickled = tmp_path / "model.pth"
+    torch.save({"x": _Payload(str(tmp_path / "m"))}, pickled)
+    messages = {}
+    for path in (noise, pickled, tmp_path):
+        with pytest.raises(WeightsError) as err:
+            build_backbone("dino", weights=str(path), device="cpu")
+        messages[path] = str(err.value)
+    for message in messages.values():
+        assert "weights_only=False" not in message and "\x1b" not in message and "\n" not in message
+    assert "not a PyTorch checkpoint" in messages[noise]
+    assert "pickled Python objects" in messages[pickled] and "state_dict()" in messages[pickled]
+    assert "is a folder, not a weights file" in messages[tmp_path]
+
+
 class _Payload:
     def __init__(self, marker: str) -> None:
         self.marker = marker

@@ -106,7 +106,8 @@ class Backbone(abc.ABC):
             self.layer_index(key.layer)
         except ValueError:
             n = self.num_layers
-            raise ValueError(f"features.layer must be in [{-n}, {n - 1}] ({self.name} has {n} blocks), "
+            blocks = f"{n} block" + ("s" if n != 1 else "")
+            raise ValueError(f"features.layer must be in [{-n}, {n - 1}] ({self.name} has {blocks}), "
                              f"got {key.layer!r}") from None
 
     def extract(self, images: torch.Tensor, which: FeatureKind = "k", layer: int = -1) -> torch.Tensor:

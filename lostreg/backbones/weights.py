@@ -16,8 +16,10 @@ safetensors). Official facebookresearch layouts are converted to timm's key name
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import socket
+import zipfile
 from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
@@ -34,6 +36,8 @@ class WeightsUnavailableError(RuntimeError):
     """Pretrained weights are neither cached nor downloadable (e.g. offline)."""
 
 
+#: Terminal colour codes (torch puts some in its messages): never in a one-line error.
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _WRAPPER_KEYS = ("teacher", "model", "state_dict", "module")
 _STRIP_PREFIXES = ("module.", "backbone.", "encoder.")
 # Keys that belong to heads or training-only parts, never to the feature extractor.
@@ -47,6 +51,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         WeightsError: missing, unreadable, pickled code, or no tensors inside.
     """
     path = Path(path)
+    if path.is_dir():
+        raise WeightsError(f"{path}: is a folder, not a weights file; pass the .pth / .safetensors file itself")
     if not path.is_file():
         raise WeightsError(f"{path}: no such weights file")
     try:
@@ -57,15 +63,36 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch/pickle/safetensors raise many types; report one line
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise WeightsError(
-            f"{path}: cannot read weights ({reason[:200]}); expected a PyTorch state dict "
-            "(.pth/.pt, loadable with weights_only=True) or a .safetensors file"
-        ) from None
+        raise WeightsError(f"{path}: {_load_failure(path, err)}") from None
     state = _unwrap(obj)
     if not state:
         raise WeightsError(f"{path}: contains no tensors")
     return state
+
+
+_EXPECTED = ("expected a PyTorch state dict (.pth/.pt, loadable with weights_only=True) or a .safetensors "
+             "file")
+
+
+def _load_failure(path: Path, err: Exception) -> str:
+    """Why a file did not load, in one line, and what to do (not torch's advice to unpickle it).
+
+    torch's ``weights_only`` errors suggest ``weights_only=False``: the wrong fix here, since that
+    runs whatever code the file carries. A file that is a real PyTorch archive or pickle but
+    holds other objects than tensors gets its own reason; anything else is not a checkpoint.
+    """
+    with open(path, "rb") as f:
+        head = f.read(2)
+    is_torch_file = zipfile.is_zipfile(path) or head[:1] == b"\x80"  # torch.save's zip, or a raw pickle
+    if path.suffix != ".safetensors" and is_torch_file and isinstance(err, pickle.UnpicklingError):
+        return ("cannot read weights: the file holds pickled Python objects besides tensors (a whole model "
+                "or training state?) and lostreg never runs pickled code; save model.state_dict() (or use "
+                "safetensors) and pass that file")
+    if path.suffix != ".safetensors" and not is_torch_file:
+        return f"cannot read weights (not a PyTorch checkpoint: corrupt, or another format); {_EXPECTED}"
+    text = _ANSI.sub("", str(err)).strip()
+    reason = text.splitlines()[0] if text else type(err).__name__
+    return f"cannot read weights ({reason[:200]}); {_EXPECTED}"
 
 
 def _unwrap(obj: object) -> dict[str, torch.Tensor]:
@@ -181,8 +208,8 @@ def hub_weights_file(timm_name: str, connect_timeout_s: float = 3.0) -> Path:
             f"pretrained weights for {timm_name} are not cached and the Hugging Face hub cannot be "
             f"reached (timm wanted {wanted}). On a machine with internet, download that file "
             + (f"or the official checkpoint {official} " if official else "")
-            + "and pass it with --weights PATH, or use --weights random to try the pipeline "
-            "(boxes are then meaningless)."
+            + "and pass it as the weights (--weights PATH; for lostreg eval: weights=PATH), or use random "
+            "weights to try the pipeline (--weights random / weights=random; boxes are then meaningless)."
         )
     last_error: Exception | None = None
     for filename in filenames:

@@ -47,6 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"downscale images whose longer side exceeds this first (default {DEFAULT_MAX_SIZE}; "
                              "0 = native resolution); boxes are always in original pixels")
     parser.add_argument("--recursive", action="store_true", help="search folders recursively")
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="images per forward pass (default 1); consecutive images of one padded size are "
+                             "batched; boxes do not depend on it")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 Source = tuple[str, Callable[[], "np.ndarray"]]
@@ -72,6 +76,24 @@ def _png_name(image: str, used: set[str]) -> str:
     return name
 
 
+RESULTS_FILE = "discoveries.jsonl"
+
+
+def _remove_stale_pictures(output: Path) -> None:
+    """Delete the PNGs an earlier ``discover`` listed in ``output/discoveries.jsonl`` (and only those):
+    a re-run on fewer or other images must not leave pictures of the old ones beside the new."""
+    listing = output / RESULTS_FILE
+    if not listing.is_file():
+        return
+    for line in listing.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            name = json.loads(line).get("png")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(name, str) and Path(name).name == name and name.endswith(".png"):
+            (output / name).unlink(missing_ok=True)
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -88,6 +110,10 @@ def run(args: argparse.Namespace) -> int:
         protocol = protocol_from_args(args)
         if args.max_size < 0:
             raise ValueError(f"--max-size must be >= 0 (0 = native resolution), got {args.max_size}")
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        if args.output is not None and args.output.exists() and not args.output.is_dir():
+            raise ValueError(f"--output {args.output}: exists and is not a folder; --output takes a folder")
     except errors as err:
         error(err)
         return 2
@@ -106,45 +132,76 @@ def run(args: argparse.Namespace) -> int:
         error(as_flag(str(err)))
         return 2
 
-    failed = len(problems)
-    used_names: set[str] = set()
     results_file = None
     if args.output is not None:
         args.output.mkdir(parents=True, exist_ok=True)
-        results_file = (args.output / "discoveries.jsonl").open("w")
+        _remove_stale_pictures(args.output)
+        results_file = (args.output / RESULTS_FILE).open("w", encoding="utf-8")
+    used_names: set[str] = set()
+    failed = 0
+
+    def record_failure(name: str, message: str) -> None:
+        nonlocal failed
+        error(message)
+        failed += 1
+        if results_file:
+            results_file.write(json.dumps({"image": name, "error": message}) + "\n")
+            results_file.flush()
+
+    def emit(name: str, image: "np.ndarray", found) -> None:  # type: ignore[no-untyped-def]
+        record = found.to_json()
+        tqdm.write(json.dumps(record), file=sys.stdout)
+        sys.stdout.flush()
+        if results_file is not None:
+            record["png"] = _png_name(name, used_names)
+            label = found.backbone + (" (RANDOM weights)" if backbone.is_random else "")
+            picture = draw_discovery(image, found.box_xyxy, found.seed_box_xyxy, label=label)
+            save_png(picture, args.output / record["png"])
+            results_file.write(json.dumps(record) + "\n")
+            results_file.flush()
+
+    def flush(pending: list) -> None:  # type: ignore[type-arg]
+        """Discover a run of consecutive same-size images in one pass; retry one by one on failure."""
+        try:
+            found = discoverer.discover_batch([prepared for _, _, prepared in pending])
+        except Exception:  # e.g. CUDA out of memory: find the image at fault, record it, go on
+            for name, image, prepared in pending:
+                try:
+                    emit(name, image, discoverer.discover_batch([prepared])[0])
+                except Exception as err:  # noqa: BLE001 - recorded, the others go on
+                    record_failure(name, f"{name}: {type(err).__name__}: {err}")
+            return
+        for (name, image, _), one in zip(pending, found):
+            emit(name, image, one)
+
     try:
-        bar = tqdm(sources, desc="discover", unit="img", disable=len(sources) < 2, file=sys.stderr)
+        for problem in problems:  # inputs that named no image: recorded like failed images
+            if results_file:
+                results_file.write(json.dumps({"image": problem.path, "error": str(problem)}) + "\n")
+        pending: list = []  # type: ignore[type-arg]
+        bar = tqdm(sources, desc="discover", unit="img", disable=args.no_progress or len(sources) < 2,
+                   file=sys.stderr)
         for name, load in bar:
             try:
                 image = load()
-                found = discoverer.discover(image, name)
-            except (ImageReadError, ImageTooSmallError) as err:
-                message = str(err) if isinstance(err, ImageReadError) else f"{name}: {err}"
-                error(message)
-                failed += 1
-                if results_file:
-                    results_file.write(json.dumps({"image": name, "error": message}) + "\n")
+                prepared = discoverer.prepare(image, name)
+            except ImageReadError as err:
+                record_failure(name, str(err))
                 continue
-            except Exception as err:  # e.g. CUDA out of memory on a huge image: record, go on
-                error(f"{name}: {type(err).__name__}: {err}")
-                failed += 1
-                if results_file:
-                    results_file.write(json.dumps({"image": name, "error": f"{type(err).__name__}: {err}"}) + "\n")
+            except ImageTooSmallError as err:
+                record_failure(name, f"{name}: {err}")
                 continue
-            record = found.to_json()
-            tqdm.write(json.dumps(record), file=sys.stdout)
-            sys.stdout.flush()
-            if args.output is not None:
-                record["png"] = _png_name(name, used_names)
-                label = found.backbone + (" (RANDOM weights)" if backbone.is_random else "")
-                picture = draw_discovery(image, found.box_xyxy, found.seed_box_xyxy, label=label)
-                save_png(picture, args.output / record["png"])
-                assert results_file is not None
-                results_file.write(json.dumps(record) + "\n")
-                results_file.flush()
+            if pending and (len(pending) == args.batch_size
+                            or prepared.padded.tensor.shape != pending[0][2].padded.tensor.shape):
+                flush(pending)
+                pending = []
+            pending.append((name, image, prepared))
+        if pending:
+            flush(pending)
     finally:
         if results_file:
             results_file.close()
+    failed += len(problems)
     if failed:
         error(f"{failed} of {len(sources) + len(problems)} inputs failed")
     return 1 if failed else 0

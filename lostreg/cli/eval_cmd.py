@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         run_dirs.append(Path(cfg.run_dir))
         _report(metrics, Path(cfg.run_dir))
-    if len(run_dirs) > 1:
+    if args.multirun and run_dirs:  # the table of the runs that did run, even if others failed
         from lostreg.evaluation.compare import build_table, load_runs, to_markdown
 
         print(to_markdown(build_table(load_runs([str(d) for d in run_dirs]), include_published=True)))

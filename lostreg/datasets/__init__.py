@@ -35,6 +35,7 @@ __all__ = [
     "COCO20K_NUM_IMAGES",
     "DATASET_NAMES",
     "IMAGE_EXTENSIONS",
+    "PUBLISHED_SIZES",
     "Coco20kDataset",
     "CocoDataset",
     "DatasetLayoutError",
@@ -54,8 +55,11 @@ __all__ = [
 
 DATASET_NAMES = ("voc07", "voc12", "coco20k", "coco", "folder")
 
-# Published split sizes (spec section 5), to tell a user whether a local copy is complete.
-_EXPECTED_IMAGES = {("voc07", "trainval"): 5011, ("voc12", "trainval"): 11540, ("coco20k", None): COCO20K_NUM_IMAGES}
+#: Image counts of the datasets the papers report on (spec section 5): VOC07 and VOC12 trainval, COCO20k.
+PUBLISHED_SIZES = {"voc07": 5011, "voc12": 11540, "coco20k": COCO20K_NUM_IMAGES}
+# Published split sizes, to tell a user whether a local copy is complete.
+_EXPECTED_IMAGES = {("voc07", "trainval"): PUBLISHED_SIZES["voc07"], ("voc12", "trainval"): PUBLISHED_SIZES["voc12"],
+                    ("coco20k", None): PUBLISHED_SIZES["coco20k"]}
 
 
 def build_dataset(name: str, **kwargs: Any) -> ImageDataset:

@@ -17,7 +17,11 @@ import numpy as np
 from lostreg.boxes import voc_to_xyxy
 from lostreg.datasets.base import DatasetLayoutError, ImageDataset, ImageRecord, describe_layout
 
-__all__ = ["VOCDataset", "VocAnnotation", "VocObject", "parse_voc_xml", "resolve_voc_root"]
+__all__ = [
+    "DEFAULT_VOC_SPLIT", "VOCDataset", "VocAnnotation", "VocObject", "parse_voc_xml", "resolve_voc_root"]
+
+#: The split the papers report on (5011 VOC07 / 11540 VOC12 images).
+DEFAULT_VOC_SPLIT = "trainval"
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +205,7 @@ class VOCDataset(ImageDataset):
         self,
         root: str | Path,
         year: str = "2007",
-        split: str = "trainval",
+        split: str = DEFAULT_VOC_SPLIT,
         no_hard: bool = False,
     ) -> None:
         year = str(year)

@@ -31,6 +31,7 @@ from lostreg.evaluation.runs import (
     load_run,
     load_runs,
 )
+from lostreg.datasets import PUBLISHED_SIZES
 from lostreg.protocol import DiscoveryProtocol, describe_protocol
 
 __all__ = [
@@ -163,6 +164,15 @@ def _sources(table: Table) -> list[str]:
     return sources
 
 
+def published_value(row: Row, dataset: str) -> float | None:
+    """The published CorLoc shown in ``row`` for ``dataset``: only beside a run on the published data
+    (:attr:`RunSummary.comparable`) or where the row has no run of that dataset."""
+    run = row.runs.get(dataset)
+    if row.published is None or (run is not None and not run.comparable):
+        return None
+    return row.published.corloc(dataset)
+
+
 def corloc_cell(run: RunSummary | None) -> str:
     """Our CorLoc as a cell: two decimals, ``*`` incomplete, ``n/a`` no CorLoc, ``-`` no run."""
     if run is None:
@@ -226,8 +236,12 @@ def table_text(table: Table) -> TableText:
             if run is not None and not run.complete:
                 footnotes.append(f"* incomplete: {row.backbone} [{row.protocol}] {DATASET_LABELS.get(d, d)}: "
                                  f"{_progress(run)} ({run.run_dir})")
+            if run is not None and d in published_cols and not run.comparable:
+                why = " ".join(run.variant) or f"{run.num_images} images, not the published {PUBLISHED_SIZES.get(d)}"
+                footnotes.append(f"not comparable with published numbers: {row.backbone} [{row.protocol}] "
+                                 f"{DATASET_LABELS.get(d, d)}: {why} ({run.run_dir})")
             if d in published_cols:
-                value = row.published.corloc(d) if row.published is not None else None
+                value = published_value(row, d)
                 cells.append("-" if value is None else f"{value:.1f}")
         if published_cols:
             cells.append(f"[{sources.index(row.published.source) + 1}]" if row.published is not None else "")
@@ -283,7 +297,7 @@ def csv_rows(table: Table) -> list[list[str]]:
                 cells += ["" if run.corloc is None else repr(run.corloc), str(run.total), str(run.num_images),
                           str(int(run.complete))]
             if d in published_cols:
-                value = row.published.corloc(d) if row.published is not None else None
+                value = published_value(row, d)
                 cells.append("" if value is None else repr(value))
         if published_cols:
             cells += [row.published.label, row.published.source] if row.published is not None else ["", ""]

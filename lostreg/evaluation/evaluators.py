@@ -36,6 +36,10 @@ Line = dict[str, Any]
 class DatasetEvaluator(abc.ABC):
     """Accumulates prediction lines and turns them into metrics."""
 
+    #: Cheap enough to evaluate after every batch (``metrics.json`` during a run); otherwise
+    #: evaluated at the end of a session only.
+    per_batch: bool = True
+
     @abc.abstractmethod
     def reset(self) -> None:
         """Forget every line processed so far."""
@@ -80,8 +84,11 @@ class CorLoc(DatasetEvaluator):
 class ClassAgnosticAP(DatasetEvaluator):
     """COCO AP@[.5:.95] and AP50 of the pseudo-boxes, one category (:func:`lostreg.evaluation.ap.pseudo_box_ap`).
 
-    ``ap`` and ``ap50`` are fractions in [0, 1], None without any ground-truth box.
+    ``ap`` and ``ap50`` are fractions in [0, 1], None without any ground-truth box. COCOeval
+    takes seconds on a large dataset, so it runs at the end of a session only.
     """
+
+    per_batch = False
 
     def __init__(self) -> None:
         self._lines: list[Line] = []
@@ -113,9 +120,12 @@ class DatasetEvaluators(DatasetEvaluator):
         for evaluator in self.evaluators:
             evaluator.process(lines)
 
-    def evaluate(self) -> dict[str, Any]:
+    def evaluate(self, final: bool = True) -> dict[str, Any]:
+        """Every evaluator's metrics; with ``final=False`` only the per-batch (cheap) ones."""
         metrics: dict[str, Any] = {}
         for evaluator in self.evaluators:
+            if not final and not evaluator.per_batch:
+                continue
             result = evaluator.evaluate()
             clash = metrics.keys() & result.keys()
             if clash:

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -32,16 +32,15 @@ from tqdm import tqdm
 
 from lostreg import __version__
 from lostreg.backbones import Backbone, build_backbone, resolve_device
-from lostreg.config import RESULT_KEYS, dataset_kwargs, protocol_from_config
+from lostreg.config import dataset_kwargs, protocol_from_config, run_identity, validate_execution
 from lostreg.datasets import build_dataset
 from lostreg.datasets.base import ImageDataset, ImageRecord
 from lostreg.discovery import Discovery, ObjectDiscoverer
-from lostreg.evaluation.evaluators import DatasetEvaluators, default_evaluators, prediction_counts
+from lostreg.evaluation.evaluators import default_evaluators, prediction_counts
 from lostreg.evaluation.loading import LoadedItem, iterate_prepared, split_by_shape
-from lostreg.protocol import DiscoveryProtocol
 from lostreg.rundir import PredictionStore, RunConfigMismatch, RunDir
 
-__all__ = ["EvalJob", "PredictionStore", "RunConfigMismatch", "prediction_record", "run_eval", "run_identity"]
+__all__ = ["EvalJob", "PredictionStore", "RunConfigMismatch", "prediction_record", "run_eval"]
 
 
 def prediction_record(record: ImageRecord, found: Discovery | None, error: str | None) -> dict[str, Any]:
@@ -109,17 +108,6 @@ def _git_state() -> dict[str, Any] | None:
     return {"commit": commit, "dirty": bool(dirty)}
 
 
-def run_identity(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of a resolved config that can change a result, normalised.
-
-    Missing protocol keys of older run directories (``method``, ``features.l2_normalize``) take
-    their defaults, so those directories are still found by the same command.
-    """
-    identity = {key: config.get(key) for key in RESULT_KEYS}
-    identity.update(DiscoveryProtocol.from_mapping(config).as_dict())
-    return identity
-
-
 BackboneBuilder = Callable[[str, str, str], Backbone]
 
 
@@ -148,31 +136,43 @@ class EvalJob:
                 :func:`lostreg.backbones.build_backbone`); called after the cheap checks.
 
         Raises:
-            ProtocolError, DatasetLayoutError, UnknownBackboneError, WeightsError, ValueError:
-                one line each; nothing has been written.
+            ConfigError, ProtocolError, DatasetLayoutError, UnknownBackboneError, WeightsError,
+                ValueError: one line each; nothing has been written.
         """
+        validate_execution(cfg)
         protocol = protocol_from_config(cfg)
         dataset = build_dataset(str(cfg.dataset.name), **dataset_kwargs(cfg))
         if backbone is None:
             device = str(resolve_device(str(cfg.device)))
             build = builder or (lambda name, weights, dev: build_backbone(name, weights=weights, device=dev))
             backbone = build(str(cfg.backbone.name), str(cfg.weights), device)
-        max_size = None if cfg.max_size is None else int(cfg.max_size)
-        discoverer = ObjectDiscoverer(backbone, protocol, max_size=max_size)
+        # 0 and null both mean native resolution, as for `lostreg discover --max-size 0`.
+        discoverer = ObjectDiscoverer(backbone, protocol, max_size=cfg.max_size or None)
         return cls(cfg, dataset, discoverer, RunDir(cfg.run_dir))
 
-    def run(self, progress: bool = True, command: str | None = None) -> dict[str, Any]:
+    def run(self, progress: bool = True, command: str | None = None,
+            log: Callable[[str], None] | None = None) -> dict[str, Any]:
         """Run (or resume) the session; return the metrics written to ``metrics.json``.
+
+        Args:
+            progress: show a progress bar on stderr.
+            command: how the run was started, recorded in ``run.json`` and in the lock.
+            log: where one-line notes go ("resuming: 33/60 images already done"); default stderr.
 
         Raises:
             RunConfigMismatch, RunLockedError: the run directory belongs to another config or writer.
             KeyboardInterrupt: after saving everything computed so far.
         """
+        log = log or (lambda text: print(text, file=sys.stderr))
         with self.run_dir.lock(command):
+            if self.cfg.overwrite:
+                removed = self.run_dir.clear()
+                if removed:
+                    log(f"overwrite=true: removed {', '.join(removed)} from {self.run_dir.path}")
             container = OmegaConf.to_container(self.cfg, resolve=True)
             assert isinstance(container, dict)
             self.run_dir.pin_config(container, run_identity)
-            return _run_session(self.cfg, self.dataset, self.discoverer, self.run_dir, progress, command)
+            return _Session(self, progress, command, log).run()
 
 
 def run_eval(
@@ -182,82 +182,100 @@ def run_eval(
     return EvalJob.prepare(cfg, backbone=backbone).run(progress=progress, command=command)
 
 
-def _run_session(
-    cfg: DictConfig,
-    dataset: ImageDataset,
-    discoverer: ObjectDiscoverer,
-    run_dir: RunDir,
-    progress: bool,
-    command: str | None,
-) -> dict[str, Any]:
+class _Session:
     """One session on a pinned, locked run directory: resume, process what is left, record."""
-    store = run_dir.store()
-    preds = store.load()
-    evaluators = default_evaluators(dataset.has_ground_truth)
-    done_lines = [preds[r.image_id] for r in dataset if r.image_id in preds]
-    evaluators.process(done_lines)
-    todo = [r for r in dataset if r.image_id not in preds]
-    timer = _Timer()
-    session: dict[str, Any] = {
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": command or " ".join(sys.argv),
-        "resumed_with": len(preds),
-        "device": str(discoverer.backbone.device), "batch_size": int(cfg.batch_size),
-        "num_workers": int(cfg.num_workers), "versions": _versions(), "git": _git_state(),
-    }
-    interrupted = False
-    try:
-        if todo:
-            _process(cfg, dataset, todo, discoverer, evaluators, done_lines, store, timer, progress)
-    except KeyboardInterrupt:
-        interrupted = True
-        raise
-    finally:
+
+    def __init__(self, job: EvalJob, progress: bool, command: str | None, log: Callable[[str], None]) -> None:
+        self.job = job
+        self.progress = progress
+        self.command = command
+        self.log = log
+        self.store = job.run_dir.store()
+        self.evaluators = default_evaluators(job.dataset.has_ground_truth)
+        self.done_lines: list[dict[str, Any]] = []
+        self.timer = _Timer()
+
+    def metrics(self, final: bool) -> dict[str, Any]:
+        """Every evaluator's metrics (costly ones only when ``final``), counts, timings."""
+        cfg = self.job.cfg
         metrics: dict[str, Any] = {"corloc": None, "hits": None}
-        metrics.update(evaluators.evaluate())
-        metrics.update(prediction_counts(done_lines, len(dataset)))
-        metrics.update(dataset=str(cfg.dataset.name), backbone=str(cfg.backbone.name), timings=timer.as_dict())
-        run_dir.write_metrics(metrics)
-        session.update(timings=timer.as_dict(), interrupted=interrupted)
-        run_dir.append_session(session)
-    return metrics
+        metrics.update(self.evaluators.evaluate(final=final))
+        metrics.update(prediction_counts(self.done_lines, len(self.job.dataset)))
+        metrics.update(dataset=str(cfg.dataset.name), backbone=str(cfg.backbone.name), timings=self.timer.as_dict())
+        return metrics
 
+    def run(self) -> dict[str, Any]:
+        job, cfg = self.job, self.job.cfg
+        dataset = job.dataset
+        preds = self.store.load()
+        self.done_lines = [preds[r.image_id] for r in dataset if r.image_id in preds]
+        self.evaluators.process(self.done_lines)
+        selected = list(dataset) if cfg.limit is None else list(dataset)[: cfg.limit]
+        todo = [r for r in selected if r.image_id not in preds]
+        self._announce(len(selected), len(todo))
+        session: dict[str, Any] = {
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": self.command or " ".join(sys.argv),
+            "resumed_with": len(preds),
+            "device": str(job.discoverer.backbone.device), "batch_size": int(cfg.batch_size),
+            "num_workers": int(cfg.num_workers), "limit": cfg.limit,
+            "versions": _versions(), "git": _git_state(),
+        }
+        interrupted = False
+        # From here on the directory always holds metrics of what is on disk, even after a kill.
+        job.run_dir.write_metrics(self.metrics(final=False))
+        try:
+            if todo:
+                self._process(todo)
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
+        finally:
+            metrics = self.metrics(final=True)
+            job.run_dir.write_metrics(metrics)
+            session.update(timings=self.timer.as_dict(), interrupted=interrupted)
+            job.run_dir.append_session(session)
+        return metrics
 
-def _process(
-    cfg: DictConfig,
-    dataset: ImageDataset,
-    todo: list[ImageRecord],
-    discoverer: ObjectDiscoverer,
-    evaluators: DatasetEvaluators,
-    done_lines: list[dict[str, Any]],
-    store: PredictionStore,
-    timer: _Timer,
-    progress: bool,
-) -> None:
-    device = discoverer.backbone.device
-    hits = sum(bool(line.get("hit")) for line in done_lines)
-    bar = tqdm(total=len(dataset), initial=len(done_lines), desc=f"{cfg.dataset.name} {discoverer.backbone.name}",
-               unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True)
-    batches = iterate_prepared(todo, discoverer.preparer, int(cfg.batch_size), int(cfg.num_workers),
-                               pin_memory=device.type == "cuda")
-    try:
-        waited = time.monotonic()
-        for items in batches:
-            timer.load_wait_s += time.monotonic() - waited
-            start = time.monotonic()
-            lines = _discover_items(discoverer, items)
-            evaluators.process(lines)  # scores the new lines (hit, iou) before they are stored
-            timer.compute_s += time.monotonic() - start
-            store.append(lines)
-            done_lines += lines
-            hits += sum(bool(line.get("hit")) for line in lines)
-            timer.images += len(lines)
-            bar.update(len(lines))
-            if dataset.has_ground_truth:
-                bar.set_postfix_str(f"CorLoc {100.0 * hits / len(done_lines):.2f}")
+    def _announce(self, selected: int, todo: int) -> None:
+        done, total = len(self.done_lines), len(self.job.dataset)
+        where = self.job.run_dir.path
+        if todo == 0:
+            what = "already complete" if done == total else f"the first {selected} images (limit) are already done"
+            self.log(f"{where}: {what} ({done}/{total} images); nothing to run")
+        elif done:
+            self.log(f"resuming {where}: {done}/{total} images already done, {todo} to go")
+
+    def _process(self, todo: list[ImageRecord]) -> None:
+        job, cfg = self.job, self.job.cfg
+        discoverer, dataset = job.discoverer, job.dataset
+        device = discoverer.backbone.device
+        hits = sum(bool(line.get("hit")) for line in self.done_lines)
+        bar = tqdm(total=len(self.done_lines) + len(todo), initial=len(self.done_lines),
+                   desc=f"{cfg.dataset.name} {discoverer.backbone.name}", unit="img", disable=not self.progress,
+                   file=sys.stderr, dynamic_ncols=True)
+        batches = iterate_prepared(todo, discoverer.preparer, int(cfg.batch_size), int(cfg.num_workers),
+                                   pin_memory=device.type == "cuda")
+        timer = self.timer
+        try:
             waited = time.monotonic()
-    finally:
-        bar.close()
+            for items in batches:
+                timer.load_wait_s += time.monotonic() - waited
+                start = time.monotonic()
+                lines = _discover_items(discoverer, items)
+                self.evaluators.process(lines)  # scores the new lines (hit, iou) before they are stored
+                timer.compute_s += time.monotonic() - start
+                self.store.append(lines)
+                self.done_lines += lines
+                job.run_dir.write_metrics(self.metrics(final=False))
+                hits += sum(bool(line.get("hit")) for line in lines)
+                timer.images += len(lines)
+                bar.update(len(lines))
+                if dataset.has_ground_truth:
+                    bar.set_postfix_str(f"CorLoc {100.0 * hits / len(self.done_lines):.2f}")
+                waited = time.monotonic()
+        finally:
+            bar.close()
 
 
 def _discover_items(discoverer: ObjectDiscoverer, items: list[LoadedItem]) -> list[dict[str, Any]]:

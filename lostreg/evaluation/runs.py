@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from lostreg.backbones.registry import is_weight_free
+from lostreg.datasets import PUBLISHED_SIZES
+from lostreg.datasets.voc import DEFAULT_VOC_SPLIT
 from lostreg.evaluation.published import PublishedResult, published_for
 from lostreg.protocol import DiscoveryProtocol, FeatureConfig, LostConfig, ProtocolError
 from lostreg.rundir import CONFIG_FILE, METRICS_FILE, RunDir, RunError
@@ -94,13 +96,34 @@ class RunSummary:
         return self.weights == "random" and not is_weight_free(self.backbone)
 
     @property
+    def variant(self) -> list[str]:
+        """How the run's data departs from the dataset's published form: ``["split=val", "no_hard"]``."""
+        parts = []
+        split = self.dataset_config.get("split")
+        if self.dataset in ("voc07", "voc12") and split not in (None, DEFAULT_VOC_SPLIT):
+            parts.append(f"split={split}")
+        if self.dataset_config.get("no_hard"):
+            parts.append("no_hard")
+        return parts
+
+    @property
+    def comparable(self) -> bool:
+        """Whether published numbers of its dataset apply: the published split, all of its images.
+
+        A run still in progress on that split is comparable (its cell is marked incomplete); a
+        20-image split or a ``no_hard`` run is not.
+        """
+        return not self.variant and self.num_images == PUBLISHED_SIZES.get(self.dataset)
+
+    @property
     def protocol(self) -> str:
-        """The departures from the default protocol, e.g. ``"which=q layer=-2"``, or ``"default"``."""
+        """The departures from the default protocol and data, e.g. ``"which=q layer=-2"``, or ``"default"``."""
         parts = self.discovery.departures()
         if self.max_size is not None:
             parts.append(f"max_size={self.max_size}")
         if self.weights != _DEFAULT_WEIGHTS and not is_weight_free(self.backbone):
             parts.append(f"weights={self.weights}")
+        parts += self.variant
         return " ".join(parts) or DEFAULT_PROTOCOL_TEXT
 
     @property
