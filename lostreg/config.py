@@ -29,7 +29,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from lostreg.datasets.voc import DEFAULT_VOC_SPLIT
-from lostreg.protocol import DiscoveryProtocol, FeatureConfig, LostConfig, ProtocolError
+from lostreg.protocol import DiscoveryProtocol, FeatureConfig, LostConfig, ProtocolError, TokenCutConfig
 
 __all__ = [
     "CONFIG_MODULE",
@@ -50,7 +50,7 @@ CONFIG_MODULE = "lostreg.configs"
 
 #: Config sections that can change a prediction. A run directory refuses to mix results
 #: whose values here differ; device, batch_size, num_workers and run_dir may change freely.
-RESULT_KEYS = ("backbone", "dataset", "weights", "method", "lost", "features", "max_size")
+RESULT_KEYS = ("backbone", "dataset", "weights", "method", "lost", "tokencut", "features", "max_size")
 
 
 def _schema_node(cls: type) -> type:
@@ -67,6 +67,7 @@ def _schema_node(cls: type) -> type:
 
 FeatureNode = _schema_node(FeatureConfig)
 LostNode = _schema_node(LostConfig)
+TokenCutNode = _schema_node(TokenCutConfig)
 
 
 @dataclass
@@ -125,6 +126,7 @@ class EvalNode:
     method: str = DiscoveryProtocol.method
     features: FeatureNode = field(default_factory=FeatureNode)  # type: ignore[valid-type]
     lost: LostNode = field(default_factory=LostNode)  # type: ignore[valid-type]
+    tokencut: TokenCutNode = field(default_factory=TokenCutNode)  # type: ignore[valid-type]
     #: downscale images whose longer side exceeds this (null or 0 = native resolution, the protocol)
     max_size: Optional[int] = None
     # Execution: none of these can change a box, so a run may be resumed with other values.
@@ -138,7 +140,7 @@ class EvalNode:
     # Deterministic, so that re-running the same command resumes the same run; it names what
     # changes results (dataset variant, backbone and weights, protocol, max_size), see run_identity.
     run_dir: str = ("outputs/${lostreg_dataset_dir:${dataset}}/${lostreg_backbone_dir:${backbone.name},${weights}}/"
-                    "${lostreg_protocol_dir:${method},${features},${lost},${max_size}}")
+                    "${lostreg_protocol_dir:${method},${features},${lost},${tokencut},${max_size}}")
 
 
 def _register_schema() -> None:
@@ -157,10 +159,12 @@ LOCATION_KEYS = ("root", "filelist_path", "cache_dir", "annotation_json", "image
 _DATASET_CHECK_KEYS = ("expected_count",)
 
 
-def _protocol_dir(method: str, features: DictConfig, lost: DictConfig, max_size: int | None) -> str:
+def _protocol_dir(method: str, features: DictConfig, lost: DictConfig, tokencut: DictConfig,
+                  max_size: int | None) -> str:
     """Run-directory name of a protocol: ``k_layer-1_k100_bias0.0`` (see :attr:`DiscoveryProtocol.name`),
     plus ``_max1024`` when images are downscaled."""
-    name = DiscoveryProtocol.from_mapping({"method": method, "features": features, "lost": lost}).name
+    sections = {"method": method, "features": features, "lost": lost, "tokencut": tokencut}
+    name = DiscoveryProtocol.from_mapping(sections).name
     return name + (f"_max{max_size}" if max_size else "")
 
 
@@ -304,7 +308,7 @@ def run_identity(config: Mapping[str, Any]) -> dict[str, Any]:
         "weights": weights_identity(config.get("weights")),
         "max_size": config.get("max_size") or None,
     }
-    identity.update(DiscoveryProtocol.from_mapping(config).as_dict())
+    identity.update(DiscoveryProtocol.from_mapping(config).identity())
     return identity
 
 

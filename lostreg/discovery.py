@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from lostreg.backbones import Backbone
 from lostreg.boxes import patch_box_to_pixels, rescale_box_xyxy
 from lostreg.io.images import load_image_rgb
-from lostreg.lost import LostResult, lost
+from lostreg.lost import LostResult
+from lostreg.methods import MethodResult, run_method
 from lostreg.preprocess import ImagePreparer, PreparedImage
 from lostreg.protocol import DiscoveryProtocol, FeatureConfig, LostConfig
 
@@ -67,12 +68,14 @@ class Discovery:
     seed_rc: tuple[int, int]
     seed_box_xyxy: Box
     backbone: str
-    result: LostResult = field(repr=False)
+    result: MethodResult = field(repr=False)
     processed_hw: tuple[int, int]
 
     @property
     def lost(self) -> LostResult:
         """The LOST result (``result`` under the method's own name)."""
+        if not isinstance(self.result, LostResult):
+            raise AttributeError(f"this discovery ran {type(self.result).__name__}, not LOST: use .result")
         return self.result
 
     def to_json(self) -> dict[str, Any]:
@@ -135,7 +138,7 @@ class ObjectDiscoverer:
             raise ValueError(f"a batch needs one padded size, got {sorted(shapes)}")
         images = torch.stack([it.padded.tensor for it in items])
         features = self.backbone.extract(images, *self.protocol.features.key)
-        return [self.locate(item, feats) for item, feats in zip(items, features)]
+        return self.locate_batch(items, features)
 
     def discover(self, image_rgb: np.ndarray, name: str = "<array>") -> Discovery:
         """Main object of one (H, W, 3) uint8 RGB image."""
@@ -153,10 +156,20 @@ class ObjectDiscoverer:
             features: (rows*cols, D) float, row-major over ``item.padded.grid_hw``, prefix tokens
                 dropped, as :meth:`Backbone.extract` gives them (normalised here if the protocol says so).
         """
-        grid_hw = item.padded.grid_hw
-        knobs = self.protocol.lost
-        result = lost(features_for_method(features, self.protocol.features), grid_hw,
-                      k_patches=knobs.k_patches, gram_bias=knobs.gram_bias)
+        return self.locate_batch([item], features[None])[0]
+
+    def locate_batch(self, items: Sequence[PreparedImage], features: torch.Tensor) -> list[Discovery]:
+        """The method on a batch of same-grid images' features (one batched call), boxes in original pixels.
+
+        Args:
+            items: the prepared images, all of one padded size.
+            features: (B, rows*cols, D) float, as :meth:`Backbone.extract` gives them.
+        """
+        grid_hw = items[0].padded.grid_hw
+        results = run_method(self.protocol, features_for_method(features, self.protocol.features), grid_hw)
+        return [self._discovery(item, result) for item, result in zip(items, results)]
+
+    def _discovery(self, item: PreparedImage, result: MethodResult) -> Discovery:
         p = self.backbone.patch_size
         processed_hw = item.padded.image_hw
         row, col = result.seed_rc

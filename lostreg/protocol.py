@@ -7,8 +7,8 @@ protocol: raw keys of the last block, k = 100, no Gram bias):
 * :class:`FeatureConfig` — what the backbone hands over: ``which`` (q, k or v of the attention's
   qkv projection), ``layer`` (block, negative from the end), ``l2_normalize`` (per patch).
 * :class:`LostConfig` — LOST's own knobs: ``k_patches``, ``gram_bias``.
-* :class:`DiscoveryProtocol` — ``method`` (``lost`` today; the seam where another method such as
-  TokenCut plugs in) plus the two above.
+* :class:`TokenCutConfig` — TokenCut's knobs: ``tau``, ``eps``, ``eig`` (the eigen-solver).
+* :class:`DiscoveryProtocol` — ``method`` (``lost`` or ``tokencut``) plus the sections above.
 
 The hydra schema (:mod:`lostreg.config`), the argparse flags of every command
 (:func:`lostreg.cli.common.protocol_parent_parser`), the run-directory names, the comparison
@@ -27,6 +27,7 @@ from typing import Any, Literal, Mapping, NamedTuple
 __all__ = [
     "FEATURE_KINDS",
     "METHODS",
+    "EIG_SOLVERS",
     "DiscoveryProtocol",
     "FeatureConfig",
     "FeatureKey",
@@ -34,6 +35,7 @@ __all__ = [
     "LostConfig",
     "ProtocolError",
     "RopeMode",
+    "TokenCutConfig",
     "describe_protocol",
 ]
 
@@ -43,7 +45,9 @@ RopeMode = Literal["pre", "post"]
 #: The slices of an attention qkv projection, in channel order.
 FEATURE_KINDS: tuple[str, ...] = ("q", "k", "v")
 #: Discovery methods lostreg runs (``method=`` in configs, ``--method`` on the command line).
-METHODS: tuple[str, ...] = ("lost",)
+METHODS: tuple[str, ...] = ("lost", "tokencut")
+#: TokenCut's eigen-solvers (:mod:`lostreg.tokencut`): the reference call, float64 and float32 torch.
+EIG_SOLVERS: tuple[str, ...] = ("scipy", "torch64", "torch32")
 
 
 class ProtocolError(ValueError):
@@ -116,12 +120,43 @@ class LostConfig:
 
 
 @dataclass(frozen=True)
+class TokenCutConfig:
+    """TokenCut's knobs (spec tokencut.md; Wang et al. 2022 defaults).
+
+    Attributes:
+        tau: cosine threshold of the binary graph (``W = 1`` where cosine > tau, else ``eps``).
+        eps: weight of the non-edges (> 0: the graph stays connected).
+        eig: eigen-solver: ``scipy`` (the reference's call, CPU), ``torch64`` (default, batched on
+            the device), ``torch32`` (faster, 98.6% box parity on the spec's graphs).
+    """
+
+    tau: float = 0.2
+    eps: float = 1e-5
+    eig: str = "torch64"
+
+    def validate(self) -> None:
+        """Raise :class:`ProtocolError` for a value out of range."""
+        if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not math.isfinite(self.tau):
+            raise ProtocolError(f"tokencut.tau must be a finite number, got {self.tau!r}")
+        if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not self.eps > 0 \
+                or not math.isfinite(self.eps):
+            raise ProtocolError(f"tokencut.eps must be a finite number > 0, got {self.eps!r}")
+        if self.eig not in EIG_SOLVERS:
+            raise ProtocolError(f"tokencut.eig must be one of {', '.join(EIG_SOLVERS)}; got {self.eig!r}")
+
+
+@dataclass(frozen=True)
 class DiscoveryProtocol:
-    """Everything that turns backbone features into a box: the method, its features and its knobs."""
+    """Everything that turns backbone features into a box: the method, its features and its knobs.
+
+    Each method reads its own section (``lost`` or ``tokencut``); the other's knobs are kept but
+    play no part (and are left out of names and comparisons).
+    """
 
     method: str = "lost"
     features: FeatureConfig = field(default_factory=FeatureConfig)
     lost: LostConfig = field(default_factory=LostConfig)
+    tokencut: TokenCutConfig = field(default_factory=TokenCutConfig)
 
     def validate(self) -> "DiscoveryProtocol":
         """Check every value; return ``self`` so calls chain.
@@ -133,7 +168,16 @@ class DiscoveryProtocol:
             raise ProtocolError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
         self.features.validate()
         self.lost.validate()
+        self.tokencut.validate()
         return self
+
+    def knobs(self) -> dict[str, Any]:
+        """The chosen method's own knobs, e.g. ``{"k_patches": 100, "gram_bias": 0.0}`` for LOST."""
+        return dataclasses.asdict(getattr(self, self.method))
+
+    def identity(self) -> dict[str, Any]:
+        """What can change a box: the method, the features and the chosen method's knobs only."""
+        return {"method": self.method, "features": dataclasses.asdict(self.features), self.method: self.knobs()}
 
     def as_dict(self) -> dict[str, Any]:
         """Plain nested dict (``{"method", "features": {...}, "lost": {...}}``) for JSON summaries."""
@@ -158,7 +202,8 @@ class DiscoveryProtocol:
             return kind(**values)
 
         method = data.get("method", cls.method)
-        return cls(method=str(method), features=build(FeatureConfig, "features"), lost=build(LostConfig, "lost"))
+        return cls(method=str(method), features=build(FeatureConfig, "features"), lost=build(LostConfig, "lost"),
+                   tokencut=build(TokenCutConfig, "tokencut"))
 
     @property
     def name(self) -> str:
@@ -167,10 +212,15 @@ class DiscoveryProtocol:
         The LOST method's name keeps the form of earlier lostreg versions, so their run
         directories are found again by the same command.
         """
-        f, lost = self.features, self.lost
-        text = f"{f.which}_layer{f.layer}_k{lost.k_patches}_bias{float(lost.gram_bias)}"
-        text += "_l2" if f.l2_normalize else ""
-        return text if self.method == "lost" else f"{self.method}_{text}"
+        f, lost, cut = self.features, self.lost, self.tokencut
+        if self.method == "tokencut":
+            default = TokenCutConfig()
+            text = f"tokencut_{f.which}_layer{f.layer}_tau{float(cut.tau)}"
+            text += "" if cut.eps == default.eps else f"_eps{cut.eps:g}"
+            text += "" if cut.eig == default.eig else f"_{cut.eig}"
+        else:
+            text = f"{f.which}_layer{f.layer}_k{lost.k_patches}_bias{float(lost.gram_bias)}"
+        return text + ("_l2" if f.l2_normalize else "")
 
     def departures(self) -> list[str]:
         """How this protocol differs from the default one, e.g. ``["which=q", "layer=-2"]``."""
@@ -182,10 +232,14 @@ class DiscoveryProtocol:
             parts.append(f"which={self.features.which}")
         if self.features.layer != default.features.layer:
             parts.append(f"layer={self.features.layer}")
-        if self.lost.k_patches != default.lost.k_patches:
-            parts.append(f"k={self.lost.k_patches}")
-        if self.lost.gram_bias != default.lost.gram_bias:
-            parts.append(f"bias={self.lost.gram_bias:g}")
+        if self.method == "lost":
+            if self.lost.k_patches != default.lost.k_patches:
+                parts.append(f"k={self.lost.k_patches}")
+            if self.lost.gram_bias != default.lost.gram_bias:
+                parts.append(f"bias={self.lost.gram_bias:g}")
+        else:
+            parts += [f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
+                      for name, value in self.knobs().items() if value != getattr(TokenCutConfig(), name)]
         if self.features.l2_normalize != default.features.l2_normalize:
             parts.append("l2")
         return parts
@@ -199,6 +253,7 @@ def describe_protocol(protocol: DiscoveryProtocol) -> str:
     f = protocol.features
     layer = "the last layer" if f.layer == -1 else f"layer {f.layer}"
     text = f"{'L2-normalised' if f.l2_normalize else 'raw'} {_KIND_WORDS.get(f.which, f.which)} of {layer}"
-    if protocol.method != "lost":
-        return f"{protocol.method}: {text}"
+    if protocol.method == "tokencut":
+        cut = protocol.tokencut
+        return f"TokenCut on {text}, tau={cut.tau:g}, eps={cut.eps:g}, eig={cut.eig}"
     return f"{text}, k={protocol.lost.k_patches}, Gram bias {protocol.lost.gram_bias:g}"

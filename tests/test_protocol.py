@@ -8,7 +8,14 @@ import pytest
 
 from lostreg.cli.common import as_flag, protocol_from_args, protocol_overrides, protocol_parent_parser
 from lostreg.config import ConfigError, compose_config, protocol_from_config
-from lostreg.protocol import DiscoveryProtocol, FeatureConfig, LostConfig, ProtocolError, describe_protocol
+from lostreg.protocol import (
+    DiscoveryProtocol,
+    FeatureConfig,
+    LostConfig,
+    ProtocolError,
+    TokenCutConfig,
+    describe_protocol,
+)
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -74,4 +81,11 @@ def test_names_and_descriptions() -> None:
     assert DiscoveryProtocol(features=FeatureConfig("v", -3)).departures() == ["which=v", "layer=-3"]
     assert describe_protocol(DiscoveryProtocol()) == "raw keys of the last layer, k=100, Gram bias 0"
     assert DiscoveryProtocol().as_dict() == {"method": "lost", "features": {"which": "k", "layer": -1,
-                                             "l2_normalize": False}, "lost": {"k_patches": 100, "gram_bias": 0.0}}
+                                             "l2_normalize": False}, "lost": {"k_patches": 100, "gram_bias": 0.0},
+                                             "tokencut": {"tau": 0.2, "eps": 1e-5, "eig": "torch64"}}
+    # Identity: the chosen method's knobs only (TokenCut's tau cannot change a LOST box).
+    assert DiscoveryProtocol().identity() == {"method": "lost", "features": {"which": "k", "layer": -1,
+                                              "l2_normalize": False}, "lost": {"k_patches": 100, "gram_bias": 0.0}}
+    cut = DiscoveryProtocol(method="tokencut", tokencut=TokenCutConfig(tau=0.3, eig="scipy"))
+    assert cut.name == "tokencut_k_layer-1_tau0.3_scipy" and cut.departures() == ["method=tokencut", "tau=0.3",
+                                                                                   "eig=scipy"]

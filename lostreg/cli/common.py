@@ -10,7 +10,16 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from lostreg.protocol import FEATURE_KINDS, METHODS, DiscoveryProtocol, FeatureConfig, LostConfig, ProtocolError
+from lostreg.protocol import (
+    EIG_SOLVERS,
+    FEATURE_KINDS,
+    METHODS,
+    DiscoveryProtocol,
+    FeatureConfig,
+    LostConfig,
+    ProtocolError,
+    TokenCutConfig,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from lostreg.backbones import Backbone
@@ -69,6 +78,12 @@ def protocol_parent_parser() -> argparse.ArgumentParser:
                        help=f"LOST k: lowest-degree patches that may join the seed (default {LostConfig.k_patches})")
     group.add_argument("--gram-bias", type=float, default=LostConfig.gram_bias,
                        help=f"LOST: added to the Gram matrix (default {LostConfig.gram_bias:g})")
+    group.add_argument("--tau", type=float, default=TokenCutConfig.tau,
+                       help=f"TokenCut: cosine threshold of the graph (default {TokenCutConfig.tau:g})")
+    group.add_argument("--eps", type=float, default=TokenCutConfig.eps,
+                       help=f"TokenCut: weight of non-edges (default {TokenCutConfig.eps:g})")
+    group.add_argument("--eig", choices=EIG_SOLVERS, default=TokenCutConfig.eig,
+                       help=f"TokenCut: eigen-solver (default {TokenCutConfig.eig}; scipy = the reference's call)")
     return parser
 
 
@@ -82,6 +97,7 @@ def protocol_from_args(args: argparse.Namespace) -> DiscoveryProtocol:
         method=args.method,
         features=FeatureConfig(which=args.which, layer=args.layer, l2_normalize=args.l2_normalize),
         lost=LostConfig(k_patches=args.k_patches, gram_bias=args.gram_bias),
+        tokencut=TokenCutConfig(tau=args.tau, eps=args.eps, eig=args.eig),
     )
     try:
         return protocol.validate()
@@ -95,7 +111,7 @@ def protocol_overrides(args: argparse.Namespace) -> list[str]:
     out = []
     if protocol.method != _DEFAULT.method:
         out.append(f"method={protocol.method}")
-    for section in ("features", "lost"):
+    for section in ("features", "lost", "tokencut"):
         ours, default = getattr(protocol, section), getattr(_DEFAULT, section)
         for name, value in vars(ours).items():
             if value != getattr(default, name):
@@ -104,7 +120,8 @@ def protocol_overrides(args: argparse.Namespace) -> list[str]:
 
 
 _FLAGS = {"features.which": "--which", "features.layer": "--layer", "features.l2_normalize": "--l2-normalize",
-          "lost.k_patches": "--k-patches", "lost.gram_bias": "--gram-bias", "method": "--method"}
+          "lost.k_patches": "--k-patches", "lost.gram_bias": "--gram-bias", "method": "--method",
+          "tokencut.tau": "--tau", "tokencut.eps": "--eps", "tokencut.eig": "--eig"}
 
 
 def as_flag(message: str) -> str:

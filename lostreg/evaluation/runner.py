@@ -49,7 +49,8 @@ def prediction_record(record: ImageRecord, found: Discovery | None, error: str |
     Keys: ``image_id``, ``image`` (path), ``width``, ``height``, ``box_xyxy`` (original pixels,
     max exclusive; null on error), ``seed`` (flat patch index), ``seed_rc``, ``hit``, ``iou``
     (null here: the CorLoc evaluator fills them where there is ground truth), ``gt_boxes_xyxy``,
-    ``error`` (null or one line).
+    ``error`` (null or one line); with ``method=tokencut`` also ``degenerate`` (the image's
+    spectrum had no distinct object, see :mod:`lostreg.tokencut`).
     """
     line: dict[str, Any] = {"image_id": record.image_id, "image": str(record.path)}
     if found is None:
@@ -60,6 +61,9 @@ def prediction_record(record: ImageRecord, found: Discovery | None, error: str |
             seed=found.result.seed, seed_rc=list(found.seed_rc),
         )
     line.update(hit=None, iou=None, gt_boxes_xyxy=np.asarray(record.gt_boxes_xyxy).tolist(), error=error)
+    if found is not None and hasattr(found.result, "degenerate"):
+        # TokenCut flags images whose spectrum has no distinct object (a fixed full-image box).
+        line["degenerate"] = bool(found.result.degenerate)
     return line
 
 
