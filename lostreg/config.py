@@ -29,7 +29,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from lostreg.datasets.voc import DEFAULT_VOC_SPLIT
-from lostreg.protocol import DiscoveryProtocol, FeatureConfig, LostConfig, ProtocolError, TokenCutConfig
+from lostreg.protocol import PRECISIONS, DiscoveryProtocol, FeatureConfig, LostConfig, ProtocolError, TokenCutConfig
 
 __all__ = [
     "CONFIG_MODULE",
@@ -50,7 +50,7 @@ CONFIG_MODULE = "lostreg.configs"
 
 #: Config sections that can change a prediction. A run directory refuses to mix results
 #: whose values here differ; device, batch_size, num_workers and run_dir may change freely.
-RESULT_KEYS = ("backbone", "dataset", "weights", "method", "lost", "tokencut", "features", "max_size")
+RESULT_KEYS = ("backbone", "dataset", "weights", "method", "lost", "tokencut", "features", "max_size", "precision")
 
 
 def _schema_node(cls: type) -> type:
@@ -129,6 +129,8 @@ class EvalNode:
     tokencut: TokenCutNode = field(default_factory=TokenCutNode)  # type: ignore[valid-type]
     #: downscale images whose longer side exceeds this (null or 0 = native resolution, the protocol)
     max_size: Optional[int] = None
+    #: the backbone forward's numerics: fp32 (exact, default) | tf32 | bf16; discovery is always fp32
+    precision: str = "fp32"
     # Execution: none of these can change a box, so a run may be resumed with other values.
     device: str = "auto"
     batch_size: int = 8
@@ -140,7 +142,7 @@ class EvalNode:
     # Deterministic, so that re-running the same command resumes the same run; it names what
     # changes results (dataset variant, backbone and weights, protocol, max_size), see run_identity.
     run_dir: str = ("outputs/${lostreg_dataset_dir:${dataset}}/${lostreg_backbone_dir:${backbone.name},${weights}}/"
-                    "${lostreg_protocol_dir:${method},${features},${lost},${tokencut},${max_size}}")
+                    "${lostreg_protocol_dir:${method},${features},${lost},${tokencut},${max_size},${precision}}")
 
 
 def _register_schema() -> None:
@@ -160,12 +162,12 @@ _DATASET_CHECK_KEYS = ("expected_count",)
 
 
 def _protocol_dir(method: str, features: DictConfig, lost: DictConfig, tokencut: DictConfig,
-                  max_size: int | None) -> str:
+                  max_size: int | None, precision: str) -> str:
     """Run-directory name of a protocol: ``k_layer-1_k100_bias0.0`` (see :attr:`DiscoveryProtocol.name`),
-    plus ``_max1024`` when images are downscaled."""
+    plus ``_max1024`` when images are downscaled and ``_bf16`` / ``_tf32`` for a faster forward."""
     sections = {"method": method, "features": features, "lost": lost, "tokencut": tokencut}
     name = DiscoveryProtocol.from_mapping(sections).name
-    return name + (f"_max{max_size}" if max_size else "")
+    return name + (f"_max{max_size}" if max_size else "") + ("" if precision == "fp32" else f"_{precision}")
 
 
 def _dataset_dir(dataset: DictConfig) -> str:
@@ -307,6 +309,8 @@ def run_identity(config: Mapping[str, Any]) -> dict[str, Any]:
         "backbone": dict(config.get("backbone") or {}),
         "weights": weights_identity(config.get("weights")),
         "max_size": config.get("max_size") or None,
+        # Runs of earlier versions have no precision key: they ran in fp32.
+        "precision": config.get("precision") or "fp32",
     }
     identity.update(DiscoveryProtocol.from_mapping(config).identity())
     return identity
@@ -327,6 +331,8 @@ def validate_execution(cfg: DictConfig) -> None:
                           f"got {cfg.max_size}")
     if cfg.limit is not None and cfg.limit < 1:
         raise ConfigError(f"limit must be >= 1 (or null for every image), got {cfg.limit}")
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {cfg.precision!r}")
 
 
 def protocol_from_config(cfg: DictConfig) -> DiscoveryProtocol:

@@ -2,9 +2,10 @@
 
 The stages are separate calls so that dataset runs can batch and cache them:
 
-* :meth:`ObjectDiscoverer.prepare` (CPU, per image): optional downscale, normalise, pad.
-* :meth:`ObjectDiscoverer.discover_batch` (device): one backbone pass for images of the same
-  padded size, then LOST per image and the box in original pixels.
+* :meth:`ObjectDiscoverer.prepare` (CPU, per image): decode, optional downscale; stays uint8.
+* :meth:`ObjectDiscoverer.discover_batch` / :meth:`~ObjectDiscoverer.discover_packed` (device):
+  normalise and pad the batch on the device, one backbone pass for images of the same padded
+  size, the method batched on the device, boxes in original pixels.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from lostreg.boxes import patch_box_to_pixels, rescale_box_xyxy
 from lostreg.io.images import load_image_rgb
 from lostreg.lost import LostResult
 from lostreg.methods import MethodResult, run_method
-from lostreg.preprocess import ImagePreparer, PreparedImage
+from lostreg.precision import check_precision
+from lostreg.preprocess import ImagePreparer, PreparedImage, batch_images
 from lostreg.protocol import DiscoveryProtocol, FeatureConfig, LostConfig
 
 __all__ = [
@@ -100,13 +102,15 @@ class ObjectDiscoverer:
             value fails before any image is read.
         max_size: if set, images whose longer side exceeds it are downscaled first; boxes are
             mapped back to original pixels. None = native resolution (the paper's protocol).
+        precision: the backbone forward's numerics: ``fp32`` (exact, default), ``tf32``, ``bf16``
+            (:mod:`lostreg.precision`); the method itself always runs in true fp32.
 
     Raises:
         ProtocolError, ValueError: a protocol value that does not apply.
     """
 
     def __init__(self, backbone: Backbone, protocol: DiscoveryProtocol = DiscoveryProtocol(),
-                 max_size: int | None = None) -> None:
+                 max_size: int | None = None, precision: str = "fp32") -> None:
         if not isinstance(protocol, DiscoveryProtocol):
             raise TypeError(f"protocol must be a DiscoveryProtocol, got {type(protocol).__name__}")
         protocol.validate()
@@ -116,6 +120,7 @@ class ObjectDiscoverer:
         self.backbone = backbone
         self.protocol = protocol
         self.max_size = max_size
+        self.precision = check_precision(precision)
         self.preparer = ImagePreparer(backbone.patch_size, backbone.mean, backbone.std, max_size)
 
     def prepare(self, image_rgb: np.ndarray, name: str) -> PreparedImage:
@@ -131,13 +136,18 @@ class ObjectDiscoverer:
 
         Batch composition never changes a box: every image's features depend on itself only.
         """
+        return self.discover_packed(items)
+
+    def discover_packed(self, items: Sequence[PreparedImage], packed: torch.Tensor | None = None) -> list[Discovery]:
+        """:meth:`discover_batch` from the images' :func:`~lostreg.preprocess.pack_uint8` buffer, if made.
+
+        The uint8 buffer goes to the backbone's device (without blocking when pinned) and is
+        normalised and padded there; the features of the batch go through the method at once.
+        """
         if not items:
             return []
-        shapes = {tuple(it.padded.tensor.shape) for it in items}
-        if len(shapes) != 1:
-            raise ValueError(f"a batch needs one padded size, got {sorted(shapes)}")
-        images = torch.stack([it.padded.tensor for it in items])
-        features = self.backbone.extract(images, *self.protocol.features.key)
+        images = batch_images(items, self.backbone.device, packed)
+        features = self.backbone.extract(images, *self.protocol.features.key, precision=self.precision)
         return self.locate_batch(items, features)
 
     def discover(self, image_rgb: np.ndarray, name: str = "<array>") -> Discovery:
@@ -153,7 +163,7 @@ class ObjectDiscoverer:
 
         Args:
             item: the prepared image the features come from.
-            features: (rows*cols, D) float, row-major over ``item.padded.grid_hw``, prefix tokens
+            features: (rows*cols, D) float, row-major over ``item.grid_hw``, prefix tokens
                 dropped, as :meth:`Backbone.extract` gives them (normalised here if the protocol says so).
         """
         return self.locate_batch([item], features[None])[0]
@@ -165,13 +175,13 @@ class ObjectDiscoverer:
             items: the prepared images, all of one padded size.
             features: (B, rows*cols, D) float, as :meth:`Backbone.extract` gives them.
         """
-        grid_hw = items[0].padded.grid_hw
+        grid_hw = items[0].grid_hw
         results = run_method(self.protocol, features_for_method(features, self.protocol.features), grid_hw)
         return [self._discovery(item, result) for item, result in zip(items, results)]
 
     def _discovery(self, item: PreparedImage, result: MethodResult) -> Discovery:
         p = self.backbone.patch_size
-        processed_hw = item.padded.image_hw
+        processed_hw = item.image_hw
         row, col = result.seed_rc
         box = patch_box_to_pixels(result.box, p, processed_hw)
         seed_box = patch_box_to_pixels((col, row, col + 1, row + 1), p, processed_hw)

@@ -23,7 +23,11 @@ __all__ = [
     "ImageTooSmallError",
     "PaddedImage",
     "PreparedImage",
+    "batch_images",
+    "chw_uint8",
     "downscale_to_max_size",
+    "normalize_packed",
+    "pack_uint8",
     "downscaled_hw",
     "to_padded_tensor",
 ]
@@ -102,19 +106,70 @@ def to_padded_tensor(
         raise ImageTooSmallError(
             f"image is {width}x{height} pixels, smaller than one {patch_size}-pixel patch"
         )
-
-    # astype gives a fresh writable float32 copy (from_numpy warns on read-only arrays);
-    # uint8 -> float32 is exact, so this equals ToTensor's convert-then-divide.
-    chw = np.ascontiguousarray(image_rgb.transpose(2, 0, 1)).astype(np.float32)
-    normalised = torch.from_numpy(chw).div_(255)
-    mean_t = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
-    normalised = normalised.sub_(mean_t).div_(std_t)
-
     rows, cols = math.ceil(height / patch_size), math.ceil(width / patch_size)
-    padded = torch.zeros((3, rows * patch_size, cols * patch_size), dtype=torch.float32)
-    padded[:, :height, :width] = normalised
+    pixels = chw_uint8(image_rgb)
+    packed = pack_uint8([pixels], (rows * patch_size, cols * patch_size))
+    padded = normalize_packed(packed, [(height, width)], mean, std)[0]
     return PaddedImage(tensor=padded, image_hw=(height, width), grid_hw=(rows, cols))
+
+
+def chw_uint8(image_rgb: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB array -> (3, H, W) uint8 contiguous CPU tensor (a copy)."""
+    return torch.from_numpy(np.ascontiguousarray(image_rgb.transpose(2, 0, 1)))
+
+
+def pack_uint8(pixels: Sequence[torch.Tensor], padded_hw: tuple[int, int]) -> torch.Tensor:
+    """Images of one padded size in one (B, 3, H_pad, W_pad) uint8 CPU tensor, top-left aligned.
+
+    The padding holds 0 here; :func:`normalize_packed` sets it to exactly 0 *after*
+    normalisation, as the spec requires (the mean colour), so a uint8 buffer (a quarter of the
+    float32 bytes) is what crosses process and device boundaries.
+
+    Args:
+        pixels: (3, h_i, w_i) uint8 tensors with ``h_i <= H_pad`` and ``w_i <= W_pad``.
+        padded_hw: (H_pad, W_pad).
+    """
+    height, width = padded_hw
+    packed = torch.zeros((len(pixels), 3, height, width), dtype=torch.uint8)
+    for i, image in enumerate(pixels):
+        if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"expected (3, H, W) uint8 pixels, got {tuple(image.shape)} {image.dtype}")
+        h, w = int(image.shape[1]), int(image.shape[2])
+        if h > height or w > width:
+            raise ValueError(f"image {h}x{w} does not fit the padded size {height}x{width}")
+        packed[i, :, :h, :w] = image
+    return packed
+
+
+def normalize_packed(
+    packed: torch.Tensor,
+    image_hws: Sequence[tuple[int, int]],
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> torch.Tensor:
+    """Normalise a packed uint8 batch where it lives (CPU or device) and zero its padding.
+
+    The arithmetic is float32 in the order ``x / 255``, then ``(x - mean) / std``, as
+    torchvision's ``ToTensor`` + ``Normalize`` do: each step is one correctly rounded IEEE
+    operation per element, so the result is the same bits on a CPU and on a GPU.
+
+    Args:
+        packed: (B, 3, H_pad, W_pad) uint8 from :func:`pack_uint8` (any device).
+        image_hws: (h_i, w_i) of each image before padding.
+        mean, std: per-channel RGB normalisation for values in [0, 1].
+
+    Returns:
+        (B, 3, H_pad, W_pad) float32 on ``packed``'s device; exactly 0 outside each image.
+    """
+    device = packed.device
+    x = packed.to(torch.float32).div_(255)
+    x.sub_(torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1))
+    x.div_(torch.as_tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1))
+    hws = torch.as_tensor(list(image_hws), dtype=torch.int64, device=device).view(-1, 2)
+    rows = torch.arange(x.shape[-2], device=device).view(1, -1, 1) < hws[:, 0].view(-1, 1, 1)
+    cols = torch.arange(x.shape[-1], device=device).view(1, 1, -1) < hws[:, 1].view(-1, 1, 1)
+    # where() writes +0.0 (a product with 0 would leave -0.0 for negative values).
+    return torch.where((rows & cols).unsqueeze(1), x, torch.zeros((), dtype=x.dtype, device=device))
 
 
 def downscaled_hw(image_hw: tuple[int, int], max_size: int | None) -> tuple[int, int]:
@@ -173,20 +228,75 @@ def downscale_to_max_size(image_rgb: np.ndarray, max_size: int | None) -> np.nda
     return np.array(resized, dtype=np.uint8)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PreparedImage:
-    """One image ready for the backbone.
+    """One image ready for the backbone: decoded, downscaled if asked, still uint8.
+
+    Normalisation and padding happen on the backbone's device, for a whole batch at once
+    (:func:`pack_uint8` then :func:`normalize_packed`): only uint8 crosses process and device
+    boundaries.
 
     Attributes:
         name: how the image is reported (a path, or ``skimage:astronaut``).
         original_hw: (H, W) of the decoded image after EXIF orientation.
-        padded: the (possibly downscaled) image, normalised and zero-padded; its ``image_hw`` is
-            the processed (unpadded) size that boxes are clipped to.
+        pixels: (3, h, w) uint8 CPU tensor of the processed image (after ``max_size``): the size
+            boxes are clipped to.
+        patch_size: the backbone's patch side p.
+        mean, std: the backbone's normalisation.
     """
 
     name: str
     original_hw: tuple[int, int]
-    padded: PaddedImage
+    pixels: torch.Tensor
+    patch_size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        """(h, w) of the processed image, before padding."""
+        return int(self.pixels.shape[1]), int(self.pixels.shape[2])
+
+    @property
+    def grid_hw(self) -> tuple[int, int]:
+        """(rows, cols) of the patch grid: ``ceil(h / p)``, ``ceil(w / p)``."""
+        h, w = self.image_hw
+        p = self.patch_size
+        return -(-h // p), -(-w // p)
+
+    @property
+    def padded_hw(self) -> tuple[int, int]:
+        """(H_pad, W_pad) = (rows * p, cols * p)."""
+        rows, cols = self.grid_hw
+        return rows * self.patch_size, cols * self.patch_size
+
+    @property
+    def padded(self) -> PaddedImage:
+        """The normalised, zero-padded float image on the CPU (what one-image tools draw on)."""
+        tensor = normalize_packed(pack_uint8([self.pixels], self.padded_hw), [self.image_hw], self.mean, self.std)[0]
+        return PaddedImage(tensor=tensor, image_hw=self.image_hw, grid_hw=self.grid_hw)
+
+
+def batch_images(items: Sequence[PreparedImage], device: torch.device | str = "cpu",
+                 packed: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, 3, H_pad, W_pad) float32 normalised batch on ``device`` for images of one padded size.
+
+    Args:
+        items: the images (one padded size, one normalisation).
+        device: where to normalise (the backbone's device).
+        packed: their :func:`pack_uint8` buffer if already made (e.g. by a loader worker, pinned);
+            copied to ``device`` without blocking.
+
+    Raises:
+        ValueError: the images have different padded sizes.
+    """
+    sizes = {it.padded_hw for it in items}
+    if len(sizes) != 1:
+        raise ValueError(f"a batch needs one padded size, got {sorted(sizes)}")
+    if packed is None:
+        packed = pack_uint8([it.pixels for it in items], items[0].padded_hw)
+    packed = packed.to(device, non_blocking=True)
+    return normalize_packed(packed, [it.image_hw for it in items], items[0].mean, items[0].std)
 
 
 @dataclass(frozen=True)
@@ -212,10 +322,16 @@ class ImagePreparer:
         Raises:
             ImageTooSmallError: image smaller than one patch.
         """
+        _check_rgb_uint8(image_rgb)
         original_hw = (int(image_rgb.shape[0]), int(image_rgb.shape[1]))
         resized = downscale_to_max_size(image_rgb, self.max_size)
-        padded = to_padded_tensor(resized, self.patch_size, self.mean, self.std)
-        return PreparedImage(name=name, original_hw=original_hw, padded=padded)
+        height, width = int(resized.shape[0]), int(resized.shape[1])
+        if height < self.patch_size or width < self.patch_size:
+            raise ImageTooSmallError(
+                f"image is {width}x{height} pixels, smaller than one {self.patch_size}-pixel patch"
+            )
+        return PreparedImage(name=name, original_hw=original_hw, pixels=chw_uint8(resized),
+                             patch_size=self.patch_size, mean=self.mean, std=self.std)
 
     def padded_hw(self, image_hw: tuple[int, int]) -> tuple[int, int]:
         """(H, W) of the padded tensor for an image of size ``image_hw``, without decoding it."""

@@ -27,6 +27,7 @@ from typing import Any, Literal, Mapping, NamedTuple
 __all__ = [
     "FEATURE_KINDS",
     "METHODS",
+    "PRECISIONS",
     "EIG_SOLVERS",
     "DiscoveryProtocol",
     "FeatureConfig",
@@ -46,6 +47,10 @@ RopeMode = Literal["pre", "post"]
 FEATURE_KINDS: tuple[str, ...] = ("q", "k", "v")
 #: Discovery methods lostreg runs (``method=`` in configs, ``--method`` on the command line).
 METHODS: tuple[str, ...] = ("lost", "tokencut")
+#: The backbone forward's numerics (``precision=``, ``--precision``; :mod:`lostreg.precision`):
+#: ``fp32`` exact (default), ``tf32`` and ``bf16`` faster on GPUs. It can change a box, so it is
+#: part of a run's identity, but it is not a knob of the method.
+PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16")
 #: TokenCut's eigen-solvers (:mod:`lostreg.tokencut`): the reference call, float64 and float32 torch.
 EIG_SOLVERS: tuple[str, ...] = ("scipy", "torch64", "torch32")
 

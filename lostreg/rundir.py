@@ -21,8 +21,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import socket
 import sys
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator, Mapping
@@ -38,6 +40,7 @@ __all__ = [
     "PREDS_FILE",
     "RUN_INFO_FILE",
     "PredictionStore",
+    "PredictionWriter",
     "RunConfigMismatch",
     "RunDir",
     "RunError",
@@ -137,6 +140,59 @@ class PredictionStore:
             f.write(lines)
             f.flush()
             os.fsync(f.fileno())
+
+
+class PredictionWriter:
+    """Makes prediction lines durable from a background thread, in order, then rewrites the metrics.
+
+    The compute loop hands each batch's lines (and the metrics they lead to) to :meth:`submit`
+    and goes on; a writer thread appends them (flush + fsync, :meth:`PredictionStore.append`)
+    and then replaces ``metrics.json``, so the device never waits on the disk. Kill-safety is the
+    store's: a line is done once it is on disk, and lines handed over but not yet written are
+    redone on resume. At most ``max_pending`` batches wait; beyond that :meth:`submit` blocks.
+    An error in the thread is raised again by the next :meth:`submit` or by :meth:`close`.
+    """
+
+    def __init__(self, run_dir: "RunDir", store: PredictionStore, max_pending: int = 8) -> None:
+        self._run_dir = run_dir
+        self._store = store
+        self._queue: queue.Queue[tuple[list[dict[str, Any]], Mapping[str, Any] | None] | None] = \
+            queue.Queue(maxsize=max_pending)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="lostreg-prediction-writer", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            if self._error is not None:
+                continue  # drain without writing after a failure
+            lines, metrics = job
+            try:
+                self._store.append(lines)
+                if metrics is not None:
+                    self._run_dir.write_metrics(metrics)
+            except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
+                self._error = err
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def submit(self, lines: list[dict[str, Any]], metrics: Mapping[str, Any] | None = None) -> None:
+        """Queue one batch's lines (then ``metrics``) for writing."""
+        self._raise()
+        self._queue.put((lines, None if metrics is None else dict(metrics)))
+
+    def close(self) -> None:
+        """Write everything submitted, stop the thread, raise a write error if one happened."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        self._raise()
 
 
 # --------------------------------------------------------------------------- the directory

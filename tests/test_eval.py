@@ -367,3 +367,16 @@ def test_multirun_prints_the_table_of_the_runs_that_ran(small_voc: tuple[Path, l
     assert code == 2 and "lost.k_patches must be >= 1" in captured.err
     assert captured.out.count("CorLoc: ") == 1 and "| pixels | k=10 |" in captured.out
     assert not (tmp_path / "k0").exists()
+
+
+def test_bf16_is_its_own_run(small_voc: tuple[Path, list], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root, _ = small_voc
+    monkeypatch.chdir(tmp_path)
+    base = ["eval", "--no-progress", "backbone=dino", "weights=random", "dataset=voc07", f"dataset.root={root}",
+            "num_workers=0", "limit=2"]
+    assert main(base + ["precision=bf16"]) == 0
+    run = tmp_path / "outputs" / "voc07" / "dino_vits16-random" / "k_layer-1_k100_bias0.0_bf16"
+    assert len(read_preds(run)) == 2
+    sessions = json.loads((run / "run.json").read_text())["sessions"]
+    assert sessions[0]["precision"] == "bf16"
+    assert main(base + ["precision=fp32", f"run_dir={run}"]) == 2, "fp32 and bf16 results are never mixed"

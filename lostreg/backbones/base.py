@@ -110,7 +110,8 @@ class Backbone(abc.ABC):
             raise ValueError(f"features.layer must be in [{-n}, {n - 1}] ({self.name} has {blocks}), "
                              f"got {key.layer!r}") from None
 
-    def extract(self, images: torch.Tensor, which: FeatureKind = "k", layer: int = -1) -> torch.Tensor:
+    def extract(self, images: torch.Tensor, which: FeatureKind = "k", layer: int = -1,
+                precision: str = "fp32") -> torch.Tensor:
         """Patch features of a batch.
 
         Args:
@@ -118,20 +119,24 @@ class Backbone(abc.ABC):
             which: ``q``, ``k`` or ``v`` of the attention's qkv projection (bias included,
                 heads concatenated in head order, no scaling, no normalisation).
             layer: block index, negative counts from the end (-1 = last block).
+            precision: the forward pass's numerics, ``fp32`` (exact, default), ``tf32`` or ``bf16``
+                (:func:`lostreg.precision.forward_precision`).
 
         Returns:
             (B, rows*cols, D) float32 on :attr:`device`, rows = H / p, cols = W / p, row-major.
         """
         key = FeatureKey(which, layer)
-        return self.extract_many(images, [key])[key]
+        return self.extract_many(images, [key], precision=precision)[key]
 
     @abc.abstractmethod
-    def extract_many(self, images: torch.Tensor, keys: Sequence[FeatureKey]) -> dict[FeatureKey, torch.Tensor]:
+    def extract_many(self, images: torch.Tensor, keys: Sequence[FeatureKey],
+                     precision: str = "fp32") -> dict[FeatureKey, torch.Tensor]:
         """Several feature sets of a batch from ONE forward pass (a protocol sweep's features).
 
         Args:
             images: as for :meth:`extract`.
             keys: the feature sets wanted; each is validated by :meth:`check_feature_key` first.
+            precision: as for :meth:`extract`.
 
         Returns:
             ``{key: (B, rows*cols, D) float32}`` for every key given (keys as given, so ``-1`` and

@@ -43,7 +43,7 @@ from lostreg.backbones.weights import (
     normalise_key_names,
     read_state_dict,
 )
-from lostreg.precision import strict_fp32
+from lostreg.precision import forward_precision, strict_fp32
 
 #: ``--weights random`` is this seed's initialisation, the same on every run (as for the ViTs).
 RANDOM_WEIGHTS_SEED = 0
@@ -210,7 +210,8 @@ class DinoV3Backbone(Backbone):
         return AttentionInputs(q=q, k=k, v=v, q_rot=q_rot, k_rot=k_rot, rope=rope)
 
     @torch.inference_mode()
-    def extract_many(self, images: torch.Tensor, keys: Sequence[FeatureKey]) -> dict[FeatureKey, torch.Tensor]:
+    def extract_many(self, images: torch.Tensor, keys: Sequence[FeatureKey],
+                     precision: str = "fp32") -> dict[FeatureKey, torch.Tensor]:
         """Several feature sets from one forward pass (see :meth:`Backbone.extract_many`).
 
         ``q``/``k`` are taken before RoPE unless the backbone was built with ``rope="post"``;
@@ -226,8 +227,9 @@ class DinoV3Backbone(Backbone):
         images = images.to(self.device, torch.float32)
         npt = self.num_prefix_tokens
         out: dict[FeatureKey, torch.Tensor] = {}
-        # The features feed LOST's sign thresholds: no TF32 in the patch-embedding conv or matmuls.
-        with strict_fp32():
+        # The features feed LOST's sign thresholds: by default no TF32 in the patch-embedding conv or
+        # matmuls; precision=tf32|bf16 trades that for speed (the features still leave as float32).
+        with forward_precision(precision, self.device):
             x, rope = self.tokens(images)
             last = max(wanted)
             for index, block in enumerate(self.model.blocks[: last + 1]):

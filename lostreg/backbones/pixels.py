@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from lostreg.backbones.base import Backbone, FeatureKey, refuse_rope_option
 from lostreg.backbones.registry import BackboneSpec, register_builder
+from lostreg.precision import check_precision
 from lostreg.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -50,8 +51,13 @@ class PixelBackbone(Backbone):
     def feature_source(self) -> str:
         return "pixels"
 
-    def extract_many(self, images: torch.Tensor, keys: Sequence[FeatureKey]) -> dict[FeatureKey, torch.Tensor]:
-        """(B, 3, H, W) normalised -> ``{key: (B, rows*cols, 3*p*p)}``; only ``which='k'`` applies (one layer)."""
+    def extract_many(self, images: torch.Tensor, keys: Sequence[FeatureKey],
+                     precision: str = "fp32") -> dict[FeatureKey, torch.Tensor]:
+        """(B, 3, H, W) normalised -> ``{key: (B, rows*cols, 3*p*p)}``; only ``which='k'`` applies (one layer).
+
+        ``precision`` is accepted for a uniform interface: pixels involve no matrix product.
+        """
+        check_precision(precision)
         keys = [FeatureKey(*key) for key in keys]
         for key in keys:
             self.check_feature_key(key)

@@ -25,7 +25,7 @@ from torch import nn
 from lostreg.backbones.base import Backbone, FeatureKey, FeatureKind, refuse_rope_option
 from lostreg.backbones.pos_embed import resize_patch_pos_embed
 from lostreg.backbones.registry import BackboneSpec, register_builder
-from lostreg.precision import strict_fp32
+from lostreg.precision import forward_precision
 from lostreg.backbones.weights import WeightsError, hub_weights_file, load_into_model, read_state_dict
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -209,7 +209,8 @@ class TimmViTBackbone(Backbone):
         return True
 
     @torch.inference_mode()
-    def extract_many(self, images: torch.Tensor, keys: Sequence[FeatureKey]) -> dict[FeatureKey, torch.Tensor]:
+    def extract_many(self, images: torch.Tensor, keys: Sequence[FeatureKey],
+                     precision: str = "fp32") -> dict[FeatureKey, torch.Tensor]:
         keys = [FeatureKey(*key) for key in keys]
         for key in keys:
             self.check_feature_key(key)  # before the forward pass: a bad key costs nothing
@@ -219,8 +220,9 @@ class TimmViTBackbone(Backbone):
         images = images.to(self.device, torch.float32)
         grid_hw = self.grid_hw((int(images.shape[-2]), int(images.shape[-1])))
         out: dict[FeatureKey, torch.Tensor] = {}
-        # The features feed LOST's sign thresholds: no TF32 in the patch-embedding conv or matmuls.
-        with strict_fp32():
+        # The features feed LOST's sign thresholds: by default no TF32 in the patch-embedding conv or
+        # matmuls; precision=tf32|bf16 trades that for speed (the features still leave as float32).
+        with forward_precision(precision, self.device):
             x = self.tokens(images)
             last = max(wanted)
             for index in range(last + 1):

@@ -79,7 +79,7 @@ def _batches(paths: list[Path], preparer: "ImagePreparer", batch_size: int,
     pending: list[torch.Tensor] = []
     for path in paths:
         try:
-            tensor = preparer(load_image_rgb(path), str(path)).padded.tensor
+            tensor = preparer(load_image_rgb(path), str(path)).padded.tensor  # (3, H_pad, W_pad) float32
         except ImageReadError as err:
             _error(str(err))
             failures.append(str(path))

@@ -14,6 +14,7 @@ from lostreg.protocol import (
     EIG_SOLVERS,
     FEATURE_KINDS,
     METHODS,
+    PRECISIONS,
     DiscoveryProtocol,
     FeatureConfig,
     LostConfig,
@@ -85,6 +86,13 @@ def protocol_parent_parser() -> argparse.ArgumentParser:
     group.add_argument("--eig", choices=EIG_SOLVERS, default=TokenCutConfig.eig,
                        help=f"TokenCut: eigen-solver (default {TokenCutConfig.eig}; scipy = the reference's call)")
     return parser
+
+
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """``--precision fp32|tf32|bf16`` for commands that run a backbone over many images."""
+    parser.add_argument("--precision", choices=PRECISIONS, default=PRECISIONS[0],
+                        help="backbone forward: fp32 (exact, default), tf32 or bf16 (faster on GPUs; boxes may "
+                             "differ); discovery itself always runs in fp32")
 
 
 def protocol_from_args(args: argparse.Namespace) -> DiscoveryProtocol:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from lostreg.samples import SAMPLES
 from lostreg.cli.common import (
     DEFAULT_MAX_SIZE,
+    add_precision_argument,
     as_flag,
     build_backbone_loudly,
     error,
@@ -51,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="images per forward pass (default 1); consecutive images of one padded size are "
                              "batched; boxes do not depend on it")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_precision_argument(parser)
 
 
 Source = tuple[str, Callable[[], "np.ndarray"]]
@@ -127,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         backbone = build_backbone_loudly(args.backbone, args.weights, args.device)
-        discoverer = ObjectDiscoverer(backbone, protocol, max_size=args.max_size or None)
+        discoverer = ObjectDiscoverer(backbone, protocol, max_size=args.max_size or None,
+                                     precision=args.precision)
     except errors as err:
         error(as_flag(str(err)))
         return 2
@@ -192,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
                 record_failure(name, f"{name}: {err}")
                 continue
             if pending and (len(pending) == args.batch_size
-                            or prepared.padded.tensor.shape != pending[0][2].padded.tensor.shape):
+                            or prepared.padded_hw != pending[0][2].padded_hw):
                 flush(pending)
                 pending = []
             pending.append((name, image, prepared))

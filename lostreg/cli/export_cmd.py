@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from lostreg.cli.common import (
     DEFAULT_MAX_SIZE,
+    add_precision_argument,
     build_backbone_loudly,
     error,
     protocol_overrides,
@@ -88,6 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     found.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
                        help="extra eval config override, e.g. --set lost.k_patches=50 (repeatable)")
     found.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_precision_argument(found)
 
 
 def _error(message: object) -> int:
@@ -130,6 +132,8 @@ def _discover(args: argparse.Namespace) -> tuple[Path | None, int]:
     run_dir = args.run_dir if args.run_dir is not None else default_run_dir(args.format, args.out)
     try:
         overrides += protocol_overrides(args) + (args.set or [])
+        if args.precision != "fp32":
+            overrides.append(f"precision={args.precision}")
         cfg = compose_config(overrides)
         cfg.dataset.root = str(args.images)
         cfg.run_dir = str(run_dir)
@@ -207,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
         given = [name for name in _DISCOVERY_OPTIONS if getattr(args, name) is not None]
         if args.recursive:
             given.append("recursive")
-        if protocol_overrides(args):
+        if protocol_overrides(args) or args.precision != "fp32":
             given.append("discovery protocol")
         if given:
             flags = ", ".join("--" + n.replace("_", "-") if " " not in n else n for n in given)

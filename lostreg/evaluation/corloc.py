@@ -69,10 +69,12 @@ class CorLocEvaluator:
 
     def __init__(self) -> None:
         self._results: dict[str, ImageResult] = {}
+        self._hits = self._failed = 0  # running counts: evaluate() is O(1), cheap after every batch
 
     def reset(self) -> None:
         """Forget all processed images."""
         self._results = {}
+        self._hits = self._failed = 0
 
     def process(
         self,
@@ -114,6 +116,8 @@ class CorLocEvaluator:
         if key in self._results:
             raise ValueError(f"image {key!r} processed twice: CorLoc must count each image once")
         self._results[key] = result
+        self._hits += result.hit
+        self._failed += result.failed
 
     def merge(self, other: CorLocEvaluator) -> None:
         """Add the images of another evaluator (e.g. another rank's shard).
@@ -125,6 +129,8 @@ class CorLocEvaluator:
         if overlap:
             raise ValueError(f"{len(overlap)} images processed by both evaluators, e.g. {sorted(overlap)[:3]}")
         self._results.update(other._results)
+        self._hits += other._hits
+        self._failed += other._failed
 
     def per_image(self) -> dict[str, ImageResult]:
         """Results keyed by image id, in processing order (a copy)."""
@@ -132,9 +138,7 @@ class CorLocEvaluator:
 
     def evaluate(self) -> dict[str, float | int]:
         """Return ``corloc`` (percent; NaN when nothing was processed), ``hits``, ``total``, ``failed``."""
-        total = len(self._results)
-        hits = sum(r.hit for r in self._results.values())
-        failed = sum(r.failed for r in self._results.values())
+        total, hits, failed = len(self._results), self._hits, self._failed
         corloc = 100.0 * hits / total if total else math.nan
         return {"corloc": corloc, "hits": hits, "total": total, "failed": failed}
 

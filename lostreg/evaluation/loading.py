@@ -1,20 +1,26 @@
-"""The read stage of dataset runs: decode and prepare images in worker processes, batched by size.
+"""The read stage of dataset runs: decode images in worker processes, batched by padded size.
 
-Images are grouped by padded size so that one backbone pass serves a whole batch (VOC has
-many 500x375 and 375x500 images). Grouping only changes *which* images share a pass, never a
-box: each image's features depend on itself alone.
+Images are grouped by padded size across the whole dataset so that one backbone pass serves a
+whole batch (VOC has many 500x375 and 375x500 images). Grouping only changes *which* images
+share a pass, never a box: each image's features depend on itself alone.
+
+The data path keeps bytes small and the device busy: workers decode to uint8 and pack each
+batch into one (B, 3, H_pad, W_pad) uint8 buffer (a quarter of float32), the main process pins
+it, and :class:`DevicePrefetcher` copies the next batch to the device while the current one
+runs; normalisation and padding happen there (:func:`lostreg.preprocess.normalize_packed`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Iterator, Sequence
 
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lostreg.datasets.base import ImageRecord
 from lostreg.io.images import ImageReadError, load_image_rgb
-from lostreg.preprocess import ImagePreparer, ImageTooSmallError, PreparedImage
+from lostreg.preprocess import ImagePreparer, ImageTooSmallError, PreparedImage, pack_uint8
 
 
 @dataclass(frozen=True)
@@ -73,8 +79,44 @@ def size_grouped_batches(
     return batches + singles
 
 
-def _keep_list(items: list[LoadedItem]) -> list[LoadedItem]:
-    return items
+@dataclass(frozen=True)
+class PackedGroup:
+    """Prepared images of one padded size and their packed uint8 buffer.
+
+    Attributes:
+        items: the loaded items (each with ``prepared``), in loader order.
+        packed: (B, 3, H_pad, W_pad) uint8 (:func:`~lostreg.preprocess.pack_uint8`); pinned by
+            the data loader when the backbone is on CUDA, then on the device after
+            :class:`DevicePrefetcher`.
+    """
+
+    items: list[LoadedItem]
+    packed: torch.Tensor
+
+
+@dataclass(frozen=True)
+class LoadedBatch:
+    """One loader batch: images that failed to load, and groups of prepared images by padded size."""
+
+    failed: list[LoadedItem] = field(default_factory=list)
+    groups: list[PackedGroup] = field(default_factory=list)
+
+    def pin_memory(self) -> "LoadedBatch":
+        """Called by the DataLoader's pin-memory thread: page-locked buffers copy to CUDA asynchronously."""
+        return replace(self, groups=[replace(g, packed=g.packed.pin_memory()) for g in self.groups])
+
+    def to(self, device: torch.device) -> "LoadedBatch":
+        """The same batch with its buffers on ``device`` (non-blocking from pinned memory)."""
+        return replace(self, groups=[replace(g, packed=g.packed.to(device, non_blocking=True)) for g in self.groups])
+
+
+def collate_packed(items: list[LoadedItem]) -> LoadedBatch:
+    """Loader collate (runs in the worker): split off failures, pack each padded size into one buffer."""
+    failed = [it for it in items if it.prepared is None]
+    groups = [PackedGroup(group, pack_uint8([it.prepared.pixels for it in group],  # type: ignore[union-attr]
+                                            group[0].prepared.padded_hw))  # type: ignore[union-attr]
+              for group in split_by_shape([it for it in items if it.prepared is not None])]
+    return LoadedBatch(failed, groups)
 
 
 def iterate_prepared(
@@ -83,27 +125,85 @@ def iterate_prepared(
     batch_size: int,
     num_workers: int,
     pin_memory: bool = False,
-) -> Iterator[list[LoadedItem]]:
-    """Yield lists of :class:`LoadedItem`, decoded in ``num_workers`` processes (0 = in-process)."""
+) -> Iterator[LoadedBatch]:
+    """Yield :class:`LoadedBatch` items, decoded and packed in ``num_workers`` processes (0 = in-process).
+
+    The workers start on the first ``next()`` (call it early to have them decode while the
+    caller does other work); each keeps ``prefetch_factor`` batches ready.
+    """
     if not records:
         return
     loader = DataLoader(
         PreparedImages(records, preparer),
         batch_sampler=size_grouped_batches(records, preparer, batch_size),
         num_workers=num_workers,
-        collate_fn=_keep_list,
+        collate_fn=collate_packed,
         pin_memory=pin_memory,
+        prefetch_factor=4 if num_workers else None,
     )
     yield from loader
 
 
+class DevicePrefetcher:
+    """Copies the next loader batch to the device while the current one is processed.
+
+    On CUDA the copy runs on a side stream from pinned memory and the compute stream waits for
+    it only when the batch is used; on the CPU it is a plain pass-through.
+    """
+
+    def __init__(self, batches: Iterator[LoadedBatch], device: torch.device) -> None:
+        self._batches = batches
+        self._device = device
+        self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self._next: tuple[LoadedBatch, object] | None = None
+        self._load()
+
+    def _load(self) -> None:
+        batch = next(self._batches, None)
+        if batch is None:
+            self._next = None
+            return
+        if self._stream is None:
+            self._next = (batch, None)
+            return
+        with torch.cuda.stream(self._stream):
+            moved = batch.to(self._device)
+            event = torch.cuda.Event()
+            event.record(self._stream)
+        self._next = (moved, event)
+
+    def __iter__(self) -> "DevicePrefetcher":
+        return self
+
+    def __next__(self) -> LoadedBatch:
+        if self._next is None:
+            raise StopIteration
+        batch, event = self._next
+        if event is not None:
+            torch.cuda.current_stream(self._device).wait_event(event)  # type: ignore[arg-type]
+            for group in batch.groups:  # the compute stream now owns these buffers
+                group.packed.record_stream(torch.cuda.current_stream(self._device))
+        self._load()  # start the next copy before the caller computes on this batch
+        return batch
+
+
 def split_by_shape(items: Sequence[LoadedItem]) -> list[list[LoadedItem]]:
     """Group prepared items by padded tensor shape (annotation sizes can be wrong)."""
-    groups: dict[tuple[int, ...], list[LoadedItem]] = {}
+    groups: dict[tuple[int, int], list[LoadedItem]] = {}
     for item in items:
         assert item.prepared is not None
-        groups.setdefault(tuple(item.prepared.padded.tensor.shape), []).append(item)
+        groups.setdefault(item.prepared.padded_hw, []).append(item)
     return list(groups.values())
 
 
-__all__ = ["LoadedItem", "PreparedImages", "iterate_prepared", "size_grouped_batches", "split_by_shape"]
+__all__ = [
+    "DevicePrefetcher",
+    "LoadedBatch",
+    "LoadedItem",
+    "PackedGroup",
+    "PreparedImages",
+    "collate_packed",
+    "iterate_prepared",
+    "size_grouped_batches",
+    "split_by_shape",
+]

@@ -36,9 +36,9 @@ from lostreg.config import dataset_kwargs, protocol_from_config, run_identity, v
 from lostreg.datasets import build_dataset
 from lostreg.datasets.base import ImageDataset, ImageRecord
 from lostreg.discovery import Discovery, ObjectDiscoverer
-from lostreg.evaluation.evaluators import default_evaluators, prediction_counts
-from lostreg.evaluation.loading import LoadedItem, iterate_prepared, split_by_shape
-from lostreg.rundir import PredictionStore, RunConfigMismatch, RunDir
+from lostreg.evaluation.evaluators import default_evaluators
+from lostreg.evaluation.loading import DevicePrefetcher, LoadedBatch, iterate_prepared
+from lostreg.rundir import PredictionStore, PredictionWriter, RunConfigMismatch, RunDir
 
 __all__ = ["EvalJob", "PredictionStore", "RunConfigMismatch", "prediction_record", "run_eval"]
 
@@ -151,7 +151,7 @@ class EvalJob:
             build = builder or (lambda name, weights, dev: build_backbone(name, weights=weights, device=dev))
             backbone = build(str(cfg.backbone.name), str(cfg.weights), device)
         # 0 and null both mean native resolution, as for `lostreg discover --max-size 0`.
-        discoverer = ObjectDiscoverer(backbone, protocol, max_size=cfg.max_size or None)
+        discoverer = ObjectDiscoverer(backbone, protocol, max_size=cfg.max_size or None, precision=str(cfg.precision))
         return cls(cfg, dataset, discoverer, RunDir(cfg.run_dir))
 
     def run(self, progress: bool = True, command: str | None = None,
@@ -197,23 +197,30 @@ class _Session:
         self.store = job.run_dir.store()
         self.evaluators = default_evaluators(job.dataset.has_ground_truth)
         self.done_lines: list[dict[str, Any]] = []
+        self.failed = 0
         self.timer = _Timer()
 
     def metrics(self, final: bool) -> dict[str, Any]:
-        """Every evaluator's metrics (costly ones only when ``final``), counts, timings."""
+        """Every evaluator's metrics (costly ones only when ``final``), counts, timings. O(1) when not final."""
         cfg = self.job.cfg
+        total, num_images = len(self.done_lines), len(self.job.dataset)
         metrics: dict[str, Any] = {"corloc": None, "hits": None}
         metrics.update(self.evaluators.evaluate(final=final))
-        metrics.update(prediction_counts(self.done_lines, len(self.job.dataset)))
+        metrics.update(total=total, failed=self.failed, num_images=num_images, complete=total == num_images)
         metrics.update(dataset=str(cfg.dataset.name), backbone=str(cfg.backbone.name), timings=self.timer.as_dict())
         return metrics
+
+    def _add(self, lines: list[dict[str, Any]]) -> None:
+        self.done_lines += lines
+        self.failed += sum(line.get("error") is not None for line in lines)
 
     def run(self) -> dict[str, Any]:
         job, cfg = self.job, self.job.cfg
         dataset = job.dataset
         preds = self.store.load()
-        self.done_lines = [preds[r.image_id] for r in dataset if r.image_id in preds]
-        self.evaluators.process(self.done_lines)
+        done = [preds[r.image_id] for r in dataset if r.image_id in preds]
+        self.evaluators.process(done)
+        self._add(done)
         selected = list(dataset) if cfg.limit is None else list(dataset)[: cfg.limit]
         todo = [r for r in selected if r.image_id not in preds]
         self._announce(len(selected), len(todo))
@@ -221,8 +228,8 @@ class _Session:
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": self.command or " ".join(sys.argv),
             "resumed_with": len(preds),
-            "device": str(job.discoverer.backbone.device), "batch_size": int(cfg.batch_size),
-            "num_workers": int(cfg.num_workers), "limit": cfg.limit,
+            "device": str(job.discoverer.backbone.device), "precision": job.discoverer.precision,
+            "batch_size": int(cfg.batch_size), "num_workers": int(cfg.num_workers), "limit": cfg.limit,
             "versions": _versions(), "git": _git_state(),
         }
         interrupted = False
@@ -251,6 +258,8 @@ class _Session:
             self.log(f"resuming {where}: {done}/{total} images already done, {todo} to go")
 
     def _process(self, todo: list[ImageRecord]) -> None:
+        """The loop: batches come decoded and packed from the workers, are copied to the device one
+        ahead, run through the backbone and the method, get scored, and go to the writer thread."""
         job, cfg = self.job, self.job.cfg
         discoverer, dataset = job.discoverer, job.dataset
         device = discoverer.backbone.device
@@ -258,20 +267,20 @@ class _Session:
         bar = tqdm(total=len(self.done_lines) + len(todo), initial=len(self.done_lines),
                    desc=f"{cfg.dataset.name} {discoverer.backbone.name}", unit="img", disable=not self.progress,
                    file=sys.stderr, dynamic_ncols=True)
-        batches = iterate_prepared(todo, discoverer.preparer, int(cfg.batch_size), int(cfg.num_workers),
-                                   pin_memory=device.type == "cuda")
+        batches = DevicePrefetcher(iterate_prepared(todo, discoverer.preparer, int(cfg.batch_size),
+                                                    int(cfg.num_workers), pin_memory=device.type == "cuda"), device)
+        writer = PredictionWriter(job.run_dir, self.store)
         timer = self.timer
         try:
             waited = time.monotonic()
-            for items in batches:
+            for batch in batches:
                 timer.load_wait_s += time.monotonic() - waited
                 start = time.monotonic()
-                lines = _discover_items(discoverer, items)
+                lines = _discover_items(discoverer, batch)
                 self.evaluators.process(lines)  # scores the new lines (hit, iou) before they are stored
                 timer.compute_s += time.monotonic() - start
-                self.store.append(lines)
-                self.done_lines += lines
-                job.run_dir.write_metrics(self.metrics(final=False))
+                self._add(lines)
+                writer.submit(lines, self.metrics(final=False))
                 hits += sum(bool(line.get("hit")) for line in lines)
                 timer.images += len(lines)
                 bar.update(len(lines))
@@ -280,20 +289,22 @@ class _Session:
                 waited = time.monotonic()
         finally:
             bar.close()
+            writer.close()  # everything computed is on disk before the session's final metrics
 
 
-def _discover_items(discoverer: ObjectDiscoverer, items: list[LoadedItem]) -> list[dict[str, Any]]:
+def _discover_items(discoverer: ObjectDiscoverer, batch: LoadedBatch) -> list[dict[str, Any]]:
     """Prediction lines for one loader batch; one bad image never takes its batch down."""
-    lines = [prediction_record(it.record, None, it.error) for it in items if it.prepared is None]
-    for group in split_by_shape([it for it in items if it.prepared is not None]):
+    lines = [prediction_record(it.record, None, it.error) for it in batch.failed]
+    for group in batch.groups:
+        prepared = [it.prepared for it in group.items]
         try:
-            found = discoverer.discover_batch([it.prepared for it in group])  # type: ignore[misc]
-            lines += [prediction_record(it.record, f, None) for it, f in zip(group, found)]
+            found = discoverer.discover_packed(prepared, group.packed)  # type: ignore[arg-type]
+            lines += [prediction_record(it.record, f, None) for it, f in zip(group.items, found)]
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception:
             # Retry one by one so that only the image at fault is recorded as failed.
-            for it in group:
+            for it in group.items:
                 try:
                     found_one = discoverer.discover_batch([it.prepared])[0]  # type: ignore[list-item]
                     lines.append(prediction_record(it.record, found_one, None))
