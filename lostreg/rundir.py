@@ -12,6 +12,8 @@ Layout of a run directory:
 * ``metrics.json`` what the evaluators computed over every line of ``preds.jsonl``.
 * ``.lock``        advisory lock held by the one process that appends to the directory; it holds
   that process's pid, host and command, so a second writer is told who holds it.
+* ``preds.rank<r>.jsonl`` only while a torchrun job runs (or after one was killed): each rank's
+  predictions, merged into ``preds.jsonl`` by rank 0 at the end or by the next session.
 
 All JSON and YAML writes are atomic (:func:`atomic_write_bytes`): a reader never sees half a file.
 """
@@ -38,6 +40,7 @@ __all__ = [
     "LOCK_FILE",
     "METRICS_FILE",
     "PREDS_FILE",
+    "RANK_PREDS_PATTERN",
     "RUN_INFO_FILE",
     "PredictionStore",
     "PredictionWriter",
@@ -53,6 +56,8 @@ __all__ = [
 ]
 
 CONFIG_FILE = "config.yaml"
+#: Per-rank prediction files of a torchrun job (merged into PREDS_FILE by rank 0).
+RANK_PREDS_PATTERN = "preds.rank{rank}.jsonl"
 RUN_INFO_FILE = "run.json"
 PREDS_FILE = "preds.jsonl"
 METRICS_FILE = "metrics.json"
@@ -310,7 +315,8 @@ class RunDir:
         return info
 
     def read_predictions(self) -> dict[str, dict[str, Any]]:
-        """``preds.jsonl`` records by image id, read-only (see :meth:`PredictionStore.read`).
+        """``preds.jsonl`` records by image id, read-only (see :meth:`PredictionStore.read`), plus
+        those of torchrun rank files not merged yet (a job still running, or killed).
 
         Raises:
             RunNotFoundError: no ``preds.jsonl``.
@@ -318,13 +324,53 @@ class RunDir:
         """
         if not self.has_predictions():
             raise RunNotFoundError(f"{self.path} is not an eval run directory: no {PREDS_FILE} in it")
-        return PredictionStore(self.preds_path).read()
+        records = PredictionStore(self.preds_path).read()
+        for path in self.rank_files():
+            for image_id, record in PredictionStore(path).read().items():
+                records.setdefault(image_id, record)
+        return records
 
     # -- the writer's operations ---------------------------------------------------------
 
-    def store(self) -> PredictionStore:
-        """The prediction store of this directory (for the one writer holding :meth:`lock`)."""
-        return PredictionStore(self.preds_path)
+    def store(self, rank: int | None = None) -> PredictionStore:
+        """The prediction store of this directory (for the one writer holding :meth:`lock`), or of one
+        rank of a torchrun job (``preds.rank<r>.jsonl``, merged by :meth:`merge_rank_files`)."""
+        if rank is None:
+            return PredictionStore(self.preds_path)
+        return PredictionStore(self.path / RANK_PREDS_PATTERN.format(rank=rank))
+
+    def rank_files(self) -> list[Path]:
+        """Prediction files of torchrun ranks not merged yet (a job still running, or one killed)."""
+        return sorted(self.path.glob(RANK_PREDS_PATTERN.format(rank="*")))
+
+    def merge_rank_files(self, order: Callable[[str], Any] | None = None) -> int:
+        """Append the ranks' records missing from ``preds.jsonl`` to it, then remove the rank files.
+
+        Kill-safe: a rank file's partial last line is ignored; records are made durable in
+        ``preds.jsonl`` before any rank file is removed; an image already in ``preds.jsonl`` is
+        never added twice. Called by rank 0 while it holds :meth:`lock`.
+
+        Args:
+            order: sort key of image ids for the appended records (e.g. dataset order).
+
+        Returns:
+            How many records were added.
+        """
+        files = self.rank_files()
+        if not files:
+            return 0
+        store = self.store()
+        done = store.load()
+        new: dict[str, dict[str, Any]] = {}
+        for path in files:
+            for image_id, record in PredictionStore(path).read().items():
+                if image_id not in done:
+                    new.setdefault(image_id, record)
+        ids = sorted(new, key=order) if order is not None else list(new)
+        store.append([new[i] for i in ids])
+        for path in files:
+            path.unlink()
+        return len(ids)
 
     def pin_config(self, config: Mapping[str, Any], identity: Callable[[Mapping[str, Any]], Any]) -> None:
         """Write ``config.yaml`` on first use; afterwards refuse a config of another identity.
@@ -383,7 +429,7 @@ class RunDir:
         caller holds :meth:`lock`. Returns the names removed.
         """
         removed = []
-        for path in (self.preds_path, self.metrics_path, self.info_path, self.config_path):
+        for path in (self.preds_path, *self.rank_files(), self.metrics_path, self.info_path, self.config_path):
             if path.is_file():
                 path.unlink()
                 removed.append(path.name)

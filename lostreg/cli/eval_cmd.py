@@ -61,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             job = EvalJob.prepare(cfg, builder=build_loudly)
             metrics = job.run(progress=not args.no_progress, command=command)
+            if not job.dist.is_main:
+                continue  # in a torchrun job, rank 0 reports for everyone
         except KeyboardInterrupt:
             print(f"lostreg: interrupted; everything computed is saved in {cfg.run_dir}; "
                   "run the same command again to resume", file=sys.stderr)

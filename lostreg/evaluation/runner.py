@@ -36,6 +36,7 @@ from lostreg.config import dataset_kwargs, protocol_from_config, run_identity, v
 from lostreg.datasets import build_dataset
 from lostreg.datasets.base import ImageDataset, ImageRecord
 from lostreg.discovery import Discovery, ObjectDiscoverer
+from lostreg.evaluation.distributed import DistEnv, shard
 from lostreg.evaluation.evaluators import default_evaluators
 from lostreg.evaluation.loading import DevicePrefetcher, LoadedBatch, iterate_prepared
 from lostreg.rundir import PredictionStore, PredictionWriter, RunConfigMismatch, RunDir
@@ -127,6 +128,7 @@ class EvalJob:
     dataset: ImageDataset
     discoverer: ObjectDiscoverer
     run_dir: RunDir
+    dist: DistEnv = field(default_factory=DistEnv)
 
     @classmethod
     def prepare(cls, cfg: DictConfig, backbone: Backbone | None = None,
@@ -146,13 +148,14 @@ class EvalJob:
         validate_execution(cfg)
         protocol = protocol_from_config(cfg)
         dataset = build_dataset(str(cfg.dataset.name), **dataset_kwargs(cfg))
+        dist = DistEnv.from_environment()
         if backbone is None:
-            device = str(resolve_device(str(cfg.device)))
+            device = str(resolve_device(dist.device(str(cfg.device))))
             build = builder or (lambda name, weights, dev: build_backbone(name, weights=weights, device=dev))
             backbone = build(str(cfg.backbone.name), str(cfg.weights), device)
         # 0 and null both mean native resolution, as for `lostreg discover --max-size 0`.
         discoverer = ObjectDiscoverer(backbone, protocol, max_size=cfg.max_size or None, precision=str(cfg.precision))
-        return cls(cfg, dataset, discoverer, RunDir(cfg.run_dir))
+        return cls(cfg, dataset, discoverer, RunDir(cfg.run_dir), dist)
 
     def run(self, progress: bool = True, command: str | None = None,
             log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -168,15 +171,45 @@ class EvalJob:
             KeyboardInterrupt: after saving everything computed so far.
         """
         log = log or (lambda text: print(text, file=sys.stderr))
-        with self.run_dir.lock(command):
-            if self.cfg.overwrite:
-                removed = self.run_dir.clear()
-                if removed:
-                    log(f"overwrite=true: removed {', '.join(removed)} from {self.run_dir.path}")
-            container = OmegaConf.to_container(self.cfg, resolve=True)
-            assert isinstance(container, dict)
-            self.run_dir.pin_config(container, run_identity)
-            return _Session(self, progress, command, log).run()
+        dist = self.dist
+        dist.init(self.discoverer.backbone.device)
+        try:
+            if not dist.is_main:
+                # Rank 0 pins the directory and merges leftovers first; it says whether that worked.
+                problem = dist.share(None)
+                if problem is not None:
+                    raise RunConfigMismatch(f"rank 0 could not start the run: {problem}")
+                return _Session(self, False, command, log).run()
+            with self.run_dir.lock(command):
+                try:
+                    self._start(log)
+                except BaseException as err:
+                    dist.share(str(err))
+                    raise
+                dist.share(None)
+                return _Session(self, progress, command, log).run()
+        finally:
+            dist.finish()
+
+    def _start(self, log: Callable[[str], None]) -> None:
+        """Rank 0 (or the only process), holding the lock: start afresh if asked, pin the config,
+        merge the prediction files a killed torchrun job left behind."""
+        if self.cfg.overwrite:
+            removed = self.run_dir.clear()
+            if removed:
+                log(f"overwrite=true: removed {', '.join(removed)} from {self.run_dir.path}")
+        container = OmegaConf.to_container(self.cfg, resolve=True)
+        assert isinstance(container, dict)
+        self.run_dir.pin_config(container, run_identity)
+        merged = self.run_dir.merge_rank_files(order=self.dataset_order)
+        if merged:
+            log(f"{self.run_dir.path}: merged {merged} predictions of an earlier multi-process session")
+
+    def dataset_order(self, image_id: str) -> int:
+        """Position of an image in the dataset (records of other ids sort last)."""
+        if not hasattr(self, "_positions"):
+            object.__setattr__(self, "_positions", {r.image_id: i for i, r in enumerate(self.dataset)})
+        return self._positions.get(image_id, len(self._positions))  # type: ignore[attr-defined]
 
 
 def run_eval(
@@ -187,14 +220,20 @@ def run_eval(
 
 
 class _Session:
-    """One session on a pinned, locked run directory: resume, process what is left, record."""
+    """One session on a pinned, locked run directory: resume, process what is left, record.
+
+    Alone, it appends to ``preds.jsonl``. In a torchrun job each rank processes its contiguous
+    shard of what is left into its own ``preds.rank<r>.jsonl``; rank 0 then merges them and
+    writes the metrics and the session over every image.
+    """
 
     def __init__(self, job: EvalJob, progress: bool, command: str | None, log: Callable[[str], None]) -> None:
         self.job = job
-        self.progress = progress
+        self.dist = job.dist
+        self.progress = progress and job.dist.is_main
         self.command = command
-        self.log = log
-        self.store = job.run_dir.store()
+        self.log = log if job.dist.is_main else (lambda text: None)
+        self.store = job.run_dir.store(job.dist.rank if job.dist.is_distributed else None)
         self.evaluators = default_evaluators(job.dataset.has_ground_truth)
         self.done_lines: list[dict[str, Any]] = []
         self.failed = 0
@@ -214,27 +253,39 @@ class _Session:
         self.done_lines += lines
         self.failed += sum(line.get("error") is not None for line in lines)
 
-    def run(self) -> dict[str, Any]:
-        job, cfg = self.job, self.job.cfg
-        dataset = job.dataset
-        preds = self.store.load()
-        done = [preds[r.image_id] for r in dataset if r.image_id in preds]
+    def _load_done(self) -> dict[str, dict[str, Any]]:
+        """Records on disk, in the dataset's order, fed to fresh evaluators (stored hits are kept)."""
+        job = self.job
+        if self.dist.is_distributed:
+            preds = job.run_dir.store().read()  # rank 0 has merged and truncated before anyone reads
+        else:
+            preds = self.store.load()  # drops a partial last line left by a kill
+        self.evaluators.reset()
+        self.done_lines, self.failed = [], 0
+        done = [preds[r.image_id] for r in job.dataset if r.image_id in preds]
         self.evaluators.process(done)
         self._add(done)
+        return preds
+
+    def run(self) -> dict[str, Any]:
+        job, cfg, dist = self.job, self.job.cfg, self.dist
+        dataset = job.dataset
+        preds = self._load_done()
         selected = list(dataset) if cfg.limit is None else list(dataset)[: cfg.limit]
-        todo = [r for r in selected if r.image_id not in preds]
-        self._announce(len(selected), len(todo))
+        remaining = [r for r in selected if r.image_id not in preds]
+        todo = shard(remaining, dist.rank, dist.world_size)
+        self._announce(len(selected), len(remaining))
         session: dict[str, Any] = {
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": self.command or " ".join(sys.argv),
             "resumed_with": len(preds),
             "device": str(job.discoverer.backbone.device), "precision": job.discoverer.precision,
             "batch_size": int(cfg.batch_size), "num_workers": int(cfg.num_workers), "limit": cfg.limit,
-            "versions": _versions(), "git": _git_state(),
+            "world_size": dist.world_size, "versions": _versions(), "git": _git_state(),
         }
         interrupted = False
-        # From here on the directory always holds metrics of what is on disk, even after a kill.
-        job.run_dir.write_metrics(self.metrics(final=False))
+        if dist.is_main:  # from here on the directory always holds metrics of what is on disk
+            job.run_dir.write_metrics(self.metrics(final=False))
         try:
             if todo:
                 self._process(todo)
@@ -242,10 +293,24 @@ class _Session:
             interrupted = True
             raise
         finally:
-            metrics = self.metrics(final=True)
-            job.run_dir.write_metrics(metrics)
-            session.update(timings=self.timer.as_dict(), interrupted=interrupted)
-            job.run_dir.append_session(session)
+            metrics = self._finish(session, interrupted)
+        return metrics
+
+    def _finish(self, session: dict[str, Any], interrupted: bool) -> dict[str, Any]:
+        """Alone: final metrics and the session. In a torchrun job: wait for every rank, then rank 0
+        merges their files and computes the metrics over everything on disk."""
+        job, dist = self.job, self.dist
+        if dist.is_distributed:
+            if not interrupted:
+                dist.barrier()
+            if not dist.is_main:
+                return self.metrics(final=False)
+            job.run_dir.merge_rank_files(order=job.dataset_order)
+            self._load_done()
+        metrics = self.metrics(final=True)
+        job.run_dir.write_metrics(metrics)
+        session.update(timings=self.timer.as_dict(), interrupted=interrupted)
+        job.run_dir.append_session(session)
         return metrics
 
     def _announce(self, selected: int, todo: int) -> None:
@@ -280,7 +345,8 @@ class _Session:
                 self.evaluators.process(lines)  # scores the new lines (hit, iou) before they are stored
                 timer.compute_s += time.monotonic() - start
                 self._add(lines)
-                writer.submit(lines, self.metrics(final=False))
+                # Only rank 0 keeps metrics.json current (other ranks' lines are counted at the end).
+                writer.submit(lines, self.metrics(final=False) if self.dist.is_main else None)
                 hits += sum(bool(line.get("hit")) for line in lines)
                 timer.images += len(lines)
                 bar.update(len(lines))
