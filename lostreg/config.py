@@ -20,7 +20,7 @@ import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, List, Mapping, Optional, Sequence
 
 from hydra import compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
@@ -116,6 +116,24 @@ class FolderNode:
 
 
 @dataclass
+class SweepNode:
+    """``lostreg sweep``: lists of values to try (null = the single value of ``features.*`` / ``lost.*``).
+
+    Every combination is one configuration; one backbone pass per batch gives every
+    (which, layer) feature set they need (:mod:`lostreg.evaluation.sweep`).
+    """
+
+    which: Optional[List[str]] = None
+    layer: Optional[List[int]] = None
+    l2_normalize: Optional[List[bool]] = None
+    gram_bias: Optional[List[float]] = None
+    k_patches: Optional[List[int]] = None
+
+    def is_set(self) -> bool:
+        return any(getattr(self, f.name) is not None for f in dataclasses.fields(self))
+
+
+@dataclass
 class EvalNode:
     """The whole ``lostreg eval`` config. Group options fill ``backbone`` and ``dataset``."""
 
@@ -139,6 +157,11 @@ class EvalNode:
     limit: Optional[int] = None
     #: start afresh: delete the run directory's predictions, metrics and config first
     overwrite: bool = False
+    #: ``lostreg sweep`` only: the grid of protocol values to try
+    sweep: SweepNode = field(default_factory=SweepNode)
+    #: ``lostreg sweep`` only: pick the configuration on this dataset's sweep (a dataset name, or a
+    #: sweep run directory) and report it, fixed, beside this dataset's own best
+    select_on: Optional[str] = None
     # Deterministic, so that re-running the same command resumes the same run; it names what
     # changes results (dataset variant, backbone and weights, protocol, max_size), see run_identity.
     run_dir: str = ("outputs/${lostreg_dataset_dir:${dataset}}/${lostreg_backbone_dir:${backbone.name},${weights}}/"

@@ -12,6 +12,8 @@ Layout of a run directory:
 * ``metrics.json`` what the evaluators computed over every line of ``preds.jsonl``.
 * ``.lock``        advisory lock held by the one process that appends to the directory; it holds
   that process's pid, host and command, so a second writer is told who holds it.
+* ``sweep.csv`` and ``configs/<protocol>/`` (``lostreg sweep`` only): the table of configurations and
+  one ordinary run directory per configuration; ``metrics.json`` then has ``"kind": "sweep"``.
 * ``preds.rank<r>.jsonl`` only while a torchrun job runs (or after one was killed): each rank's
   predictions, merged into ``preds.jsonl`` by rank 0 at the end or by the next session.
 
@@ -41,6 +43,8 @@ __all__ = [
     "METRICS_FILE",
     "PREDS_FILE",
     "RANK_PREDS_PATTERN",
+    "SWEEP_CONFIGS_DIR",
+    "SWEEP_CSV",
     "RUN_INFO_FILE",
     "PredictionStore",
     "PredictionWriter",
@@ -56,6 +60,9 @@ __all__ = [
 ]
 
 CONFIG_FILE = "config.yaml"
+#: A sweep directory's table of configurations, best first, and its folder of per-configuration runs.
+SWEEP_CSV = "sweep.csv"
+SWEEP_CONFIGS_DIR = "configs"
 #: Per-rank prediction files of a torchrun job (merged into PREDS_FILE by rank 0).
 RANK_PREDS_PATTERN = "preds.rank{rank}.jsonl"
 RUN_INFO_FILE = "run.json"
@@ -156,13 +163,16 @@ class PredictionWriter:
     store's: a line is done once it is on disk, and lines handed over but not yet written are
     redone on resume. At most ``max_pending`` batches wait; beyond that :meth:`submit` blocks.
     An error in the thread is raised again by the next :meth:`submit` or by :meth:`close`.
+
+    One writer may serve several run directories (a sweep's configurations): :meth:`submit`
+    takes the target store and directory, defaulting to those given here.
     """
 
     def __init__(self, run_dir: "RunDir", store: PredictionStore, max_pending: int = 8) -> None:
         self._run_dir = run_dir
         self._store = store
-        self._queue: queue.Queue[tuple[list[dict[str, Any]], Mapping[str, Any] | None] | None] = \
-            queue.Queue(maxsize=max_pending)
+        self._queue: queue.Queue[tuple[PredictionStore, RunDir, list[dict[str, Any]], dict[str, Any] | None] | None] \
+            = queue.Queue(maxsize=max_pending)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._work, name="lostreg-prediction-writer", daemon=True)
         self._thread.start()
@@ -174,11 +184,11 @@ class PredictionWriter:
                 return
             if self._error is not None:
                 continue  # drain without writing after a failure
-            lines, metrics = job
+            store, run_dir, lines, metrics = job
             try:
-                self._store.append(lines)
+                store.append(lines)
                 if metrics is not None:
-                    self._run_dir.write_metrics(metrics)
+                    run_dir.write_metrics(metrics)
             except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
                 self._error = err
 
@@ -187,10 +197,12 @@ class PredictionWriter:
             error, self._error = self._error, None
             raise error
 
-    def submit(self, lines: list[dict[str, Any]], metrics: Mapping[str, Any] | None = None) -> None:
-        """Queue one batch's lines (then ``metrics``) for writing."""
+    def submit(self, lines: list[dict[str, Any]], metrics: Mapping[str, Any] | None = None,
+               store: PredictionStore | None = None, run_dir: "RunDir | None" = None) -> None:
+        """Queue one batch's lines (then ``metrics``) for writing, to ``store`` / ``run_dir`` or the defaults."""
         self._raise()
-        self._queue.put((lines, None if metrics is None else dict(metrics)))
+        self._queue.put((store or self._store, run_dir or self._run_dir, lines,
+                         None if metrics is None else dict(metrics)))
 
     def close(self) -> None:
         """Write everything submitted, stop the thread, raise a write error if one happened."""
@@ -247,6 +259,10 @@ class RunDir:
     @property
     def lock_path(self) -> Path:
         return self.path / LOCK_FILE
+
+    def configuration(self, name: str) -> "RunDir":
+        """The run directory of one configuration of a sweep (``configs/<name>``)."""
+        return RunDir(self.path / SWEEP_CONFIGS_DIR / name)
 
     def has_config(self) -> bool:
         """Whether ``config.yaml`` exists (the directory was started by ``lostreg eval``)."""

@@ -21,6 +21,7 @@ __all__ = [
     "lostreg_backbone_for",
     "published_by_key",
     "published_for",
+    "published_sweep_for",
 ]
 
 #: Dataset names (as in ``configs/dataset``) that the published tables report.
@@ -153,3 +154,17 @@ def published_for(
     if result.source == SOURCE_LOST and gram_bias != paper_lost.gram_bias:
         return None
     return result
+
+
+#: lostreg backbone -> the public-checkpoint row of the swept protocol (best of k/q/v, last 4 blocks,
+#: L2-normalised, bias in [-1, 0], chosen on the evaluation data: an oracle, as a sweep's best row).
+BACKBONE_TO_SWEEP_PUBLISHED: dict[str, str] = {
+    "dinov2_vitl14": "public_sweep_dinov2",
+    "dinov2_vitl14_reg": "public_sweep_dinov2_reg",
+}
+
+
+def published_sweep_for(backbone: str, weights: str = "pretrained") -> PublishedResult | None:
+    """The published swept-protocol row beside a ``lostreg sweep`` of ``backbone`` (public weights only)."""
+    key = BACKBONE_TO_SWEEP_PUBLISHED.get(backbone)
+    return published_by_key(key) if key is not None and weights == "pretrained" else None

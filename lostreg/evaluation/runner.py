@@ -39,9 +39,10 @@ from lostreg.discovery import Discovery, ObjectDiscoverer
 from lostreg.evaluation.distributed import DistEnv, shard
 from lostreg.evaluation.evaluators import default_evaluators
 from lostreg.evaluation.loading import DevicePrefetcher, LoadedBatch, iterate_prepared
+from lostreg.protocol import DiscoveryProtocol
 from lostreg.rundir import PredictionStore, PredictionWriter, RunConfigMismatch, RunDir
 
-__all__ = ["EvalJob", "PredictionStore", "RunConfigMismatch", "prediction_record", "run_eval"]
+__all__ = ["EvalJob", "PredictionStore", "RunConfigMismatch", "build_parts", "prediction_record", "run_eval"]
 
 
 def prediction_record(record: ImageRecord, found: Discovery | None, error: str | None) -> dict[str, Any]:
@@ -116,6 +117,25 @@ def _git_state() -> dict[str, Any] | None:
 BackboneBuilder = Callable[[str, str, str], Backbone]
 
 
+def build_parts(cfg: DictConfig, backbone: Backbone | None = None, builder: BackboneBuilder | None = None
+                ) -> tuple[DiscoveryProtocol, ImageDataset, Backbone, DistEnv]:
+    """Everything a dataset run needs that can fail for the whole run, cheapest checks first:
+    execution settings, protocol, dataset index, then the backbone (unless given). Writes nothing.
+
+    Raises:
+        ConfigError, ProtocolError, DatasetLayoutError, UnknownBackboneError, WeightsError, ValueError.
+    """
+    validate_execution(cfg)
+    protocol = protocol_from_config(cfg)
+    dataset = build_dataset(str(cfg.dataset.name), **dataset_kwargs(cfg))
+    dist = DistEnv.from_environment()
+    if backbone is None:
+        device = str(resolve_device(dist.device(str(cfg.device))))
+        build = builder or (lambda name, weights, dev: build_backbone(name, weights=weights, device=dev))
+        backbone = build(str(cfg.backbone.name), str(cfg.weights), device)
+    return protocol, dataset, backbone, dist
+
+
 @dataclass
 class EvalJob:
     """One eval run, checked and ready: every setting validated, dataset read, backbone built.
@@ -145,14 +165,7 @@ class EvalJob:
             ConfigError, ProtocolError, DatasetLayoutError, UnknownBackboneError, WeightsError,
                 ValueError: one line each; nothing has been written.
         """
-        validate_execution(cfg)
-        protocol = protocol_from_config(cfg)
-        dataset = build_dataset(str(cfg.dataset.name), **dataset_kwargs(cfg))
-        dist = DistEnv.from_environment()
-        if backbone is None:
-            device = str(resolve_device(dist.device(str(cfg.device))))
-            build = builder or (lambda name, weights, dev: build_backbone(name, weights=weights, device=dev))
-            backbone = build(str(cfg.backbone.name), str(cfg.weights), device)
+        protocol, dataset, backbone, dist = build_parts(cfg, backbone, builder)
         # 0 and null both mean native resolution, as for `lostreg discover --max-size 0`.
         discoverer = ObjectDiscoverer(backbone, protocol, max_size=cfg.max_size or None, precision=str(cfg.precision))
         return cls(cfg, dataset, discoverer, RunDir(cfg.run_dir), dist)

@@ -7,6 +7,7 @@ imports torch; nothing here writes.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -17,11 +18,11 @@ from typing import Any
 from lostreg.backbones.registry import is_weight_free
 from lostreg.datasets import PUBLISHED_SIZES
 from lostreg.datasets.voc import DEFAULT_VOC_SPLIT
-from lostreg.evaluation.published import PublishedResult, published_for
+from lostreg.evaluation.published import PublishedResult, published_for, published_sweep_for
 from lostreg.protocol import DiscoveryProtocol, FeatureConfig, LostConfig, ProtocolError
 from lostreg.rundir import CONFIG_FILE, METRICS_FILE, RunDir, RunError
 
-__all__ = ["DEFAULT_PROTOCOL_TEXT", "RunError", "RunSummary", "load_run", "load_runs"]
+__all__ = ["DEFAULT_PROTOCOL_TEXT", "RunError", "RunSummary", "load_run", "load_run_rows", "load_runs"]
 
 #: How a row with the default protocol (:class:`~lostreg.protocol.DiscoveryProtocol` defaults) is named.
 DEFAULT_PROTOCOL_TEXT = "default"
@@ -64,6 +65,11 @@ class RunSummary:
     num_images: int
     complete: bool
     dataset_config: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    #: For a row made from a ``lostreg sweep`` directory: ``best`` (chosen on the same data: an
+    #: oracle) or ``chosen`` (chosen on ``selected_on`` and scored here); None for an ordinary run.
+    sweep_role: str | None = None
+    sweep_size: int = 0
+    selected_on: str | None = None
 
     @property
     def which(self) -> str:
@@ -117,8 +123,14 @@ class RunSummary:
 
     @property
     def protocol(self) -> str:
-        """The departures from the default protocol and data, e.g. ``"which=q layer=-2"``, or ``"default"``."""
-        parts = self.discovery.departures()
+        """The departures from the default protocol and data, e.g. ``"which=q layer=-2"``, or ``"default"``;
+        for a sweep, which of its configurations the row is (``sweep of 132: best (oracle)``)."""
+        if self.sweep_role == "best":
+            parts = [f"sweep of {self.sweep_size}: best on the same data (oracle)"]
+        elif self.sweep_role == "chosen":
+            parts = [f"sweep of {self.sweep_size}: chosen on {self.selected_on}"]
+        else:
+            parts = self.discovery.departures()
         if self.max_size is not None:
             parts.append(f"max_size={self.max_size}")
         if self.weights != _DEFAULT_WEIGHTS and not is_weight_free(self.backbone):
@@ -133,6 +145,8 @@ class RunSummary:
 
     def published(self) -> PublishedResult | None:
         """The published row this run compares with (see :func:`published_for`)."""
+        if self.sweep_role is not None:
+            return published_sweep_for(self.backbone, weights=self.weights)
         if self.l2_normalize or self.discovery.method != "lost":
             return None  # no published row uses one fixed L2-normalised protocol
         return published_for(self.backbone, which=self.which, layer=self.layer, k_patches=self.k_patches,
@@ -179,17 +193,49 @@ def _protocol(config: Mapping[str, Any], source: Path) -> DiscoveryProtocol:
 
 
 def load_run(run_dir: str | Path) -> RunSummary:
-    """Read one run directory.
+    """Read one run directory (of a sweep: its best configuration, see :func:`load_run_rows`).
 
     Raises:
         RunError: not a directory, a missing or unreadable ``config.yaml`` /
             ``metrics.json``, or a missing or mistyped key; the message names the path.
     """
+    return load_run_rows(run_dir)[0]
+
+
+def load_run_rows(run_dir: str | Path) -> list[RunSummary]:
+    """The table rows of one run directory: one for ``lostreg eval``; for ``lostreg sweep`` its best
+    configuration (an oracle) and, when it has one, the configuration chosen on other data.
+
+    Raises:
+        RunError: as :func:`load_run`.
+    """
     run = RunDir(run_dir)
     run.require(CONFIG_FILE, METRICS_FILE)
-    config = run.read_config()
     metrics = run.read_metrics()
     assert metrics is not None  # required above
+    if metrics.get("kind") != "sweep":
+        return [_summary(run, run.read_config(), metrics)]
+    rows = []
+    size = len(metrics.get("configurations") or [])
+    for role in ("best", "selected"):
+        entry = metrics.get(role)
+        if not entry:
+            continue
+        sub = run.configuration(str(entry["protocol"]))
+        try:
+            sub.require(CONFIG_FILE, METRICS_FILE)
+        except RunError as err:
+            raise RunError(f"{run.path}: sweep configuration {entry['protocol']} unreadable ({err})") from None
+        summary = _summary(sub, sub.read_config(), sub.read_metrics() or {})
+        rows.append(dataclasses.replace(summary, run_dir=run.path, sweep_size=size,
+                                        sweep_role="best" if role == "best" else "chosen",
+                                        selected_on=entry.get("on")))
+    if not rows:
+        raise RunError(f"{run.path}: a sweep without results yet")
+    return rows
+
+
+def _summary(run: RunDir, config: Mapping[str, Any], metrics: Mapping[str, Any]) -> RunSummary:
     cfg = {key: _select(config, key, run.config_path) for key in _CONFIG_KEYS}
     for key in _METRIC_KEYS:
         if key not in metrics:
@@ -252,7 +298,7 @@ def load_runs(
                 continue
             seen.add(resolved)
             try:
-                runs.append(load_run(match))
+                runs.extend(load_run_rows(match))
             except RunError as err:
                 if on_error is None:
                     raise
