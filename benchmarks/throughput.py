@@ -38,11 +38,12 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Sequence
+from typing import Any
 
 # Only the standard library at module level: the measured processes re-run this file, and
 # ``--help`` must be instant. torch, lostreg and numpy are imported where they are used.
@@ -328,13 +329,12 @@ def worker_eval(args: argparse.Namespace) -> int:
 
 def worker_info(args: argparse.Namespace) -> int:
     """Versions and the resolved device, from a short-lived process (the driver never touches CUDA)."""
-    import numpy
-    import timm
     import torch
     import torchvision
 
     import lostreg
     from lostreg.backbones import resolve_device
+    from lostreg.evaluation.runner import _versions  # what run.json records, so the two agree
 
     try:
         device = resolve_device(args.device)
@@ -344,9 +344,8 @@ def worker_info(args: argparse.Namespace) -> int:
     info: dict[str, Any] = {
         "device": device.type if device.index is None else str(device),
         "device_type": device.type,
-        "torch": torch.__version__, "timm": timm.__version__, "torchvision": torchvision.__version__,
-        "numpy": numpy.__version__, "lostreg": lostreg.__version__, "lostreg_path": str(Path(lostreg.__file__).parent),
-        "torch_cuda": torch.version.cuda, "torch_threads": torch.get_num_threads(),
+        **_versions(), "torchvision": torchvision.__version__,
+        "lostreg_path": str(Path(lostreg.__file__).parent), "torch_threads": torch.get_num_threads(),
         "gpu_name": None, "gpu_memory_gib": None, "gpu_index": None,
     }
     if device.type == "cuda":
@@ -484,7 +483,8 @@ def run_process(command: list[str], log_stem: Path, gpu: str | None, timeout: fl
     with out_path.open("w") as out, err_path.open("w") as err, GpuSampler(gpu) as sampler:
         started = time.perf_counter()
         try:
-            code = subprocess.run(command, stdout=out, stderr=err, env=child_env(), cwd=REPO, timeout=timeout).returncode
+            code = subprocess.run(command, check=False, stdout=out, stderr=err, env=child_env(), cwd=REPO,
+                                  timeout=timeout).returncode
         except subprocess.TimeoutExpired:
             code = 124
         wall = time.perf_counter() - started
@@ -627,12 +627,13 @@ def machine_description(info: dict[str, Any]) -> dict[str, Any]:
     driver = None
     if info.get("gpu_name") and shutil.which("nvidia-smi"):
         try:
-            driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                    capture_output=True, text=True, timeout=20).stdout.splitlines()[0].strip()
+            smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                 check=False, capture_output=True, text=True, timeout=20)
+            driver = smi.stdout.splitlines()[0].strip()
         except (OSError, subprocess.SubprocessError, IndexError):
             driver = None
     return {"cpu_model": cpu_model, "cpu_count": os.cpu_count(), "cpu_usable": usable, "memory_gib": mem_gib,
-            "platform": platform.platform(), "python": platform.python_version(), "nvidia_driver": driver,
+            "nvidia_driver": driver,
             **{k: v for k, v in info.items() if k not in ("device", "device_type")}}
 
 
@@ -662,6 +663,7 @@ def summarise(results: dict[str, list[Measured]]) -> dict[str, dict[str, Any]]:
         table[variant] = {
             "ok": True, "runs": len(runs), "ok_runs": len(good), "images": images,
             "failed_images": good[0].summary.get("failed", 0),
+            "walls_s": [r.wall_s for r in runs if r.ok],  # in run order: the spread shows the noise
             "wall_median_s": statistics.median(walls), "wall_min_s": min(walls),
             "img_per_s_median": images / statistics.median(walls), "img_per_s_best": images / min(walls),
             "peak_gpu_allocated_mib": max(peaks) / 2**20 if peaks else None,
@@ -677,11 +679,13 @@ def breakdown(variant: str, run: Measured, results: dict[str, list[Measured]]) -
     if variant == "a":
         backbone = s["forward_s"]
         return {"process_s": run.wall_s, "outside_loop_s": run.wall_s - s["loop_s"], "waiting_images_s": s["read_s"],
-                "compute_s": s["forward_s"] + s["lost_s"], "rest_s": s["loop_s"] - s["read_s"] - s["forward_s"] - s["lost_s"],
+                "compute_s": s["forward_s"] + s["lost_s"],
+                "rest_s": s["loop_s"] - s["read_s"] - s["forward_s"] - s["lost_s"],
                 "backbone_s": backbone, "outside_backbone_share": 1 - backbone / run.wall_s, "estimated": False}
     if variant == "c":
         backbone = s["forward_s"]
-        return {"process_s": run.wall_s, "outside_loop_s": run.wall_s - s["loop_s"], "waiting_images_s": s["load_wait_s"],
+        return {"process_s": run.wall_s, "outside_loop_s": run.wall_s - s["loop_s"],
+                "waiting_images_s": s["load_wait_s"],
                 "compute_s": s["forward_s"], "rest_s": 0.0, "backbone_s": backbone,
                 "outside_backbone_share": 1 - backbone / run.wall_s, "estimated": False}
     t = s["timings"]
@@ -699,20 +703,23 @@ def markdown_report(opts: argparse.Namespace, device: str, batch_size: int, mach
                     agreement: dict[str, Any] | None, load: dict[str, Any]) -> str:
     """The table to paste into benchmarks/README.md."""
     m = machine
-    gpu = f"{m['gpu_name']} ({m['gpu_memory_gib']} GiB, driver {m['nvidia_driver'] or '?'})" if m.get("gpu_name") else "none used"
+    gpu = "none used"
+    if m.get("gpu_name"):
+        gpu = f"{m['gpu_name']} ({m['gpu_memory_gib']} GiB, driver {m['nvidia_driver'] or '?'})"
     lines = [
         f"### lostreg throughput: {opts.backbone}, random weights, {opts.precision} (TF32 off), device {device}",
         "",
         f"- machine: CPU {m['cpu_model']}, {m['cpu_usable']} usable of {m['cpu_count']} logical CPUs, "
         f"{m['memory_gib']} GiB RAM; GPU: {gpu}",
-        f"- software: Python {m['python']}, torch {m['torch']} (CUDA {m['torch_cuda']}), timm {m['timm']}, "
+        f"- software: Python {m['python']}, torch {m['torch']} (CUDA {m['cuda']}), timm {m['timm']}, "
         f"torchvision {m['torchvision']}, numpy {m['numpy']}, lostreg {m['lostreg']}; {m['platform']}",
         f"- settings: {opts.images} generated images ({', '.join(f'{w}x{h}' for w, h in VOC_SIZES)} cycled), "
         f"batch_size {batch_size} for (b) and (c), num_workers {opts.num_workers}, repeat {opts.repeat}, "
         f"torch threads {m['torch_threads']}",
         f"- load average (1/5/15 min) before: {load['before']}, after: {load['after']}",
         "",
-        "| run | what | images | wall s median / min | img/s median / best | peak GPU MiB (allocated) | GPU util % mean / max |",
+        "| run | what | images | wall s median / min | img/s median / best | peak GPU MiB (allocated) "
+        "| GPU util % mean / max |",
         "|---|---|---|---|---|---|---|",
     ]
     for v in VARIANTS:
@@ -730,15 +737,19 @@ def markdown_report(opts: argparse.Namespace, device: str, batch_size: int, mach
             f"| {util} |")
     ok = {v: r for v, r in table.items() if r["ok"]}
     ratios = []
-    for num, den, meaning in (("b", "c", "share of the backbone floor reached"), ("b", "a", "speed-up over the reference-style loop")):
+    for num, den, meaning in (("b", "c", "share of the backbone floor reached"),
+                              ("b", "a", "speed-up over the reference-style loop")):
         if num in ok and den in ok:
             ratios.append(f"- ({num})/({den}) img/s: {ok[num]['img_per_s_median'] / ok[den]['img_per_s_median']:.2f} "
                           f"(medians), {ok[num]['img_per_s_best'] / ok[den]['img_per_s_best']:.2f} (best): {meaning}")
     lines += ["", *ratios] if ratios else []
+    lines.append("- wall s of every run, in run order: " + "; ".join(
+        f"({v}) " + ", ".join(f"{w:.2f}" for w in r["walls_s"]) for v, r in ok.items()))
     notes = {r.get("gpu_note") for r in ok.values() if r.get("gpu_note")}
     lines += [f"- GPU utilisation: {n}" for n in sorted(notes)]
     lines += ["", "Where the time goes (median run of each; seconds):", "",
-              "| run | process | outside loop (start-up, build, exit) | waiting for images | compute | rest of loop | backbone | outside backbone |",
+              "| run | process | outside loop (start-up, build, exit) | waiting for images | compute | rest of loop "
+              "| backbone | outside backbone |",
               "|---|---|---|---|---|---|---|---|"]
     for v in VARIANTS:
         if v not in ok:
@@ -798,7 +809,8 @@ def _skip_arg(value: str) -> frozenset[str]:
     parts = {p.strip() for p in value.split(",") if p.strip()}
     unknown = parts - set(VARIANTS)
     if unknown:
-        raise argparse.ArgumentTypeError(f"--skip takes a comma-separated subset of a,b,c; got {', '.join(sorted(unknown))}")
+        raise argparse.ArgumentTypeError(
+            f"--skip takes a comma-separated subset of a,b,c; got {', '.join(sorted(unknown))}")
     return frozenset(parts)
 
 
@@ -821,12 +833,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", type=_device_arg, default="auto",
                         help="auto (CUDA when available), cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--images", type=_positive, default=None,
-                        help=f"number of images (default: {DEFAULT_IMAGES['cuda']} on CUDA, {DEFAULT_IMAGES['cpu']} on CPU)")
+                        help=f"number of images (default: {DEFAULT_IMAGES['cuda']} on CUDA, "
+                             f"{DEFAULT_IMAGES['cpu']} on CPU)")
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "lostreg_bench_voc",
                         help="where the generated VOC-layout images are cached (VOCdevkit/VOC2007 inside); "
                              "made once, grown when more images are asked (default: %(default)s)")
     parser.add_argument("--backbone", default="dinov2_vits14_reg",
-                        help="lostreg backbone name or alias, or a timm ViT name; random weights (default: %(default)s)")
+                        help="lostreg backbone name or alias, or a timm ViT name; random weights "
+                             "(default: %(default)s)")
     parser.add_argument("--batch-size", type=_positive, default=None,
                         help=f"batch size of (b) and (c); (a) is always 1 (default: {DEFAULT_BATCH['cuda']} on CUDA, "
                              f"{DEFAULT_BATCH['cpu']} on CPU)")
@@ -836,13 +850,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run each process K times, interleaved a,b,c,a,b,c...; the table shows median and min "
                              "wall time (default: %(default)s)")
     parser.add_argument("--precision", type=_precision_arg, default="fp32",
-                        help=f"numeric precision; only {', '.join(PRECISIONS)} for now, others are refused (default: fp32)")
+                        help=f"numeric precision; only {', '.join(PRECISIONS)} for now, others are refused "
+                             "(default: fp32)")
     parser.add_argument("--skip", type=_skip_arg, default=frozenset(), metavar="a,b,c",
                         help="variants not to run, comma-separated (e.g. --skip a)")
     parser.add_argument("--check-identity", action="store_true",
                         help=f"also run lostreg eval with batch_size=1 and with --batch-size on the first "
-                             f"{IDENTITY_IMAGES} images (or all, if fewer) and count identical boxes; on CUDA also a CPU "
-                             "pass on --identity-cpu-images of them, compared with the GPU boxes. Not timed in the table")
+                             f"{IDENTITY_IMAGES} images (or all, if fewer) and count identical boxes; on CUDA also "
+                             "a CPU pass on --identity-cpu-images of them, compared with the GPU boxes. "
+                             "Not timed in the table")
     parser.add_argument("--identity-cpu-images", type=_positive, default=48,
                         help="images of the CPU pass of --check-identity on a GPU machine (default: %(default)s)")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT",
@@ -870,8 +886,8 @@ def _load() -> str:
 def run_benchmark(opts: argparse.Namespace) -> int:
     """Driver: info, data, measured processes, checks, report."""
     load = {"before": _load()}
-    info_out = subprocess.run(worker_command("info", "--device", opts.device), capture_output=True, text=True,
-                              env=child_env(), cwd=REPO)
+    info_out = subprocess.run(worker_command("info", "--device", opts.device), check=False, capture_output=True,
+                              text=True, env=child_env(), cwd=REPO)
     info = next((json.loads(line[len(SUMMARY_TAG):]) for line in info_out.stdout.splitlines()
                  if line.startswith(SUMMARY_TAG)), None)
     if info is None or "error" in info:
