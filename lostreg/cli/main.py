@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "discover": ("discover_cmd", "find the main object's box in images"),
     "eval": ("eval_cmd", "CorLoc of LOST on a dataset (hydra overrides)"),
     "sweep": ("sweep_cmd", "a grid of protocols on a dataset from one backbone pass per batch"),
+    "experiment": ("experiment_cmd", "a whole comparison (e.g. registers_gap) in one command"),
     "compare": ("compare_cmd", "CorLoc table of eval runs beside published numbers"),
     "data": ("data_cmd", "check dataset layouts, fetch the COCO20k list"),
     "export": ("export_cmd", "write pseudo-boxes for detector training"),

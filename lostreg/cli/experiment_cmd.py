@@ -1,0 +1,58 @@
+"""``lostreg experiment NAME data_root=DIR [size=s|b|l] [sweep=PRESET] [out=DIR] [eval overrides]``.
+
+    lostreg experiment registers_gap data_root=/data size=s
+    lostreg experiment registers_gap data_root=/data size=l sweep=best_of device=cuda batch_size=32
+
+Runs every (backbone, dataset) of ``configs/experiment/NAME.yaml``, each backbone built once, in
+the run directories ``lostreg eval`` (or ``lostreg sweep``) would use, so it resumes as a whole;
+then writes the gap table (``gap.md``, ``gap.csv``) and one HTML report per dataset to ``out``
+(default ``outputs/experiment_NAME_SIZE``). stdout: the table. Exit 0 when every run finished,
+1 when some failed (the table shows the others), 2 when nothing could start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from lostreg.cli.common import build_backbone_loudly, error, user_errors
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", help="experiment (configs/experiment/): registers_gap")
+    parser.add_argument("arguments", nargs="*", metavar="KEY=VALUE",
+                        help="data_root=DIR (required), size=s|b|l (default s), sweep=PRESET (e.g. best_of: a "
+                             "protocol sweep instead of the single protocol), out=DIR, and any eval override "
+                             "(weights=..., device=..., batch_size=..., features.*, lost.*)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from lostreg.evaluation.experiment import Experiment
+
+    errors = user_errors()
+    try:
+        experiment = Experiment.prepare(args.name, list(args.arguments))
+    except errors as err:
+        error(err)
+        return 2
+
+    def build_loudly(name: str, weights: str, device: str):  # type: ignore[no-untyped-def]
+        return build_backbone_loudly(name, weights, device, random_hint="weights=random")
+
+    print(f"{len(experiment.runs)} runs; results in {experiment.out}", file=sys.stderr)
+    try:
+        outcome = experiment.run(build_loudly, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print("lostreg: interrupted; every run keeps what it computed: run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    except errors as err:
+        error(err)
+        return 2
+    sys.stdout.write(outcome["table"])
+    for path in outcome["files"]:
+        print(f"wrote {path}", file=sys.stderr)
+    for what, why in outcome["failed"]:
+        error(f"{what} failed: {why}")
+    return 1 if outcome["failed"] else 0

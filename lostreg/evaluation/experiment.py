@@ -1,0 +1,192 @@
+"""``lostreg experiment``: a whole comparison in one command (``configs/experiment/<name>.yaml``).
+
+An experiment file names backbones (per size) and datasets (as eval overrides, with
+``{data_root}`` filled in). :class:`Experiment` composes every (backbone, dataset) config first and
+reads every dataset index — so a missing dataset or a bad setting stops it before any backbone is
+built — then builds each backbone once and runs ``lostreg eval`` (or ``lostreg sweep``) on each of
+its datasets. The run directories are the ones the single commands would use, so an experiment
+resumes them and they resume it. At the end the gap table (markdown and CSV) and one HTML report
+per dataset go to the experiment's folder.
+"""
+
+from __future__ import annotations
+
+import gc
+import shlex
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from lostreg.backbones import Backbone
+from lostreg.config import ConfigError, compose_config, dataset_kwargs, protocol_from_config, validate_execution
+from lostreg.datasets import build_dataset
+from lostreg.evaluation.runner import BackboneBuilder, EvalJob
+from lostreg.evaluation.sweep import SweepGrid, SweepJob
+
+__all__ = ["Experiment", "ExperimentRun", "experiment_names", "load_experiment"]
+
+#: Keys of the experiment command itself; every other ``key=value`` goes to each run's config.
+EXPERIMENT_KEYS = ("data_root", "size", "sweep", "out")
+
+
+def experiment_names() -> list[str]:
+    """The experiments shipped in ``configs/experiment/``."""
+    folder = resources.files("lostreg.configs").joinpath("experiment")
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_experiment(name: str) -> DictConfig:
+    """``configs/experiment/<name>.yaml``.
+
+    Raises:
+        ConfigError: no such experiment (the known ones are listed).
+    """
+    path = resources.files("lostreg.configs").joinpath("experiment", f"{name}.yaml")
+    if not path.is_file():
+        raise ConfigError(f"unknown experiment {name!r}; known: {', '.join(experiment_names())}")
+    spec = OmegaConf.create(path.read_text(encoding="utf-8"))
+    assert isinstance(spec, DictConfig)
+    return spec
+
+
+@dataclass
+class ExperimentRun:
+    """One (backbone, dataset) run of an experiment."""
+
+    backbone: str
+    dataset: str
+    cfg: DictConfig
+    overrides: list[str]
+    kind: str = "eval"
+
+    @property
+    def command(self) -> str:
+        """The single command this run is equal to (recorded in run.json)."""
+        return f"lostreg {self.kind} " + " ".join(shlex.quote(o) for o in self.overrides)
+
+
+@dataclass
+class Experiment:
+    """An experiment, checked and ready: every run's config composed, every dataset index read.
+
+    Attributes:
+        name: the experiment file's name.
+        runs: in order, grouped by backbone (each backbone is built once for its runs).
+        out: where the gap table and reports go.
+        sweep: the protocol preset swept instead of a single protocol (``best_of``), or None.
+    """
+
+    name: str
+    runs: list[ExperimentRun]
+    out: Path
+    sweep: str | None = None
+    results: dict[str, list[Path]] = field(default_factory=dict)
+
+    @classmethod
+    def prepare(cls, name: str, arguments: list[str]) -> "Experiment":
+        """Parse ``key=value`` arguments, compose and check every run. Builds no backbone, writes nothing.
+
+        Raises:
+            ConfigError, ProtocolError, DatasetLayoutError: one line.
+        """
+        spec = load_experiment(name)
+        own: dict[str, str] = {}
+        rest: list[str] = []
+        for argument in arguments:
+            key, sep, value = argument.partition("=")
+            if sep and key in EXPERIMENT_KEYS:
+                own[key] = value
+            else:
+                rest.append(argument)
+        if "data_root" not in own:
+            raise ConfigError(f"lostreg experiment {name} needs data_root=DIR (the folder holding the datasets)")
+        size = own.get("size", "s")
+        if size not in spec.backbones:
+            raise ConfigError(f"size must be one of {', '.join(spec.backbones)}; got {size!r}")
+        sweep = own.get("sweep") or None
+        data_root = str(Path(own["data_root"]).expanduser())
+        runs: list[ExperimentRun] = []
+        for backbone in spec.backbones[size]:
+            for dataset, overrides in spec.datasets.items():
+                filled = [str(o).replace("{data_root}", data_root) for o in overrides]
+                run_overrides = [f"backbone={backbone}", *filled, *rest]
+                if sweep:
+                    run_overrides.insert(1, f"protocol={sweep}")
+                cfg = compose_config(run_overrides)
+                validate_execution(cfg)
+                protocol = protocol_from_config(cfg)
+                if sweep:  # the directory `lostreg sweep` would use with these overrides
+                    digest = SweepGrid.from_config(cfg, protocol).digest(cfg.max_size or None, str(cfg.precision))
+                    cfg.run_dir = str(Path(str(cfg.run_dir)).parent / f"sweep_{digest}")
+                runs.append(ExperimentRun(backbone, str(dataset), cfg, run_overrides, "sweep" if sweep else "eval"))
+        # Every dataset index once, before any backbone is built: a missing one stops everything.
+        for dataset, overrides in spec.datasets.items():
+            build_dataset(str(dataset), **dataset_kwargs(next(r.cfg for r in runs if r.dataset == dataset)))
+        out = Path(own.get("out") or f"outputs/experiment_{name}_{size}" + (f"_{sweep}" if sweep else ""))
+        return cls(name, runs, out, sweep)
+
+    def run(self, builder: BackboneBuilder, progress: bool = True,
+            log: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """Run every (backbone, dataset), each backbone built once; write the gap table and reports.
+
+        Returns:
+            ``{"runs": [run directories], "failed": [(run, error)], "table": markdown, "files": [...]}``.
+        """
+        log = log or (lambda text: print(text, file=sys.stderr))
+        done: list[Path] = []
+        failed: list[tuple[str, str]] = []
+        current: tuple[str, Backbone] | None = None
+        for run in self.runs:
+            if current is None or current[0] != run.backbone:
+                current = None
+                gc.collect()  # the previous backbone's memory before the next one is built
+                cfg = run.cfg
+                current = (run.backbone, builder(str(cfg.backbone.name), str(cfg.weights), str(cfg.device)))
+            log(f"== {run.backbone} on {run.dataset}")
+            try:
+                if self.sweep:
+                    SweepJob.prepare(run.cfg, backbone=current[1]).run(progress=progress, command=run.command, log=log)
+                else:
+                    EvalJob.prepare(run.cfg, backbone=current[1]).run(progress=progress, command=run.command, log=log)
+            except KeyboardInterrupt:
+                raise
+            except Exception as err:  # noqa: BLE001 - one failed run does not stop the others
+                failed.append((f"{run.backbone} on {run.dataset}", f"{type(err).__name__}: {err}"))
+                log(f"lostreg: error: {run.backbone} on {run.dataset}: {err}")
+                continue
+            done.append(Path(str(run.cfg.run_dir)))
+        return {"runs": done, "failed": failed, **self.write_outputs(done)}
+
+    def write_outputs(self, run_dirs: list[Path]) -> dict[str, Any]:
+        """The gap table (``gap.md``, ``gap.csv``) and one HTML report per dataset in :attr:`out`."""
+        from lostreg.evaluation.compare import build_table, load_runs, to_csv, to_markdown
+        from lostreg.report.html import build_report, write_report
+        from lostreg.report.runs import load_report_runs
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        files: list[Path] = []
+        if not run_dirs:
+            return {"table": "", "files": files}
+        table = build_table(load_runs([str(d) for d in run_dirs]), include_published=True)
+        markdown = to_markdown(table)
+        (self.out / "gap.md").write_text(markdown, encoding="utf-8")
+        files += [self.out / "gap.md", to_csv(table, self.out / "gap.csv")]
+        by_dataset: dict[str, list[Path]] = {}
+        for run in self.runs:
+            path = Path(str(run.cfg.run_dir))
+            if path in run_dirs:
+                # A sweep is reported through its best configuration's ordinary run directory.
+                if self.sweep:
+                    from lostreg.rundir import RunDir
+
+                    best = (RunDir(path).read_metrics() or {}).get("best")
+                    path = RunDir(path).configuration(best["protocol"]).path if best else path
+                by_dataset.setdefault(run.dataset, []).append(path)
+        for dataset, paths in by_dataset.items():
+            report = build_report(load_report_runs([str(p) for p in paths]), progress=False)
+            files.append(write_report(report, self.out / f"report_{dataset}.html"))
+        return {"table": markdown, "files": files}

@@ -1,0 +1,67 @@
+"""``lostreg experiment registers_gap``: three backbones x three datasets from one data root, each
+backbone built once, the gap table and reports; resumable; stops before work on a missing dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import synthetic
+from lostreg.cli import experiment_cmd
+from lostreg.cli.main import main
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    sizes = ((64, 48), (48, 64))
+    synthetic.write_voc_dataset(root, year="2007", n_images=3, seed=1, sizes=sizes)
+    synthetic.write_voc_dataset(root, year="2012", n_images=3, seed=2, sizes=sizes)
+    coco = synthetic.write_coco20k_root(root / "COCO", n_images=4, seed=3)
+    synthetic.write_coco20k_filelist(root / "coco_20k_filenames.txt", [int(im.image_id) for im in coco.images[:3]])
+    return root
+
+
+def test_registers_gap_end_to_end_and_resume(data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    built: list[str] = []
+    real = experiment_cmd.build_backbone_loudly
+
+    def counting(name, weights, device, **kwargs):  # type: ignore[no-untyped-def]
+        built.append(name)
+        return real(name, weights, device, **kwargs)
+
+    monkeypatch.setattr(experiment_cmd, "build_backbone_loudly", counting)
+    args = ["experiment", "registers_gap", f"data_root={data_root}", "size=s", "weights=random", "num_workers=0",
+            "--no-progress"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert built == ["dino_vits16", "dinov2_vits14", "dinov2_vits14_reg"], "each backbone built once"
+    results = tmp_path / "outputs" / "experiment_registers_gap_s"
+    assert {p.name for p in results.iterdir()} == {"gap.md", "gap.csv", "report_voc07.html", "report_voc12.html",
+                                                   "report_coco20k.html"}
+    for backbone in ("dino_vits16", "dinov2_vits14", "dinov2_vits14_reg"):
+        assert f"| {backbone} (RANDOM weights) |" in out
+        for dataset in ("voc07", "voc12", "coco20k"):  # the single commands' run directories
+            assert (tmp_path / "outputs" / dataset / f"{backbone}-random" / "k_layer-1_k100_bias0.0"
+                    / "metrics.json").is_file()
+    assert "published: LOST (DINOv2+reg) ViT-L/14 [lostreg: dinov2_vitl14_reg]" in out
+    # Again: every run is already complete, nothing is recomputed.
+    assert main(args) == 0
+    assert capsys.readouterr().err.count("already complete") == 9
+
+
+def test_a_missing_dataset_stops_the_experiment_before_any_backbone(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    synthetic.write_voc_dataset(tmp_path, year="2007", n_images=2, seed=1, sizes=((64, 48),))
+    assert main(["experiment", "registers_gap", f"data_root={tmp_path}", "weights=random"]) == 2
+    err = capsys.readouterr().err
+    assert "VOC2012" in err and "RANDOM" not in err, "no backbone was built"
+    assert main(["experiment", "nosuch", "data_root=x"]) == 2
+    assert "unknown experiment 'nosuch'; known: registers_gap" in capsys.readouterr().err
+    assert main(["experiment", "registers_gap"]) == 2
+    assert "needs data_root=DIR" in capsys.readouterr().err
