@@ -50,7 +50,8 @@ CONFIG_MODULE = "lostreg.configs"
 
 #: Config sections that can change a prediction. A run directory refuses to mix results
 #: whose values here differ; device, batch_size, num_workers and run_dir may change freely.
-RESULT_KEYS = ("backbone", "dataset", "weights", "method", "lost", "tokencut", "features", "max_size", "precision")
+RESULT_KEYS = ("backbone", "dataset", "weights", "ttreg", "method", "lost", "tokencut", "features", "max_size",
+               "precision")
 
 
 def _schema_node(cls: type) -> type:
@@ -141,6 +142,8 @@ class EvalNode:
     dataset: Any = MISSING
     #: pretrained (timm hub, cached) | random (pipeline tests only) | path to a checkpoint
     weights: str = "pretrained"
+    #: a register-neuron file (`lostreg calibrate`): run the backbone with one test-time register
+    ttreg: Optional[str] = None
     method: str = DiscoveryProtocol.method
     features: FeatureNode = field(default_factory=FeatureNode)  # type: ignore[valid-type]
     lost: LostNode = field(default_factory=LostNode)  # type: ignore[valid-type]
@@ -164,7 +167,8 @@ class EvalNode:
     select_on: Optional[str] = None
     # Deterministic, so that re-running the same command resumes the same run; it names what
     # changes results (dataset variant, backbone and weights, protocol, max_size), see run_identity.
-    run_dir: str = ("outputs/${lostreg_dataset_dir:${dataset}}/${lostreg_backbone_dir:${backbone.name},${weights}}/"
+    run_dir: str = ("outputs/${lostreg_dataset_dir:${dataset}}/${lostreg_backbone_dir:${backbone.name},${weights},"
+                    "${ttreg}}/"
                     "${lostreg_protocol_dir:${method},${features},${lost},${tokencut},${max_size},${precision}}")
 
 
@@ -206,11 +210,11 @@ def _dataset_dir(dataset: DictConfig) -> str:
     return name
 
 
-def _backbone_dir(backbone: str, weights: str) -> str:
-    """``dinov2_vits14_reg`` (pretrained), ``dinov2_vits14_reg-random``, ``dinov2_vits14_reg-<file stem>``."""
-    if weights == "pretrained":
-        return backbone
-    return f"{backbone}-{'random' if weights == 'random' else Path(weights).stem}"
+def _backbone_dir(backbone: str, weights: str, ttreg: str | None = None) -> str:
+    """``dinov2_vits14_reg`` (pretrained), ``dinov2_vits14_reg-random``, ``dinov2_vits14_reg-<file stem>``;
+    ``-ttreg-<neuron file stem>`` appended for a test-time register."""
+    name = backbone if weights == "pretrained" else f"{backbone}-{'random' if weights == 'random' else Path(weights).stem}"
+    return name + (f"-ttreg-{Path(ttreg).stem}" if ttreg else "")
 
 
 _register_schema()
@@ -331,6 +335,8 @@ def run_identity(config: Mapping[str, Any]) -> dict[str, Any]:
         "dataset": dataset_identity(config.get("dataset") or {}),
         "backbone": dict(config.get("backbone") or {}),
         "weights": weights_identity(config.get("weights")),
+        # A test-time register is its neuron file's content (absent in runs of earlier versions).
+        **({"ttreg": _file_digest(str(config["ttreg"]))} if config.get("ttreg") else {}),
         "max_size": config.get("max_size") or None,
         # Runs of earlier versions have no precision key: they ran in fp32.
         "precision": config.get("precision") or "fp32",

@@ -25,7 +25,7 @@ from lostreg.lost import LostResult
 from lostreg.methods import MethodResult, run_method
 from lostreg.precision import check_precision
 from lostreg.preprocess import ImagePreparer, PreparedImage, batch_images
-from lostreg.protocol import DiscoveryProtocol, FeatureConfig, LostConfig
+from lostreg.protocol import OUTPUT_NORMS, DiscoveryProtocol, FeatureConfig, FeatureKey, LostConfig
 
 __all__ = [
     "Discovery",
@@ -147,8 +147,18 @@ class ObjectDiscoverer:
         if not items:
             return []
         images = batch_images(items, self.backbone.device, packed)
-        features = self.backbone.extract(images, *self.protocol.features.key, precision=self.precision)
-        return self.locate_batch(items, features)
+        keys = self.feature_keys
+        features = self.backbone.extract_many(images, keys, precision=self.precision)
+        return self.locate_batch(items, features[keys[0]], features.get(OUTPUT_NORMS))
+
+    @property
+    def feature_keys(self) -> list[FeatureKey]:
+        """What the backbone must return: the protocol's features, and the output norms when the
+        method excludes high-norm outliers."""
+        keys = [self.protocol.features.key]
+        if self.protocol.method == "lost" and self.protocol.lost.exclude_outliers:
+            keys.append(OUTPUT_NORMS)
+        return keys
 
     def discover(self, image_rgb: np.ndarray, name: str = "<array>") -> Discovery:
         """Main object of one (H, W, 3) uint8 RGB image."""
@@ -158,25 +168,32 @@ class ObjectDiscoverer:
         """Main object of one image file."""
         return self.discover_batch([self.prepare_path(path)])[0]
 
-    def locate(self, item: PreparedImage, features: torch.Tensor) -> Discovery:
+    def locate(self, item: PreparedImage, features: torch.Tensor,
+               output_norms: torch.Tensor | None = None) -> Discovery:
         """The method on one image's backbone features, box mapped to original pixels.
 
         Args:
             item: the prepared image the features come from.
             features: (rows*cols, D) float, row-major over ``item.grid_hw``, prefix tokens
                 dropped, as :meth:`Backbone.extract` gives them (normalised here if the protocol says so).
+            output_norms: (rows*cols, 1) output-token norms, needed by ``lost.exclude_outliers``.
         """
-        return self.locate_batch([item], features[None])[0]
+        norms = None if output_norms is None else output_norms[None]
+        return self.locate_batch([item], features[None], norms)[0]
 
-    def locate_batch(self, items: Sequence[PreparedImage], features: torch.Tensor) -> list[Discovery]:
+    def locate_batch(self, items: Sequence[PreparedImage], features: torch.Tensor,
+                     output_norms: torch.Tensor | None = None) -> list[Discovery]:
         """The method on a batch of same-grid images' features (one batched call), boxes in original pixels.
 
         Args:
             items: the prepared images, all of one padded size.
             features: (B, rows*cols, D) float, as :meth:`Backbone.extract` gives them.
+            output_norms: (B, rows*cols, 1) output-token norms (:data:`~lostreg.protocol.OUTPUT_NORMS`),
+                needed by ``lost.exclude_outliers``.
         """
         grid_hw = items[0].grid_hw
-        results = run_method(self.protocol, features_for_method(features, self.protocol.features), grid_hw)
+        results = run_method(self.protocol, features_for_method(features, self.protocol.features), grid_hw,
+                             output_norms)
         return [self._discovery(item, result) for item, result in zip(items, results)]
 
     def _discovery(self, item: PreparedImage, result: MethodResult) -> Discovery:

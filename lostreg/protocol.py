@@ -27,6 +27,7 @@ from typing import Any, Literal, Mapping, NamedTuple
 __all__ = [
     "FEATURE_KINDS",
     "METHODS",
+    "OUTPUT_NORMS",
     "PRECISIONS",
     "EIG_SOLVERS",
     "DiscoveryProtocol",
@@ -64,6 +65,11 @@ class FeatureKey(NamedTuple):
 
     which: FeatureKind = "k"
     layer: int = -1
+
+
+#: The norms of the final output patch tokens (after the model's last norm), asked of a backbone
+#: beside its features: ``(B, rows*cols, 1)`` float32 (artifact-aware LOST's outlier rule).
+OUTPUT_NORMS = FeatureKey("norms", -1)  # type: ignore[arg-type]
 
 
 def _check_int(value: Any, key: str, minimum: int | None = None) -> None:
@@ -111,10 +117,14 @@ class LostConfig:
     Attributes:
         k_patches: how many lowest-degree patches may join the seed's similars (>= 1).
         gram_bias: added to every Gram entry before any threshold; 0 reproduces the reference.
+        exclude_outliers: artifact-aware LOST (a lostreg extension): high-norm output tokens
+            (:func:`lostreg.artifacts.outlier_mask` on the final tokens' norms) can be neither the
+            seed nor a potential; degrees and the expansion still count every patch.
     """
 
     k_patches: int = 100
     gram_bias: float = 0.0
+    exclude_outliers: bool = False
 
     def validate(self) -> None:
         """Raise :class:`ProtocolError` for a value out of range."""
@@ -122,6 +132,8 @@ class LostConfig:
         if isinstance(self.gram_bias, bool) or not isinstance(self.gram_bias, (int, float)) \
                 or not math.isfinite(self.gram_bias):
             raise ProtocolError(f"lost.gram_bias must be a finite number, got {self.gram_bias!r}")
+        if not isinstance(self.exclude_outliers, bool):
+            raise ProtocolError(f"lost.exclude_outliers must be true or false, got {self.exclude_outliers!r}")
 
 
 @dataclass(frozen=True)
@@ -181,8 +193,15 @@ class DiscoveryProtocol:
         return dataclasses.asdict(getattr(self, self.method))
 
     def identity(self) -> dict[str, Any]:
-        """What can change a box: the method, the features and the chosen method's knobs only."""
-        return {"method": self.method, "features": dataclasses.asdict(self.features), self.method: self.knobs()}
+        """What can change a box: the method, the features and the chosen method's knobs only.
+
+        Knobs at their defaults that earlier versions did not have (``exclude_outliers``) are left
+        out, so run directories of those versions keep their identity.
+        """
+        knobs = self.knobs()
+        if self.method == "lost" and not knobs.get("exclude_outliers"):
+            knobs.pop("exclude_outliers", None)
+        return {"method": self.method, "features": dataclasses.asdict(self.features), self.method: knobs}
 
     def as_dict(self) -> dict[str, Any]:
         """Plain nested dict (``{"method", "features": {...}, "lost": {...}}``) for JSON summaries."""
@@ -225,6 +244,7 @@ class DiscoveryProtocol:
             text += "" if cut.eig == default.eig else f"_{cut.eig}"
         else:
             text = f"{f.which}_layer{f.layer}_k{lost.k_patches}_bias{float(lost.gram_bias)}"
+            text += "_xo" if lost.exclude_outliers else ""
         return text + ("_l2" if f.l2_normalize else "")
 
     def departures(self) -> list[str]:
@@ -242,6 +262,8 @@ class DiscoveryProtocol:
                 parts.append(f"k={self.lost.k_patches}")
             if self.lost.gram_bias != default.lost.gram_bias:
                 parts.append(f"bias={self.lost.gram_bias:g}")
+            if self.lost.exclude_outliers:
+                parts.append("exclude_outliers")
         else:
             parts += [f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
                       for name, value in self.knobs().items() if value != getattr(TokenCutConfig(), name)]
@@ -261,4 +283,5 @@ def describe_protocol(protocol: DiscoveryProtocol) -> str:
     if protocol.method == "tokencut":
         cut = protocol.tokencut
         return f"TokenCut on {text}, tau={cut.tau:g}, eps={cut.eps:g}, eig={cut.eig}"
-    return f"{text}, k={protocol.lost.k_patches}, Gram bias {protocol.lost.gram_bias:g}"
+    text = f"{text}, k={protocol.lost.k_patches}, Gram bias {protocol.lost.gram_bias:g}"
+    return text + (", high-norm outliers excluded" if protocol.lost.exclude_outliers else "")

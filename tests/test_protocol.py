@@ -81,7 +81,8 @@ def test_names_and_descriptions() -> None:
     assert DiscoveryProtocol(features=FeatureConfig("v", -3)).departures() == ["which=v", "layer=-3"]
     assert describe_protocol(DiscoveryProtocol()) == "raw keys of the last layer, k=100, Gram bias 0"
     assert DiscoveryProtocol().as_dict() == {"method": "lost", "features": {"which": "k", "layer": -1,
-                                             "l2_normalize": False}, "lost": {"k_patches": 100, "gram_bias": 0.0},
+                                             "l2_normalize": False}, "lost": {"k_patches": 100, "gram_bias": 0.0,
+                                                                           "exclude_outliers": False},
                                              "tokencut": {"tau": 0.2, "eps": 1e-5, "eig": "torch64"}}
     # Identity: the chosen method's knobs only (TokenCut's tau cannot change a LOST box).
     assert DiscoveryProtocol().identity() == {"method": "lost", "features": {"which": "k", "layer": -1,

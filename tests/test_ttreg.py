@@ -597,3 +597,40 @@ def test_calibrate_cli_errors(extra: list[str], code: int, text: str, lab: dict,
 def test_calibrate_cli_without_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert _cli(["--backbone", "dinov2", "--images", str(tmp_path / "none*.jpg"), "--output", str(tmp_path / "n.json")]) == 2
     assert "no images to calibrate on" in capsys.readouterr().err
+
+
+# --- ttreg=FILE / --ttreg FILE through eval and discover ------------------------------------------
+
+
+def test_eval_and_discover_run_with_a_neuron_file(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import json as _json
+
+    import synthetic
+    from lostreg.backbones import build_backbone
+    from lostreg.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    synthetic.write_voc_dataset(tmp_path / "voc", n_images=3, seed=2, sizes=((70, 56),))
+    backbone = build_backbone("dinov2", weights="random", device="cpu")
+    neurons = tmp_path / "s14.json"
+    RegisterNeurons.from_layer_units(backbone, {3: [5, 9], 4: [100]}).save(neurons)
+    args = ["eval", "--no-progress", "backbone=dinov2", "weights=random", "dataset=voc07",
+            f"dataset.root={tmp_path / 'voc'}", "num_workers=0"]
+    assert main(args + [f"ttreg={neurons}"]) == 0
+    run = tmp_path / "outputs" / "voc07" / "dinov2_vits14-random-ttreg-s14" / "k_layer-1_k100_bias0.0"
+    preds = [_json.loads(line) for line in (run / "preds.jsonl").read_text().splitlines()]
+    assert len(preds) == 3
+    # The same boxes as discover --ttreg on each image, and other boxes than without the register.
+    images = sorted((tmp_path / "voc" / "VOCdevkit" / "VOC2007" / "JPEGImages").iterdir())
+    capsys.readouterr()
+    assert main(["discover", *map(str, images), "--backbone", "dinov2", "--weights", "random",
+                 "--ttreg", str(neurons), "--no-progress"]) == 0
+    found = {Path(r["image"]).name: r["box_xyxy"] for r in map(_json.loads, capsys.readouterr().out.splitlines())}
+    assert {Path(p["image"]).name: p["box_xyxy"] for p in preds} == found
+    # A file for another model is refused before anything is written.
+    other = tmp_path / "b14.json"
+    RegisterNeurons.from_layer_units(build_backbone("dinov2_vitb14", weights="random", device="cpu"),
+                                     {3: [5]}).save(other)
+    assert main(args + [f"ttreg={other}", f"run_dir={tmp_path / 'refused'}"]) == 2
+    assert str(other) in capsys.readouterr().err and not (tmp_path / "refused").exists()

@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 
 from lostreg.backbones.registry import BackboneSpec
-from lostreg.protocol import FEATURE_KINDS, FeatureKey, FeatureKind
+from lostreg.protocol import FEATURE_KINDS, OUTPUT_NORMS, FeatureKey, FeatureKind
 
 
 def refuse_rope_option(rope: str) -> None:
@@ -98,6 +98,8 @@ class Backbone(abc.ABC):
 
     def check_feature_key(self, key: FeatureKey) -> None:
         """Raise ``ValueError`` (one line, naming the setting) if ``key`` does not apply to this backbone."""
+        if key == OUTPUT_NORMS:
+            return  # every backbone has output tokens
         if key.which not in FEATURE_KINDS:
             raise ValueError(f"features.which must be one of q, k, v; got {key.which!r}")
         if not self.has_attention and key.which != "k":
@@ -141,7 +143,9 @@ class Backbone(abc.ABC):
         Returns:
             ``{key: (B, rows*cols, D) float32}`` for every key given (keys as given, so ``-1`` and
             ``num_layers - 1`` are separate entries holding equal tensors). Each tensor equals
-            what :meth:`extract` returns for that key alone, bit for bit.
+            what :meth:`extract` returns for that key alone, bit for bit. The special key
+            :data:`lostreg.protocol.OUTPUT_NORMS` gives ``(B, rows*cols, 1)``: the L2 norms of the
+            final output patch tokens (after the model's last norm), for the artifact rule.
         """
 
     def grid_hw(self, image_hw: tuple[int, int]) -> tuple[int, int]:

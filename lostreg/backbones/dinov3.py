@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lostreg.backbones.base import Backbone, FeatureKey
-from lostreg.protocol import RopeMode
+from lostreg.protocol import OUTPUT_NORMS, RopeMode
 from lostreg.backbones.registry import BackboneSpec, register_builder
 from lostreg.backbones.weights import (
     WeightsError,
@@ -223,7 +223,9 @@ class DinoV3Backbone(Backbone):
             self.check_feature_key(key)  # before the forward pass: a bad key costs nothing
         wanted: dict[int, list[FeatureKey]] = {}
         for key in keys:
-            wanted.setdefault(self.layer_index(key.layer), []).append(key)
+            # The output norms need every block (and the final norm).
+            index = self.num_layers - 1 if key == OUTPUT_NORMS else self.layer_index(key.layer)
+            wanted.setdefault(index, []).append(key)
         images = images.to(self.device, torch.float32)
         npt = self.num_prefix_tokens
         out: dict[FeatureKey, torch.Tensor] = {}
@@ -238,12 +240,16 @@ class DinoV3Backbone(Backbone):
                     # One projection serves every kind asked of this layer.
                     projected = dict(zip("qkv", project_qkv(attn, block.norm1(x))))
                     for key in wanted[index]:
+                        if key == OUTPUT_NORMS:
+                            continue
                         heads = projected[key.which][:, :, npt:]  # patch tokens only
                         if self._rope == "post" and key.which != "v":
                             heads = _rotate(heads, rope, attn.rotate_half)
                         out[key] = merge_heads(heads).float()
-                if index < last:
+                if index < last or OUTPUT_NORMS in wanted.get(index, ()):
                     x = block(x, rope=rope)
+            if OUTPUT_NORMS in keys:
+                out[OUTPUT_NORMS] = self.model.norm(x)[:, npt:].float().norm(dim=-1, keepdim=True)
         return {key: out[key] for key in keys}  # in the order asked
 
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from lostreg.backbones.base import Backbone, FeatureKey, refuse_rope_option
 from lostreg.backbones.registry import BackboneSpec, register_builder
 from lostreg.precision import check_precision
+from lostreg.protocol import OUTPUT_NORMS
 from lostreg.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -66,7 +67,8 @@ class PixelBackbone(Backbone):
             raise ValueError(f"image size {tuple(images.shape[-2:])} is not a multiple of the patch size {p}")
         # unfold gives (B, 3*p*p, L) with L patches in row-major order.
         features = F.unfold(images.to(self.device, torch.float32), kernel_size=p, stride=p).transpose(1, 2)
-        return {key: features for key in keys}
+        # Output norms of a weight-free backbone: those of its features (the pixels).
+        return {key: features.norm(dim=-1, keepdim=True) if key == OUTPUT_NORMS else features for key in keys}
 
 
 @register_builder("pixels")

@@ -25,8 +25,9 @@ from torch import nn
 from lostreg.backbones.base import Backbone, FeatureKey, FeatureKind, refuse_rope_option
 from lostreg.backbones.pos_embed import resize_patch_pos_embed
 from lostreg.backbones.registry import BackboneSpec, register_builder
-from lostreg.precision import forward_precision
 from lostreg.backbones.weights import WeightsError, hub_weights_file, load_into_model, read_state_dict
+from lostreg.precision import forward_precision
+from lostreg.protocol import OUTPUT_NORMS
 
 if TYPE_CHECKING:  # pragma: no cover
     from lostreg.ttreg.apply import TestTimeRegisters
@@ -216,7 +217,9 @@ class TimmViTBackbone(Backbone):
             self.check_feature_key(key)  # before the forward pass: a bad key costs nothing
         wanted: dict[int, list[FeatureKey]] = {}
         for key in keys:
-            wanted.setdefault(self.layer_index(key.layer), []).append(key)
+            # The output norms need every block (and the final norm) after the last one asked.
+            index = self.num_layers - 1 if key == OUTPUT_NORMS else self.layer_index(key.layer)
+            wanted.setdefault(index, []).append(key)
         images = images.to(self.device, torch.float32)
         grid_hw = self.grid_hw((int(images.shape[-2]), int(images.shape[-1])))
         out: dict[FeatureKey, torch.Tensor] = {}
@@ -231,9 +234,13 @@ class TimmViTBackbone(Backbone):
                     block = self.model.blocks[index]
                     qkv = block.attn.qkv(block.norm1(x))
                     for key in wanted[index]:
-                        out[key] = self.patch_tokens(select_features(qkv, key.which), grid_hw).float()
-                if index < last:
+                        if key != OUTPUT_NORMS:
+                            out[key] = self.patch_tokens(select_features(qkv, key.which), grid_hw).float()
+                if index < last or OUTPUT_NORMS in wanted.get(index, ()):
                     x = self.run_block(index, x)
+            if OUTPUT_NORMS in keys:
+                final = self.patch_tokens(self.model.norm(x), grid_hw).float()
+                out[OUTPUT_NORMS] = final.norm(dim=-1, keepdim=True)
         return {key: out[key] for key in keys}  # in the order asked
 
 

@@ -48,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"downscale images whose longer side exceeds this first (default {DEFAULT_MAX_SIZE}; "
                              "0 = native resolution); boxes are always in original pixels")
     parser.add_argument("--recursive", action="store_true", help="search folders recursively")
+    parser.add_argument("--ttreg", default=None, metavar="FILE",
+                        help="register-neuron file (`lostreg calibrate`): run the backbone with one test-time register")
     parser.add_argument("--batch-size", type=int, default=1,
                         help="images per forward pass (default 1); consecutive images of one padded size are "
                              "batched; boxes do not depend on it")
@@ -129,6 +131,10 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         backbone = build_backbone_loudly(args.backbone, args.weights, args.device)
+        if args.ttreg:
+            from lostreg.evaluation.runner import with_test_time_registers
+
+            backbone = with_test_time_registers(backbone, args.ttreg)
         discoverer = ObjectDiscoverer(backbone, protocol, max_size=args.max_size or None,
                                      precision=args.precision)
     except errors as err:

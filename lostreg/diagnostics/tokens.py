@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lostreg.artifacts import DEFAULT_MAD_K, MAD_TO_SIGMA
 from lostreg.backbones.vit import TimmViTBackbone
 from lostreg.lost import LostResult
 from lostreg.precision import strict_fp32
@@ -64,13 +65,6 @@ __all__ = [
 
 NormSource = Literal["final", "prenorm"]
 
-#: Scale that turns a median absolute deviation into a standard deviation for normal data.
-MAD_TO_SIGMA = 1.4826
-#: Default k of ``median + k * MAD``. Five robust standard deviations: for Gaussian-like norms a
-#: false alarm is ~3e-7 per token (one token in about 3500 VOC-sized images at p=14), while the artifacts
-#: of the registers paper sit at several times the typical norm, far beyond 5 sigma. k=3 would flag
-#: about one ordinary token per VOC image (0.13% of ~1000) and blur the "share" it reports.
-DEFAULT_MAD_K = 5.0
 #: The registers paper's absolute cut ("norm > 150"), stated for its own large DINOv2 models.
 PAPER_NORM_THRESHOLD = 150.0
 

@@ -42,7 +42,8 @@ from lostreg.evaluation.loading import DevicePrefetcher, LoadedBatch, iterate_pr
 from lostreg.protocol import DiscoveryProtocol
 from lostreg.rundir import PredictionStore, PredictionWriter, RunConfigMismatch, RunDir
 
-__all__ = ["EvalJob", "PredictionStore", "RunConfigMismatch", "build_parts", "prediction_record", "run_eval"]
+__all__ = ["EvalJob", "PredictionStore", "RunConfigMismatch", "build_parts", "prediction_record", "run_eval",
+           "with_test_time_registers"]
 
 
 def prediction_record(record: ImageRecord, found: Discovery | None, error: str | None) -> dict[str, Any]:
@@ -133,7 +134,24 @@ def build_parts(cfg: DictConfig, backbone: Backbone | None = None, builder: Back
         device = str(resolve_device(dist.device(str(cfg.device))))
         build = builder or (lambda name, weights, dev: build_backbone(name, weights=weights, device=dev))
         backbone = build(str(cfg.backbone.name), str(cfg.weights), device)
+    if cfg.get("ttreg"):
+        backbone = with_test_time_registers(backbone, str(cfg.ttreg))
     return protocol, dataset, backbone, dist
+
+
+def with_test_time_registers(backbone: Backbone, path: str) -> Backbone:
+    """``backbone`` with one test-time register over the neurons of ``path`` (``lostreg calibrate``).
+
+    Raises:
+        NeuronFileError: the file is missing, malformed, or for another model or weights.
+        ValueError: the backbone is not a timm ViT (DINOv3 ships trained registers).
+    """
+    from lostreg.backbones.vit import TimmViTBackbone
+    from lostreg.ttreg import RegisterNeurons, apply_test_time_registers
+
+    if not isinstance(backbone, TimmViTBackbone):
+        raise ValueError(f"ttreg: test-time registers need a timm ViT backbone, not {backbone.name}")
+    return apply_test_time_registers(backbone, RegisterNeurons.load(path), source=path)
 
 
 @dataclass

@@ -55,7 +55,7 @@ from lostreg.evaluation.loading import DevicePrefetcher, LoadedBatch, iterate_pr
 from lostreg.evaluation.runner import BackboneBuilder, _git_state, _Timer, _versions, build_parts, prediction_record
 from lostreg.io.atomic import atomic_write_text
 from lostreg.preprocess import batch_images
-from lostreg.protocol import DiscoveryProtocol, FeatureConfig, FeatureKey, LostConfig
+from lostreg.protocol import OUTPUT_NORMS, DiscoveryProtocol, FeatureConfig, FeatureKey, LostConfig
 from lostreg.rundir import SWEEP_CSV, PredictionStore, PredictionWriter, RunDir, RunError
 
 __all__ = ["SweepGrid", "SweepJob", "SweepResult", "select_on_dir", "sweep_identity", "sweep_table_markdown"]
@@ -101,14 +101,18 @@ class SweepGrid:
         for which, layer, l2, bias, k in itertools.product(*lists.values()):
             protocol = dataclasses.replace(
                 base, features=FeatureConfig(which=which, layer=layer, l2_normalize=l2),
-                lost=LostConfig(k_patches=k, gram_bias=float(bias)))
+                lost=LostConfig(k_patches=k, gram_bias=float(bias), exclude_outliers=base.lost.exclude_outliers))
             configurations.append(protocol.validate())
         return cls(tuple(configurations), lists)
 
     @property
     def feature_keys(self) -> list[FeatureKey]:
-        """The (which, layer) feature sets the configurations need, in first-use order."""
-        return list(dict.fromkeys(p.features.key for p in self.configurations))
+        """The (which, layer) feature sets the configurations need, in first-use order (and the
+        output norms when a configuration excludes high-norm outliers)."""
+        keys = list(dict.fromkeys(p.features.key for p in self.configurations))
+        if any(p.method == "lost" and p.lost.exclude_outliers for p in self.configurations):
+            keys.append(OUTPUT_NORMS)
+        return keys
 
     def digest(self, *extra: Any) -> str:
         """A short stable name of the grid and ``extra`` values (default directory: ``sweep_<digest>``)."""
@@ -285,7 +289,7 @@ class SweepJob:
                 features = self.backbone.extract_many(images, keys, precision=str(self.cfg.precision))
                 for i, discoverer in enumerate(self.discoverers):
                     key = discoverer.protocol.features.key
-                    found = discoverer.locate_batch(items, features[key])  # type: ignore[arg-type]
+                    found = discoverer.locate_batch(items, features[key], features.get(OUTPUT_NORMS))  # type: ignore[arg-type]
                     per_config[i] += [prediction_record(it.record, f, None) for it, f in zip(group.items, found)]
             except (KeyboardInterrupt, SystemExit):
                 raise
@@ -300,8 +304,9 @@ class SweepJob:
         try:
             images = batch_images([item.prepared], self.backbone.device)
             features = self.backbone.extract_many(images, keys, precision=str(self.cfg.precision))
-            return [prediction_record(item.record, d.locate_batch([item.prepared], features[d.protocol.features.key])[0],
-                                      None) for d in self.discoverers]
+            return [prediction_record(item.record, d.locate_batch([item.prepared], features[d.protocol.features.key],
+                                                                  features.get(OUTPUT_NORMS))[0], None)
+                    for d in self.discoverers]
         except Exception as err:  # noqa: BLE001 - recorded, the run goes on
             message = f"{item.record.path}: {type(err).__name__}: {' '.join(str(err).split())}"
             return [prediction_record(item.record, None, message) for _ in self.discoverers]
