@@ -435,6 +435,24 @@ def test_describe_layout():
         describe_layout("nope")
 
 
+def test_layout_help_names_what_the_user_types(coco20k, tmp_path):
+    """The expected trees and hints name commands, settings and flags, never Python names."""
+    every = "\n".join(describe_layout(name) for name in ("voc07", "voc12", "coco20k", "coco", "folder"))
+    assert "download_coco20k_filelist" not in every and "recursive=True" not in every
+    assert "lostreg data fetch-coco20k-list" in describe_layout("coco20k")
+    assert "dataset.filelist_path=" in describe_layout("coco20k")
+    assert "dataset.recursive=true" in describe_layout("folder") and "--recursive" in describe_layout("folder")
+    root, _, _, _ = coco20k
+    with pytest.raises(DatasetLayoutError) as err:
+        Coco20kDataset(root, tmp_path / "absent.txt")
+    first = str(err.value).splitlines()[0]
+    assert f"lostreg data fetch-coco20k-list --dest {tmp_path / 'absent.txt'}" in first
+    (tmp_path / "photos" / "sub").mkdir(parents=True)
+    with pytest.raises(DatasetLayoutError) as err:
+        FolderDataset(tmp_path / "photos")
+    assert "dataset.recursive=true" in str(err.value).splitlines()[0]
+
+
 def test_check_dataset_counts_and_missing_images(tmp_path):
     images = write_voc_dataset(tmp_path, n_images=14, seed=9, sizes=((64, 48),), max_objects=2)
     for im in images[:12]:

@@ -385,7 +385,7 @@ def test_collect_empty_directory(tmp_path: Path) -> None:
 def test_collect_directory_hint_about_subdirectories(tmp_path: Path) -> None:
     _touch_image(tmp_path / "top" / "nested" / "x.png")
     paths, problems = collect_image_paths([str(tmp_path / "top")])
-    assert paths == [] and "subdirectories were not searched" in problems[0].reason
+    assert paths == [] and problems[0].reason.endswith("subdirectories were not searched (add --recursive)")
     paths, problems = collect_image_paths([str(tmp_path / "top")], recursive=True)
     assert [p.name for p in paths] == ["x.png"] and problems == []
 

@@ -117,7 +117,9 @@ class ImageRecord:
     __hash__ = None  # type: ignore[assignment]  # holds an array: not hashable
 
 
-# Expected on-disk trees, shown in every DatasetLayoutError and by `describe_layout`.
+# Expected on-disk trees, shown in every DatasetLayoutError and by `describe_layout`. Users read
+# them after a failed command, so they name what the user types (commands, dataset.* settings,
+# flags), never a Python function or keyword argument.
 LAYOUTS: dict[str, str] = {
     "voc": """\
 <root>/                      root may be this folder, VOCdevkit/ or VOC<year>/ itself
@@ -137,7 +139,8 @@ LAYOUTS: dict[str, str] = {
 │   └── instances_train2014_sel20k.json   (written by lostreg on first use, cached)
 └── images/train2014/COCO_train2014_<12 digits>.jpg   (or <root>/train2014/...)
 <filelist>: coco_20k_filenames.txt, 19817 lines 'train2014/COCO_train2014_<12 digits>.jpg'
-            (from the LOST repository; `download_coco20k_filelist` fetches it)""",
+            (from the LOST repository: `lostreg data fetch-coco20k-list --dest <filelist>`
+            downloads and verifies it; then pass dataset.filelist_path=<filelist>)""",
     "coco": """\
 <annotation_json>            any COCO-format instances file: images[], annotations[], categories[]
 <image_dir>/
@@ -145,7 +148,8 @@ LAYOUTS: dict[str, str] = {
     "folder": """\
 <root>/                      a folder of images (or a single image file)
 ├── <name>.jpg               extensions: .jpg .jpeg .png .bmp .tif .tiff .webp .ppm .pgm (any case)
-└── <sub>/<name>.png         only with recursive=True; hidden files are ignored""",
+└── <sub>/<name>.png         sub-folders only with dataset.recursive=true (lostreg eval, data check)
+                             or --recursive (lostreg export --images); hidden files are ignored""",
 }
 _LAYOUT_ALIASES = {"voc07": "voc", "voc12": "voc", "voc2007": "voc", "voc2012": "voc"}
 

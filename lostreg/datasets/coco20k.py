@@ -101,7 +101,7 @@ def read_coco20k_filelist(path: str | Path, expected_count: int | None = None) -
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise DatasetLayoutError(
-            f"missing COCO20k file list {path} (download_coco20k_filelist fetches it)",
+            f"missing COCO20k file list {path} (`lostreg data fetch-coco20k-list --dest {path}` downloads it)",
             describe_layout("coco20k"),
         ) from None
     try:

@@ -270,7 +270,7 @@ def _expand_input(text: str, recursive: bool) -> list[Path]:
         if not found:
             reason = f"directory contains no image files (looked for {listed})"
             if has_subdirs and not recursive:
-                reason += "; subdirectories were not searched (use recursive search)"
+                reason += "; subdirectories were not searched (add --recursive)"
             raise ImageReadError(text, reason)
         return found
     if candidate.exists():
