@@ -76,6 +76,8 @@ class VocNode:
     root: str = "data"
     split: str = "trainval"
     no_hard: bool = False
+    #: ``lostreg data check`` only: the number of images expected (a subset's size); null = the published size
+    expected_count: Optional[int] = None
 
 
 @dataclass
@@ -86,6 +88,8 @@ class Coco20kNode:
     root: str = "data/COCO"
     filelist_path: str = "data/coco_20k_filenames.txt"
     cache_dir: Optional[str] = None
+    #: ``lostreg data check`` only: the number of images expected (a subset's size); null = the published size
+    expected_count: Optional[int] = None
 
 
 @dataclass
@@ -95,6 +99,8 @@ class CocoNode:
     name: str = "coco"
     annotation_json: str = MISSING
     image_dir: str = MISSING
+    #: ``lostreg data check`` only: the number of images expected (a subset's size); null = the published size
+    expected_count: Optional[int] = None
 
 
 @dataclass
@@ -104,6 +110,8 @@ class FolderNode:
     name: str = "folder"
     root: str = MISSING
     recursive: bool = False
+    #: ``lostreg data check`` only: the number of images expected (a subset's size); null = the published size
+    expected_count: Optional[int] = None
 
 
 @dataclass
@@ -216,11 +224,18 @@ def protocol_from_config(cfg: DictConfig) -> DiscoveryProtocol:
     return DiscoveryProtocol.from_mapping(container).validate()
 
 
+#: Dataset settings that are not reader arguments: ``expected_count`` is read by ``lostreg data check``
+#: only, so :func:`dataset_kwargs` leaves it out.
+CHECK_ONLY_DATASET_KEYS = ("expected_count",)
+
+
 def dataset_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    """Keyword arguments for :func:`lostreg.datasets.build_dataset` from ``cfg.dataset``."""
+    """Keyword arguments for :func:`lostreg.datasets.build_dataset` from ``cfg.dataset``
+    (without ``name`` and the check-only :data:`CHECK_ONLY_DATASET_KEYS`)."""
     kwargs = OmegaConf.to_container(cfg.dataset, resolve=True)
     assert isinstance(kwargs, dict)
-    kwargs.pop("name", None)
+    for key in ("name", *CHECK_ONLY_DATASET_KEYS):
+        kwargs.pop(key, None)
     return kwargs
 
 

@@ -188,6 +188,24 @@ def test_voc_malformed_xml_names_the_file(voc07, tmp_path, content, reason):
     assert "Expected layout" in str(err.value)
 
 
+def test_voc_lenient_mode_records_every_bad_annotation(voc07, tmp_path):
+    voc = _copy_voc(voc07, tmp_path)
+    (voc / "Annotations" / "000002.xml").unlink()
+    (voc / "Annotations" / "000004.xml").write_text("<annotation><size><width>10</wid")
+    ds = VOCDataset(voc, strict=False)
+    ids = [p.image_id for p in ds.problems]
+    assert ids == ["000002", "000004"] and "000002" not in ds.image_ids and len(ds) == len(voc07[1]) - 2
+    missing, malformed = ds.problems
+    assert (missing.kind, missing.path, missing.reason) == ("missing annotation", voc / "Annotations" / "000002.xml",
+                                                            "no such file")
+    assert malformed.kind == "malformed annotation" and malformed.skipped
+    assert malformed.image == voc / "JPEGImages" / "000004.jpg"
+    assert str(malformed).startswith(f"{voc / 'Annotations' / '000004.xml'}: ")
+    assert VOCDataset(voc07[0]).problems == []  # a sound copy has none
+    with pytest.raises(DatasetLayoutError, match="missing VOC annotation"):
+        VOCDataset(voc)  # strict, the default: lostreg eval stops at the first
+
+
 def test_voc_root_not_found(tmp_path):
     with pytest.raises(DatasetLayoutError, match="no VOC2007 folder"):
         VOCDataset(tmp_path)

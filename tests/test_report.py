@@ -321,6 +321,14 @@ def test_runs_on_different_datasets_are_refused(runs: dict[str, Path], tmp_path:
         load_report_runs([runs["A"], no_hard])
 
 
+def test_a_data_check_setting_does_not_make_another_dataset(runs: dict[str, Path]) -> None:
+    # dataset.expected_count is read by `lostreg data check` only; runs written before it existed lack it.
+    a, b = load_report_runs([runs["A"], runs["B"]])
+    older = ReportRun(a.summary, a.preds, {k: v for k, v in a.dataset_config.items() if k != "expected_count"})
+    counted = ReportRun(b.summary, b.preds, {**b.dataset_config, "expected_count": N_IMAGES})
+    build_report([older, counted])  # not refused as runs on different datasets
+
+
 def test_runs_sharing_no_image_are_refused(runs: dict[str, Path]) -> None:
     a, b = load_report_runs([runs["A"], runs["B"]])
     elsewhere = ReportRun(b.summary, {f"other_{i}": p for i, p in b.preds.items()}, b.dataset_config)

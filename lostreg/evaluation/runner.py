@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from lostreg import __version__
 from lostreg.backbones import Backbone, build_backbone, resolve_device
-from lostreg.config import RESULT_KEYS, dataset_kwargs, protocol_from_config
+from lostreg.config import CHECK_ONLY_DATASET_KEYS, RESULT_KEYS, dataset_kwargs, protocol_from_config
 from lostreg.datasets import build_dataset
 from lostreg.datasets.base import ImageDataset, ImageRecord
 from lostreg.discovery import Discovery, ObjectDiscoverer
@@ -116,6 +116,11 @@ def run_identity(config: Mapping[str, Any]) -> dict[str, Any]:
     their defaults, so those directories are still found by the same command.
     """
     identity = {key: config.get(key) for key in RESULT_KEYS}
+    dataset = identity.get("dataset")
+    if isinstance(dataset, Mapping):
+        # Settings of `lostreg data check` (dataset.expected_count) never change a box, and run
+        # directories written before they existed lack them: neither may refuse a resume.
+        identity["dataset"] = {k: v for k, v in dataset.items() if k not in CHECK_ONLY_DATASET_KEYS}
     identity.update(DiscoveryProtocol.from_mapping(config).as_dict())
     return identity
 
