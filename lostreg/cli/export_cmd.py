@@ -246,9 +246,7 @@ def run(args: argparse.Namespace) -> int:
         check_output(args.format, args.out, args.results)
         if args.images is not None and args.format not in FILE_FORMATS:
             _check_image_stems(args)
-    except ExportError as err:
-        return _error(err)
-    except user_errors() as err:  # the images folder is missing or holds no image
+    except (ExportError, *user_errors()) as err:  # user_errors: the images folder is missing or empty
         return _error(err)
 
     if args.images is not None:
