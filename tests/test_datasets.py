@@ -192,10 +192,14 @@ def test_voc_lenient_mode_records_every_bad_annotation(voc07, tmp_path):
     voc = _copy_voc(voc07, tmp_path)
     (voc / "Annotations" / "000002.xml").unlink()
     (voc / "Annotations" / "000004.xml").write_text("<annotation><size><width>10</wid")
+    (voc / "Annotations" / "000005.xml").unlink()
+    (voc / "Annotations" / "000005.xml").mkdir()  # unreadable as a file
     ds = VOCDataset(voc, strict=False)
     ids = [p.image_id for p in ds.problems]
-    assert ids == ["000002", "000004"] and "000002" not in ds.image_ids and len(ds) == len(voc07[1]) - 2
-    missing, malformed = ds.problems
+    assert ids == ["000002", "000004", "000005"] and "000002" not in ds.image_ids
+    assert len(ds) == len(voc07[1]) - 3
+    missing, malformed, unreadable = ds.problems
+    assert unreadable.kind == "unreadable annotation" and unreadable.reason.startswith("cannot read (")
     assert (missing.kind, missing.path, missing.reason) == ("missing annotation", voc / "Annotations" / "000002.xml",
                                                             "no such file")
     assert malformed.kind == "malformed annotation" and malformed.skipped

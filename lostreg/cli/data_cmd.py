@@ -2,8 +2,8 @@
 
 * ``lostreg data check [OVERRIDES...] [--full]``: compose the eval config with hydra overrides
   (``dataset=voc07 dataset.root=/data``), read the dataset and every annotation, check every
-  image file, and count what it holds. Every problem is collected (missing or malformed
-  annotations, missing, empty, truncated or non-image files), not only the first. By default
+  image file, and count what it holds. Every problem is collected (missing, unreadable or
+  malformed annotations, missing, empty, truncated or non-image files), not only the first. By default
   the image check reads each file's header, verifies a PNG's chunks and looks for a JPEG's end
   marker (a cut JPEG is then decoded to be sure): about 0.5 ms per 640x480 JPEG, some 20 times
   faster than a full decode, so a big dataset is checked in seconds to minutes. ``--full``
@@ -34,10 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION")
     sub.required = True
 
-    check = sub.add_parser("check", help="check a dataset's layout and count its images and boxes",
-                           description="Check a dataset's layout and count its images and ground-truth boxes.")
+    check = sub.add_parser("check", help="check a dataset's layout, annotations and image files; count them",
+                           description="Check a dataset's layout, every annotation and every image file, and "
+                                       "count its images and ground-truth boxes. Lists every problem found.")
     check.add_argument("overrides", nargs="*", metavar="OVERRIDE",
-                       help="hydra overrides as for `lostreg eval`, e.g. dataset=voc07 dataset.root=/data")
+                       help="hydra overrides as for `lostreg eval`, e.g. dataset=voc07 dataset.root=/data; "
+                            "dataset.expected_count=N states the expected number of images (a subset's size) "
+                            "instead of the published one")
     check.add_argument("--max-listed", type=int, default=10, help="how many problems to list (default 10)")
     check.add_argument("--full", action="store_true",
                        help="decode every image completely, as `lostreg eval` does (slower); by default only "

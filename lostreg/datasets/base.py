@@ -122,7 +122,7 @@ class ImageRecord:
 
 
 #: Kinds of :class:`DatasetProblem` that concern an annotation (the others concern image files).
-ANNOTATION_PROBLEMS = ("missing annotation", "malformed annotation")
+ANNOTATION_PROBLEMS = ("missing annotation", "unreadable annotation", "malformed annotation")
 #: Every kind of :class:`DatasetProblem`, in the order a check lists them.
 PROBLEM_KINDS = (*ANNOTATION_PROBLEMS, "missing image", "unreadable image")
 
@@ -132,8 +132,9 @@ class DatasetProblem:
     """One thing wrong with a dataset on disk, recorded instead of raised (``strict=False`` readers).
 
     Attributes:
-        kind: ``"missing annotation"``, ``"malformed annotation"`` (:data:`ANNOTATION_PROBLEMS`),
-            ``"missing image"`` or ``"unreadable image"``.
+        kind: ``"missing annotation"``, ``"unreadable annotation"`` (a folder, no permission),
+            ``"malformed annotation"`` (:data:`ANNOTATION_PROBLEMS`), ``"missing image"`` or
+            ``"unreadable image"`` (:data:`PROBLEM_KINDS`).
         path: The file concerned (the annotation file, or the image).
         reason: One line saying what is wrong, without the path.
         image_id: The image concerned, or ``None`` when the problem is not about one image.

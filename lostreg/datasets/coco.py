@@ -63,7 +63,7 @@ def _entry_error(origin: str, layout: str, reason: str) -> AnnotationError:
 
 def _screen(data: dict[str, Any], origin: str, layout: str, strict: bool) -> tuple[dict[str, Any], list[DatasetProblem]]:
     """Keep the entries pycocotools can index (an ``id`` on every image, category and annotation;
-    an ``image_id`` and, when there are categories, a ``category_id`` on every annotation).
+    an ``image_id`` and, when the file has ``categories``, a ``category_id`` on every annotation).
 
     Strict: raise :class:`AnnotationError` on the first entry without them. Otherwise leave
     those entries out and return one problem each. ``data`` is returned as is when nothing
@@ -90,7 +90,8 @@ def _screen(data: dict[str, Any], origin: str, layout: str, strict: bool) -> tup
 
     cats = keep("categories", ("id",))
     images = keep("images", ("id",))
-    anns = keep("annotations", ("id", "image_id", "category_id") if data.get("categories") else ("id", "image_id"))
+    # pycocotools reads category_id whenever the file has a "categories" key, even an empty list.
+    anns = keep("annotations", ("id", "image_id", "category_id") if "categories" in data else ("id", "image_id"))
     if cats is None and images is None and anns is None:
         return data, problems
     screened = dict(data)

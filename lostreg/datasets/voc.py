@@ -116,7 +116,10 @@ def parse_voc_xml(xml_path: str | Path, year: str | None = None) -> VocAnnotatio
     except ET.ParseError as exc:
         raise _malformed(xml_path, str(exc), year) from None
     except OSError as exc:  # a folder of that name, no permission, an I/O error
-        raise _malformed(xml_path, f"cannot read ({exc.strerror or exc})", year) from None
+        reason = f"cannot read ({exc.strerror or exc})"
+        layout = describe_layout("voc12" if year == "2012" else "voc07")
+        raise AnnotationError(f"unreadable VOC annotation {xml_path}: {reason}", layout, "unreadable annotation",
+                              xml_path, reason) from None
     size = root.find("size")
     if size is None:
         raise _malformed(xml_path, "missing <size>", year)
