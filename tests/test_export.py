@@ -387,7 +387,8 @@ def test_stem_clash_of_images_is_refused_before_discovery(tmp_path: Path, capsys
     flat = _photos(tmp_path / "flat", ["x.jpg", "x.png", "y.jpg"])
     nested = _photos(tmp_path / "nested", ["a/x.jpg", "b/x.jpg"])
     for fmt in ("yolo", "voc"):
-        for folder, extra, first, second in ((flat, [], "x.jpg", "x.png"), (nested, ["--recursive"], "a/x.jpg", "b/x.jpg")):
+        cases = ((flat, [], "x.jpg", "x.png"), (nested, ["--recursive"], "a/x.jpg", "b/x.jpg"))
+        for folder, extra, first, second in cases:
             out = tmp_path / f"{fmt}_{folder.name}"
             code, stdout, err = export(["--images", folder, *extra, "--backbone", "pixels", "--format", fmt,
                                         "--out", out, "--no-progress"], capsys)

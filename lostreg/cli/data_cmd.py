@@ -3,10 +3,10 @@
 * ``lostreg data check [OVERRIDES...] [--full]``: compose the eval config with hydra overrides
   (``dataset=voc07 dataset.root=/data``), read the dataset and every annotation, check every
   image file, and count what it holds. Every problem is collected (missing, unreadable or
-  malformed annotations, missing, empty, truncated or non-image files), not only the first. By default
-  the image check reads each file's header, verifies a PNG's chunks and looks for a JPEG's end
-  marker (a cut JPEG is then decoded to be sure): about 0.5 ms per 640x480 JPEG, some 20 times
-  faster than a full decode, so a big dataset is checked in seconds to minutes. ``--full``
+  malformed annotations, missing, empty, truncated or non-image files), not only the first.
+  By default the image check reads each file's header, verifies a PNG's chunks and looks for a
+  JPEG's end marker (a cut JPEG is then decoded to be sure): about 0.5 ms per 640x480 JPEG,
+  some 20 times faster than a full decode, so a big dataset takes seconds to minutes. ``--full``
   decodes every pixel as ``lostreg eval`` will, which also catches damage inside the pixel
   data of formats that cannot be verified without decoding (BMP, TIFF, WebP).
   ``dataset.expected_count=N`` states the expected number of images (a subset's size) instead

@@ -61,7 +61,9 @@ def _entry_error(origin: str, layout: str, reason: str) -> AnnotationError:
                            "malformed annotation", Path(origin), reason)
 
 
-def _screen(data: dict[str, Any], origin: str, layout: str, strict: bool) -> tuple[dict[str, Any], list[DatasetProblem]]:
+def _screen(
+    data: dict[str, Any], origin: str, layout: str, strict: bool
+) -> tuple[dict[str, Any], list[DatasetProblem]]:
     """Keep the entries pycocotools can index (an ``id`` on every image, category and annotation;
     an ``image_id`` and, when the file has ``categories``, a ``category_id`` on every annotation).
 
