@@ -86,6 +86,8 @@ class VocNode:
     root: str = "data"
     split: str = DEFAULT_VOC_SPLIT
     no_hard: bool = False
+    #: ``lostreg data check`` only: the number of images expected (a subset's size); null = the published size
+    expected_count: Optional[int] = None
 
 
 @dataclass
@@ -96,6 +98,8 @@ class Coco20kNode:
     root: str = "data/COCO"
     filelist_path: str = "data/coco_20k_filenames.txt"
     cache_dir: Optional[str] = None
+    #: ``lostreg data check`` only: the number of images expected (a subset's size); null = the published size
+    expected_count: Optional[int] = None
 
 
 @dataclass
@@ -105,6 +109,8 @@ class CocoNode:
     name: str = "coco"
     annotation_json: str = MISSING
     image_dir: str = MISSING
+    #: ``lostreg data check`` only: the number of images expected (a subset's size); null = the published size
+    expected_count: Optional[int] = None
 
 
 @dataclass
@@ -114,6 +120,8 @@ class FolderNode:
     name: str = "folder"
     root: str = MISSING
     recursive: bool = False
+    #: ``lostreg data check`` only: the number of images expected (a subset's size); null = the published size
+    expected_count: Optional[int] = None
 
 
 @dataclass
@@ -184,8 +192,9 @@ def _register_schema() -> None:
 
 #: Dataset settings that only say where the files are (the same data may live elsewhere).
 LOCATION_KEYS = ("root", "filelist_path", "cache_dir", "annotation_json", "image_dir")
-#: Dataset settings that neither locate files nor choose images or ground truth.
-_DATASET_CHECK_KEYS = ("expected_count",)
+#: Dataset settings that are not reader arguments: ``expected_count`` is read by ``lostreg data check``
+#: only, so :func:`dataset_kwargs` leaves it out.
+CHECK_ONLY_DATASET_KEYS = ("expected_count",)
 
 
 def _protocol_dir(method: str, features: DictConfig, lost: DictConfig, tokencut: DictConfig,
@@ -302,7 +311,7 @@ def dataset_identity(dataset: Mapping[str, Any]) -> dict[str, Any]:
     location, resolved (``./data`` and ``/home/u/data`` are one folder).
     """
     name = str(dataset.get("name"))
-    identity = {k: v for k, v in dataset.items() if k not in LOCATION_KEYS + _DATASET_CHECK_KEYS}
+    identity = {k: v for k, v in dataset.items() if k not in LOCATION_KEYS + CHECK_ONLY_DATASET_KEYS}
     if name == "coco20k":
         identity["filelist_sha256"] = _file_digest(str(dataset.get("filelist_path")))
     elif name not in ("voc07", "voc12"):
@@ -375,11 +384,15 @@ def protocol_from_config(cfg: DictConfig) -> DiscoveryProtocol:
     return DiscoveryProtocol.from_mapping(container).validate()
 
 
+
+
 def dataset_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    """Keyword arguments for :func:`lostreg.datasets.build_dataset` from ``cfg.dataset``."""
+    """Keyword arguments for :func:`lostreg.datasets.build_dataset` from ``cfg.dataset``
+    (without ``name`` and the check-only :data:`CHECK_ONLY_DATASET_KEYS`)."""
     kwargs = OmegaConf.to_container(cfg.dataset, resolve=True)
     assert isinstance(kwargs, dict)
-    kwargs.pop("name", None)
+    for key in ("name", *CHECK_ONLY_DATASET_KEYS):
+        kwargs.pop(key, None)
     return kwargs
 
 

@@ -138,3 +138,154 @@ def test_fetch_default_dest_is_the_config_default() -> None:
 
     cfg = compose_config(["dataset=coco20k"])
     assert Path(cfg.dataset.filelist_path) == data_cmd.DEFAULT_FILELIST_DEST
+
+
+# ---------------------------------------------------------------------------- expected_count
+
+
+def test_expected_count_states_a_subsets_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_voc_dataset(tmp_path, year="2007", n_images=20)
+    base = ["check", "dataset=voc07", f"dataset.root={tmp_path}"]
+    code, out, _ = run_cli(capsys, *base)  # trainval of 20 images: not the published 5011
+    assert code == 1 and field(out, "expected") == "5011 (MISMATCH: found 20)"
+    assert "dataset.expected_count=20" in out  # the hint says how to state a subset's size
+    code, out, err = run_cli(capsys, *base, "dataset.expected_count=20")
+    assert code == 0, out + err
+    assert field(out, "expected") == "20 from dataset.expected_count (matches)"
+    assert field(out, "status") == "OK" and "expected_count: 20" in out
+    code, out, _ = run_cli(capsys, *base, "dataset.expected_count=19")
+    assert code == 1 and field(out, "expected") == "19 from dataset.expected_count (MISMATCH: found 20)"
+    # A split without a published size is checked too once a size is stated.
+    code, out, _ = run_cli(capsys, *base, "dataset.split=train", "dataset.expected_count=11")
+    assert code == 1 and field(out, "expected") == "11 from dataset.expected_count (MISMATCH: found 10)"
+    code, out, err = run_cli(capsys, *base, "dataset.expected_count=-3")
+    assert code == 2 and out == "" and err.startswith("lostreg: error: dataset.expected_count must be")
+    code, out, err = run_cli(capsys, *base, "dataset.expected_count=many")
+    assert code == 2 and out == "" and "dataset.expected_count" in err
+
+
+def test_expected_count_for_a_coco20k_list_of_6(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    coco = write_coco20k_root(tmp_path / "COCO", n_images=6)
+    filelist = write_coco20k_filelist(tmp_path / "list.txt", [int(im.image_id) for im in coco.images])
+    code, out, err = run_cli(capsys, "check", "dataset=coco20k", f"dataset.root={tmp_path / 'COCO'}",
+                             f"dataset.filelist_path={filelist}", f"dataset.cache_dir={tmp_path / 'cache'}",
+                             "dataset.expected_count=6")
+    assert code == 0, out + err
+    assert field(out, "images") == "6" and field(out, "expected") == "6 from dataset.expected_count (matches)"
+
+
+def test_expected_count_is_not_a_reader_argument_nor_part_of_a_runs_identity(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+
+    from lostreg.config import compose_config, dataset_kwargs
+
+    required = {"coco": ["dataset.annotation_json=a.json", "dataset.image_dir=x"], "folder": ["dataset.root=x"]}
+    for name in ("voc07", "voc12", "coco20k", "coco", "folder"):
+        assert compose_config([f"dataset={name}", *required.get(name, [])]).dataset.expected_count is None
+        cfg = compose_config([f"dataset={name}", "dataset.expected_count=3", *required.get(name, [])])
+        assert cfg.dataset.expected_count == 3 and "expected_count" not in dataset_kwargs(cfg)
+    write_voc_dataset(tmp_path / "voc", year="2007", n_images=3, sizes=((64, 48),))
+    run_dir = tmp_path / "run"
+    argv = ["eval", "--no-progress", "backbone=pixels", "dataset=voc07", f"dataset.root={tmp_path / 'voc'}",
+            "num_workers=0", f"run_dir={run_dir}"]
+    assert main([*argv, "dataset.expected_count=3"]) == 0
+    capsys.readouterr()
+    # The same run without the setting, and a run directory written before the setting existed,
+    # are the same run: both resume instead of being refused as another configuration.
+    assert main(argv) == 0, capsys.readouterr().err
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    del config["dataset"]["expected_count"]
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main([*argv, "dataset.expected_count=3"]) == 0, capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- every problem
+
+
+def test_check_collects_every_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    images = write_voc_dataset(tmp_path, year="2007", n_images=12)
+    ann = images[0].path.parents[1] / "Annotations"
+    (ann / f"{images[1].image_id}.xml").unlink()                        # missing annotation
+    (ann / f"{images[2].image_id}.xml").write_text("<annotation><size>")  # not XML
+    (ann / f"{images[3].image_id}.xml").write_text(
+        "<annotation><size><width>10</width><height>8</height></size><object><name>a</name></object></annotation>")
+    images[4].path.unlink()                                              # missing image
+    images[5].path.write_bytes(b"")                                      # zero bytes
+    images[6].path.write_bytes(images[6].path.read_bytes()[:-400])       # cut in the pixel data
+    images[7].path.write_bytes(images[7].path.read_bytes()[:150])        # cut in the header
+    images[8].path.write_text("<html>not an image</html>")               # not an image
+    images[1].path.unlink()  # the image of a missing annotation is still checked
+    code, out, err = run_cli(capsys, "check", "dataset=voc07", f"dataset.root={tmp_path}",
+                             "dataset.expected_count=12", "--max-listed", "100")
+    assert code == 1, err
+    assert field(out, "images") == "12" and field(out, "expected") == "12 from dataset.expected_count (matches)"
+    assert field(out, "annotation problems") == "3"
+    assert field(out, "missing images") == "2" and field(out, "unreadable images") == "4"
+    assert field(out, "problems") == "9" and field(out, "status") == "PROBLEM"
+    listed = [line.strip() for line in out.splitlines() if line.startswith("  ") and ": " in line
+              and line.split(":")[0].strip() in ("missing annotation", "malformed annotation", "missing image",
+                                                 "unreadable image")]
+    assert listed == [
+        f"missing annotation: {ann / (images[1].image_id + '.xml')}",
+        f"malformed annotation: {ann / (images[2].image_id + '.xml')}: no element found: line 1, column 18",
+        f"malformed annotation: {ann / (images[3].image_id + '.xml')}: <object> without <bndbox>",
+        f"missing image: {images[4].path}",
+        f"missing image: {images[1].path}",
+        f"unreadable image: {images[5].path}: file is empty (0 bytes)",
+        f"unreadable image: {images[6].path}: image file is truncated or corrupt",
+        f"unreadable image: {images[7].path}: image file is truncated or corrupt",
+        f"unreadable image: {images[8].path}: not an image file (cannot identify image format)",
+    ]
+    code, out, _ = run_cli(capsys, "check", "dataset=voc07", f"dataset.root={tmp_path}", "--max-listed", "4")
+    assert code == 1 and "  ... and 5 more" in out.splitlines()
+    # eval keeps refusing the damaged copy at its first bad annotation, before any model runs.
+    assert main(["eval", "backbone=pixels", "dataset=voc07", f"dataset.root={tmp_path}",
+                 f"run_dir={tmp_path / 'run'}"]) == 2
+    assert f"missing VOC annotation {ann / (images[1].image_id + '.xml')}" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_full_decode_catches_what_the_header_check_cannot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image
+
+    images = write_voc_dataset(tmp_path, year="2007", n_images=2)
+    # A BMP cut inside its pixel rows: its header is whole and PIL cannot verify BMP pixels
+    # without decoding them. (The .jpg name does not matter: the decoder judges the content.)
+    Image.open(images[0].path).save(images[1].path, format="BMP")
+    images[1].path.write_bytes(images[1].path.read_bytes()[:-500])
+    base = ["check", "dataset=voc07", f"dataset.root={tmp_path}", "dataset.expected_count=2"]
+    code, out, _ = run_cli(capsys, *base)
+    assert code == 0 and field(out, "unreadable images") == "0"
+    code, out, _ = run_cli(capsys, *base, "--full")
+    assert code == 1 and field(out, "unreadable images") == "1"
+    assert f"unreadable image: {images[1].path}: image file is truncated or corrupt" in out
+
+
+def test_check_collects_malformed_coco_entries(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from synthetic import write_coco_dataset
+
+    from lostreg.datasets import AnnotationError, CocoDataset, DatasetLayoutError
+
+    coco = write_coco_dataset(tmp_path, n_images=5, seed=3, crowd_images=())
+    data = json.loads(coco.annotation_json.read_text())
+    del data["images"][0]["file_name"]
+    del data["annotations"][1]["id"]
+    # A bad bbox on an image that is read (not the one without file_name, which is left out).
+    others = [a for a in data["annotations"][2:] if a["image_id"] != data["images"][0]["id"]]
+    others[0]["bbox"] = [1, 2]
+    coco.annotation_json.write_text(json.dumps(data))
+    # lostreg eval's reader stops at the first, naming the file (no bare KeyError).
+    with pytest.raises(AnnotationError, match=r"malformed COCO annotation file .*instances\.json: annotations\[1\]"):
+        CocoDataset(coco.annotation_json, coco.image_dir)
+    assert issubclass(AnnotationError, DatasetLayoutError)
+    code, out, err = run_cli(capsys, "check", "dataset=coco", f"dataset.annotation_json={coco.annotation_json}",
+                             f"dataset.image_dir={coco.image_dir}")
+    assert code == 1, err
+    assert field(out, "annotation problems") == "3" and field(out, "images") == "5"
+    assert "annotations[1] has no 'id'" in out
+    assert f"image {data['images'][0]['id']} has no 'file_name'" in out
+    assert "bbox [1, 2] is not [x, y, w, h] numbers" in out

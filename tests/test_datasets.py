@@ -188,6 +188,28 @@ def test_voc_malformed_xml_names_the_file(voc07, tmp_path, content, reason):
     assert "Expected layout" in str(err.value)
 
 
+def test_voc_lenient_mode_records_every_bad_annotation(voc07, tmp_path):
+    voc = _copy_voc(voc07, tmp_path)
+    (voc / "Annotations" / "000002.xml").unlink()
+    (voc / "Annotations" / "000004.xml").write_text("<annotation><size><width>10</wid")
+    (voc / "Annotations" / "000005.xml").unlink()
+    (voc / "Annotations" / "000005.xml").mkdir()  # unreadable as a file
+    ds = VOCDataset(voc, strict=False)
+    ids = [p.image_id for p in ds.problems]
+    assert ids == ["000002", "000004", "000005"] and "000002" not in ds.image_ids
+    assert len(ds) == len(voc07[1]) - 3
+    missing, malformed, unreadable = ds.problems
+    assert unreadable.kind == "unreadable annotation" and unreadable.reason.startswith("cannot read (")
+    assert (missing.kind, missing.path, missing.reason) == ("missing annotation", voc / "Annotations" / "000002.xml",
+                                                            "no such file")
+    assert malformed.kind == "malformed annotation" and malformed.skipped
+    assert malformed.image == voc / "JPEGImages" / "000004.jpg"
+    assert str(malformed).startswith(f"{voc / 'Annotations' / '000004.xml'}: ")
+    assert VOCDataset(voc07[0]).problems == []  # a sound copy has none
+    with pytest.raises(DatasetLayoutError, match="missing VOC annotation"):
+        VOCDataset(voc)  # strict, the default: lostreg eval stops at the first
+
+
 def test_voc_root_not_found(tmp_path):
     with pytest.raises(DatasetLayoutError, match="no VOC2007 folder"):
         VOCDataset(tmp_path)
@@ -433,6 +455,24 @@ def test_describe_layout():
         assert describe_layout(name)
     with pytest.raises(KeyError):
         describe_layout("nope")
+
+
+def test_layout_help_names_what_the_user_types(coco20k, tmp_path):
+    """The expected trees and hints name commands, settings and flags, never Python names."""
+    every = "\n".join(describe_layout(name) for name in ("voc07", "voc12", "coco20k", "coco", "folder"))
+    assert "download_coco20k_filelist" not in every and "recursive=True" not in every
+    assert "lostreg data fetch-coco20k-list" in describe_layout("coco20k")
+    assert "dataset.filelist_path=" in describe_layout("coco20k")
+    assert "dataset.recursive=true" in describe_layout("folder") and "--recursive" in describe_layout("folder")
+    root, _, _, _ = coco20k
+    with pytest.raises(DatasetLayoutError) as err:
+        Coco20kDataset(root, tmp_path / "absent.txt")
+    first = str(err.value).splitlines()[0]
+    assert f"lostreg data fetch-coco20k-list --dest {tmp_path / 'absent.txt'}" in first
+    (tmp_path / "photos" / "sub").mkdir(parents=True)
+    with pytest.raises(DatasetLayoutError) as err:
+        FolderDataset(tmp_path / "photos")
+    assert "dataset.recursive=true" in str(err.value).splitlines()[0]
 
 
 def test_check_dataset_counts_and_missing_images(tmp_path):

@@ -301,3 +301,97 @@ def test_export_from_a_folder_of_images(tmp_path: Path, capsys: pytest.CaptureFi
     assert (tmp_path / "pseudo_run" / "preds.jsonl").is_file()
     files = sorted(img["file_name"] for img in json.loads((tmp_path / "pseudo.json").read_text())["images"])
     assert files == ["cat.jpg", "dog.png", "owl.jpg"]
+
+
+# ---------------------------------------------------------------------------- wrong --out, failures
+
+
+def _tree(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*")}
+
+
+def _photos(folder: Path, names: list[str]) -> Path:
+    rng = np.random.default_rng(3)
+    for name in names:
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pixels, _ = synthetic.render_image(64, 48, synthetic.random_boxes(64, 48, 1, rng), rng, scene="simple")
+        Image.fromarray(pixels).save(path)
+    return folder
+
+
+def test_out_of_the_wrong_kind_is_refused_before_anything(voc_run: VocRun, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    folder, afile = tmp_path / "a_folder", tmp_path / "a_file.json"
+    folder.mkdir()
+    afile.write_text("{}")
+    photos = _photos(tmp_path / "photos", ["cat.jpg", "dog.jpg"])
+    (tmp_path / "yolo").mkdir()
+    (tmp_path / "yolo" / "labels").write_text("a file where yolo writes a folder")
+    cases = [
+        ("coco", folder, [], f"--out {folder} is a folder, but --format coco writes one JSON file"),
+        ("detectron2", folder, [], f"--out {folder} is a folder, but --format detectron2 writes one JSON file"),
+        ("yolo", afile, [], f"--out {afile} is an existing file, but --format yolo writes a folder"),
+        ("voc", afile, [], f"--out {afile} is an existing file, but --format voc writes a folder"),
+        ("coco", afile / "x.json", [], f"--out {afile / 'x.json'}: {afile} is a file, not a folder"),
+        ("coco", tmp_path / "p.json", ["--results", folder], f"--results {folder} is a folder"),
+        ("yolo", tmp_path / "yolo", [], f"{tmp_path / 'yolo' / 'labels'} is a file, but --format yolo writes a folder"),
+    ]
+    before = _tree(tmp_path)
+    for fmt, out, extra, message in cases:
+        for source in ([voc_run.run_dir], ["--images", photos, "--backbone", "pixels", "--num-workers", "0"]):
+            no_progress = ["--no-progress"] if source[0] == "--images" else []
+            code, stdout, err = export([*source, "--format", fmt, "--out", out, *extra, *no_progress], capsys)
+            assert code == 2 and stdout == "", (fmt, out, err)
+            assert err.startswith(f"lostreg: error: {message}") and err.count("\n") == 1, err
+            assert _tree(tmp_path) == before, f"{fmt} {out}: something was written (a run, a .tmp file, ...)"
+
+
+def test_no_temporary_file_is_left_on_a_failed_write(voc_run: VocRun, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import lostreg.io.atomic as atomic
+
+    real_replace = os.replace
+    for fmt, fail_at, interrupt in (("coco", 1, False), ("yolo", 3, False), ("voc", 2, True)):
+        calls = {"n": 0}
+
+        def replace(src: str, dst: str, *, _fail_at: int = fail_at, _interrupt: bool = interrupt) -> None:
+            calls["n"] += 1
+            if calls["n"] == _fail_at:
+                if _interrupt:
+                    raise KeyboardInterrupt
+                raise OSError(28, "No space left on device", src, None, dst)  # as os.replace names them
+            real_replace(src, dst)
+
+        monkeypatch.setattr(atomic.os, "replace", replace)
+        out = tmp_path / (f"{fmt}.json" if fmt == "coco" else fmt)
+        code, _, err = export([voc_run.run_dir, "--format", fmt, "--out", out], capsys)
+        if interrupt:
+            assert code == 130 and err == "lostreg: interrupted\n"
+        else:
+            assert code == 2 and err.count("\n") == 1 and "No space left on device" in err
+            assert ".tmp" not in err, "the error names the file being written, not its temporary twin"
+        monkeypatch.setattr(atomic.os, "replace", real_replace)
+        assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")], fmt
+
+
+def test_stem_clash_of_images_is_refused_before_discovery(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from lostreg.evaluation.runner import EvalJob
+
+    def no_discovery(*args: object, **kwargs: object) -> None:
+        raise AssertionError("discovery started although the labels would collide")
+
+    monkeypatch.setattr(EvalJob, "prepare", no_discovery)
+    flat = _photos(tmp_path / "flat", ["x.jpg", "x.png", "y.jpg"])
+    nested = _photos(tmp_path / "nested", ["a/x.jpg", "b/x.jpg"])
+    for fmt in ("yolo", "voc"):
+        cases = ((flat, [], "x.jpg", "x.png"), (nested, ["--recursive"], "a/x.jpg", "b/x.jpg"))
+        for folder, extra, first, second in cases:
+            out = tmp_path / f"{fmt}_{folder.name}"
+            code, stdout, err = export(["--images", folder, *extra, "--backbone", "pixels", "--format", fmt,
+                                        "--out", out, "--no-progress"], capsys)
+            assert code == 2 and stdout == "" and err.count("\n") == 1
+            assert err.startswith(f"lostreg: error: {folder / first} and {folder / second} have the same file stem 'x'")
+            assert not out.exists()

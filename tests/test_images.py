@@ -13,6 +13,7 @@ import lostreg.io.images as images_mod
 from lostreg.io.images import (
     IMAGE_EXTENSIONS,
     ImageReadError,
+    check_image_file,
     collect_image_paths,
     load_image_rgb,
     pil_to_rgb_array,
@@ -385,7 +386,7 @@ def test_collect_empty_directory(tmp_path: Path) -> None:
 def test_collect_directory_hint_about_subdirectories(tmp_path: Path) -> None:
     _touch_image(tmp_path / "top" / "nested" / "x.png")
     paths, problems = collect_image_paths([str(tmp_path / "top")])
-    assert paths == [] and "subdirectories were not searched" in problems[0].reason
+    assert paths == [] and problems[0].reason.endswith("subdirectories were not searched (add --recursive)")
     paths, problems = collect_image_paths([str(tmp_path / "top")], recursive=True)
     assert [p.name for p in paths] == ["x.png"] and problems == []
 
@@ -452,3 +453,38 @@ def test_collect_mix_good_and_bad_dedup(tmp_path: Path, monkeypatch: pytest.Monk
     # Collected paths then decode; problems never raise.
     for path in paths:
         assert load_image_rgb(path).shape == (4, 4, 3)
+
+
+def test_check_image_file_cheap_and_full(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    pixels = (rng.random((60, 80, 3)) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "ok.jpg")
+    Image.fromarray(pixels).save(tmp_path / "ok.png")
+    jpeg, png = (tmp_path / "ok.jpg").read_bytes(), (tmp_path / "ok.png").read_bytes()
+    files = {
+        "trailer.jpg": jpeg + b"camera trailer " * 20,  # data after the end marker: PIL decodes it fine
+        "cut.jpg": jpeg[: len(jpeg) * 9 // 10],  # header whole, end marker gone
+        "cut.png": png[: len(png) * 9 // 10],
+        "empty.jpg": b"",
+        "text.png": b"not an image at all",
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "dir.jpg").mkdir()
+    expected = {
+        "ok.jpg": None, "ok.png": None, "trailer.jpg": None,
+        "cut.jpg": "image file is truncated or corrupt",
+        "cut.png": "image file is truncated or corrupt",
+        "empty.jpg": "file is empty (0 bytes)",
+        "text.png": "not an image file (cannot identify image format)",
+        "dir.jpg": "is a directory, not an image file",
+        "missing.jpg": "no such file",
+    }
+    for full in (False, True):
+        for name, reason in expected.items():
+            if reason is None:
+                check_image_file(tmp_path / name, full=full)
+            else:
+                with pytest.raises(ImageReadError) as err:
+                    check_image_file(tmp_path / name, full=full)
+                assert str(err.value) == f"{tmp_path / name}: {reason}", (name, full)

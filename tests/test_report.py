@@ -321,6 +321,14 @@ def test_runs_on_different_datasets_are_refused(runs: dict[str, Path], tmp_path:
         load_report_runs([runs["A"], no_hard])
 
 
+def test_a_data_check_setting_does_not_make_another_dataset(runs: dict[str, Path]) -> None:
+    # dataset.expected_count is read by `lostreg data check` only; runs written before it existed lack it.
+    a, b = load_report_runs([runs["A"], runs["B"]])
+    older = ReportRun(a.summary, a.preds, {k: v for k, v in a.dataset_config.items() if k != "expected_count"})
+    counted = ReportRun(b.summary, b.preds, {**b.dataset_config, "expected_count": N_IMAGES})
+    build_report([older, counted])  # not refused as runs on different datasets
+
+
 def test_runs_sharing_no_image_are_refused(runs: dict[str, Path]) -> None:
     a, b = load_report_runs([runs["A"], runs["B"]])
     elsewhere = ReportRun(b.summary, {f"other_{i}": p for i, p in b.preds.items()}, b.dataset_config)
@@ -470,3 +478,38 @@ def test_report_renders_and_filters_in_headless_chromium(
     driver.get(linked_page.as_uri())
     _wait_for_first_image(driver)
     assert _severe(driver) == []
+
+
+def test_failure_text_wraps_inside_its_card_in_headless_chromium(chromium: Any, tmp_path: Path) -> None:
+    # A path without any space to break at, as real dataset paths often are.
+    root = tmp_path / ("a_long_folder_name_without_any_space_" * 5) / "voc"
+    images = synthetic.write_voc_dataset(root, n_images=3, seed=7)
+    images[1].path.write_bytes(images[1].path.read_bytes()[:200])  # truncated: discovery fails, no thumbnail
+    a = eval_run(root, tmp_path / "a")
+    b = eval_run(root, tmp_path / "b", "lost.k_patches=1")
+    output = tmp_path / "report.html"
+    assert main(["report", str(a), str(b), "-o", str(output), "--no-progress"]) == 0
+
+    chromium.get(output.as_uri())
+    assert _severe(chromium) == []
+    # For every element of the failed image's card: its box inside the card's, its content
+    # (the text) inside its box. Overflowing text leaves the box's size alone but grows
+    # scrollWidth / scrollHeight past clientWidth / clientHeight.
+    boxes = chromium.execute_script("""
+        var card = document.querySelector('#gallery .item[data-id="' + arguments[0] + '"]');
+        var c = card.getBoundingClientRect();
+        return Array.prototype.map.call(card.querySelectorAll('*'), function (el) {
+          var r = el.getBoundingClientRect();
+          return {el: el.tagName + '.' + el.className, left: r.left - c.left, right: c.right - r.right,
+                  scrollWidth: el.scrollWidth, clientWidth: el.clientWidth,
+                  scrollHeight: el.scrollHeight, clientHeight: el.clientHeight,
+                  text: el.textContent.slice(0, 40)};
+        });""", images[1].image_id)
+    noimg = [box for box in boxes if box["el"] == "DIV.noimg"]
+    assert len(noimg) == 1 and noimg[0]["text"].startswith("image unavailable: ")
+    assert str(images[1].path) in chromium.find_element("css selector", ".noimg").text.replace("\n", "")
+    for box in boxes:
+        assert box["left"] >= 0 and box["right"] >= -0.5, f"{box['el']} sticks out of its card: {box}"
+        if box["clientWidth"]:  # inline elements have no client box
+            assert box["scrollWidth"] <= box["clientWidth"], f"{box['el']} text overflows its width: {box}"
+            assert box["scrollHeight"] <= box["clientHeight"], f"{box['el']} text overflows its height: {box}"

@@ -151,6 +151,8 @@ def _discover(args: argparse.Namespace) -> tuple[Path | None, int]:
         return None, 130
     except user_errors() as err:
         return None, _error(err)
+    except OSError as err:  # e.g. --run-dir names a file, or a folder that cannot be created
+        return None, _error(f"{err.filename or run_dir}: {err.strerror or err}")
     print(f"run directory: {run_dir}", file=sys.stderr)
     return run_dir, 0
 
@@ -198,8 +200,28 @@ def _report(result: "ExportResult", args: argparse.Namespace) -> None:
               "images/<name>.<ext>): add --link-images, or see the README", file=sys.stderr)
 
 
+def _check_image_stems(args: argparse.Namespace) -> None:
+    """Refuse ``--images`` whose files share a stem, before discovery runs on them.
+
+    The per-image formats (yolo, voc) name each label after its image's stem; a clash found
+    only when writing would waste the whole discovery run. The images are listed exactly as
+    the run will list them (:class:`~lostreg.datasets.FolderDataset`); an image that then
+    fails discovery would get no label, but whether it fails is not known yet, so every
+    clash is refused.
+
+    Raises:
+        ExportError: two images share a stem.
+        DatasetLayoutError: the folder is missing or holds no image.
+    """
+    from lostreg.datasets import FolderDataset
+    from lostreg.export.formats import check_unique_stems
+
+    images = FolderDataset(args.images, recursive=args.recursive)
+    check_unique_stems([record.path for record in images])
+
+
 def run(args: argparse.Namespace) -> int:
-    from lostreg.export.formats import ExportError, export_records
+    from lostreg.export.formats import ExportError, check_output, export_records
     from lostreg.export.readers import default_root, read_run_config, read_run_predictions
     from lostreg.rundir import RunError
 
@@ -222,6 +244,14 @@ def run(args: argparse.Namespace) -> int:
         return _error("--link-images goes with --format yolo or voc")
     if args.root is not None and not args.root.is_dir():
         return _error(f"--root {args.root} is not a folder")
+    try:
+        # Before the run directory is read or discovery starts: a wrong --out would otherwise
+        # cost a whole discovery run, then fail.
+        check_output(args.format, args.out, args.results)
+        if args.images is not None and args.format not in FILE_FORMATS:
+            _check_image_stems(args)
+    except (ExportError, *user_errors()) as err:  # user_errors: the images folder is missing or empty
+        return _error(err)
 
     if args.images is not None:
         run_dir, code = _discover(args)

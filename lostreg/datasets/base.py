@@ -17,10 +17,14 @@ from typing import Any, overload
 import numpy as np
 
 __all__ = [
+    "ANNOTATION_PROBLEMS",
+    "AnnotationError",
     "DatasetLayoutError",
+    "DatasetProblem",
     "ImageDataset",
     "ImageRecord",
     "LAYOUTS",
+    "PROBLEM_KINDS",
     "as_gt_boxes",
     "describe_layout",
 ]
@@ -117,7 +121,43 @@ class ImageRecord:
     __hash__ = None  # type: ignore[assignment]  # holds an array: not hashable
 
 
-# Expected on-disk trees, shown in every DatasetLayoutError and by `describe_layout`.
+#: Kinds of :class:`DatasetProblem` that concern an annotation (the others concern image files).
+ANNOTATION_PROBLEMS = ("missing annotation", "unreadable annotation", "malformed annotation")
+#: Every kind of :class:`DatasetProblem`, in the order a check lists them.
+PROBLEM_KINDS = (*ANNOTATION_PROBLEMS, "missing image", "unreadable image")
+
+
+@dataclass(frozen=True)
+class DatasetProblem:
+    """One thing wrong with a dataset on disk, recorded instead of raised (``strict=False`` readers).
+
+    Attributes:
+        kind: ``"missing annotation"``, ``"unreadable annotation"`` (a folder, no permission),
+            ``"malformed annotation"`` (:data:`ANNOTATION_PROBLEMS`), ``"missing image"`` or
+            ``"unreadable image"`` (:data:`PROBLEM_KINDS`).
+        path: The file concerned (the annotation file, or the image).
+        reason: One line saying what is wrong, without the path.
+        image_id: The image concerned, or ``None`` when the problem is not about one image.
+        skipped: The image was left out of the dataset because of this problem (its ground
+            truth could not be read), so it is not among the records.
+        image: The image file of a skipped image, when known, so that a check can still
+            look at it.
+    """
+
+    kind: str
+    path: Path
+    reason: str
+    image_id: str | None = None
+    skipped: bool = False
+    image: Path | None = None
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+# Expected on-disk trees, shown in every DatasetLayoutError and by `describe_layout`. Users read
+# them after a failed command, so they name what the user types (commands, dataset.* settings,
+# flags), never a Python function or keyword argument.
 LAYOUTS: dict[str, str] = {
     "voc": """\
 <root>/                      root may be this folder, VOCdevkit/ or VOC<year>/ itself
@@ -137,7 +177,8 @@ LAYOUTS: dict[str, str] = {
 │   └── instances_train2014_sel20k.json   (written by lostreg on first use, cached)
 └── images/train2014/COCO_train2014_<12 digits>.jpg   (or <root>/train2014/...)
 <filelist>: coco_20k_filenames.txt, 19817 lines 'train2014/COCO_train2014_<12 digits>.jpg'
-            (from the LOST repository; `download_coco20k_filelist` fetches it)""",
+            (from the LOST repository: `lostreg data fetch-coco20k-list --dest <filelist>`
+            downloads and verifies it; then pass dataset.filelist_path=<filelist>)""",
     "coco": """\
 <annotation_json>            any COCO-format instances file: images[], annotations[], categories[]
 <image_dir>/
@@ -145,7 +186,8 @@ LAYOUTS: dict[str, str] = {
     "folder": """\
 <root>/                      a folder of images (or a single image file)
 ├── <name>.jpg               extensions: .jpg .jpeg .png .bmp .tif .tiff .webp .ppm .pgm (any case)
-└── <sub>/<name>.png         only with recursive=True; hidden files are ignored""",
+└── <sub>/<name>.png         sub-folders only with dataset.recursive=true (lostreg eval, data check)
+                             or --recursive (lostreg export --images); hidden files are ignored""",
 }
 _LAYOUT_ALIASES = {"voc07": "voc", "voc12": "voc", "voc2007": "voc", "voc2012": "voc"}
 
@@ -177,6 +219,23 @@ class DatasetLayoutError(Exception):
         super().__init__(text)
 
 
+class AnnotationError(DatasetLayoutError):
+    """One annotation file (or one entry of it) is missing or malformed.
+
+    A strict reader raises it (it is a :class:`DatasetLayoutError`, with the expected tree);
+    a ``strict=False`` reader turns it into a :class:`DatasetProblem` from ``kind``, ``path``
+    and ``reason`` and goes on.
+    """
+
+    def __init__(self, message: str, layout: str | None, kind: str, path: Path, reason: str) -> None:
+        super().__init__(message, layout)
+        self.kind, self.path, self.reason = kind, Path(path), " ".join(str(reason).split())
+
+    def problem(self, image_id: str | None = None, skipped: bool = False, image: Path | None = None) -> DatasetProblem:
+        """This error as a recorded :class:`DatasetProblem`."""
+        return DatasetProblem(self.kind, self.path, self.reason, image_id, skipped, image)
+
+
 class ImageDataset(Sequence[ImageRecord]):
     """An indexable, sized, re-iterable collection of :class:`ImageRecord`.
 
@@ -189,11 +248,19 @@ class ImageDataset(Sequence[ImageRecord]):
     #: decides whether a run gets evaluators (CorLoc, AP) at all.
     has_ground_truth: bool = True
 
-    def __init__(self, records: Sequence[ImageRecord] = (), name: str | None = None) -> None:
+    def __init__(
+        self,
+        records: Sequence[ImageRecord] = (),
+        name: str | None = None,
+        problems: Sequence[DatasetProblem] = (),
+    ) -> None:
         self._records: list[ImageRecord] = list(records)
         if name is not None:
             self.name = name
         self._index: dict[str, int] | None = None
+        #: What a ``strict=False`` reader found wrong instead of raising, in file order
+        #: (always empty for a strict reader, which raises on the first problem).
+        self.problems: list[DatasetProblem] = list(problems)
 
     def __len__(self) -> int:
         return len(self._records)

@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lostreg.boxes import coco_xywh_to_xyxy
-from lostreg.datasets.base import DatasetLayoutError, ImageDataset, ImageRecord, describe_layout
+from lostreg.datasets.base import (
+    AnnotationError,
+    DatasetLayoutError,
+    DatasetProblem,
+    ImageDataset,
+    ImageRecord,
+    describe_layout,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from pycocotools.coco import COCO
@@ -49,6 +56,53 @@ def load_coco_json(path: Path, layout: str) -> dict[str, Any]:
     return data
 
 
+def _entry_error(origin: str, layout: str, reason: str) -> AnnotationError:
+    return AnnotationError(f"malformed COCO annotation file {origin}: {reason}", describe_layout(layout),
+                           "malformed annotation", Path(origin), reason)
+
+
+def _screen(
+    data: dict[str, Any], origin: str, layout: str, strict: bool
+) -> tuple[dict[str, Any], list[DatasetProblem]]:
+    """Keep the entries pycocotools can index (an ``id`` on every image, category and annotation;
+    an ``image_id`` and, when the file has ``categories``, a ``category_id`` on every annotation).
+
+    Strict: raise :class:`AnnotationError` on the first entry without them. Otherwise leave
+    those entries out and return one problem each. ``data`` is returned as is when nothing
+    is wrong (no copy of a large file).
+    """
+    problems: list[DatasetProblem] = []
+
+    def bad(reason: str) -> None:
+        err = _entry_error(origin, layout, reason)
+        if strict:
+            raise err
+        problems.append(err.problem())
+
+    def keep(section: str, required: tuple[str, ...]) -> list[Any] | None:
+        entries = data.get(section) or []
+        kept = []
+        for i, entry in enumerate(entries):
+            absent = [key for key in required if not isinstance(entry, dict) or key not in entry]
+            if absent:
+                bad(f"{section}[{i}] has no {' / '.join(repr(k) for k in absent)}")
+            else:
+                kept.append(entry)
+        return None if len(kept) == len(entries) else kept
+
+    cats = keep("categories", ("id",))
+    images = keep("images", ("id",))
+    # pycocotools reads category_id whenever the file has a "categories" key, even an empty list.
+    anns = keep("annotations", ("id", "image_id", "category_id") if "categories" in data else ("id", "image_id"))
+    if cats is None and images is None and anns is None:
+        return data, problems
+    screened = dict(data)
+    for section, kept in (("categories", cats), ("images", images), ("annotations", anns)):
+        if kept is not None:
+            screened[section] = kept
+    return screened, problems
+
+
 def _coco_index(data: dict[str, Any]) -> "COCO":
     from pycocotools.coco import COCO  # imported on use: listing commands must stay light
 
@@ -76,9 +130,15 @@ class CocoDataset(ImageDataset):
         annotation_json: Path of the json, or an already-loaded COCO dict.
         image_dir: Folder holding each ``images[i].file_name``.
         image_ids: Subset of COCO image ids (ints or numeric strings) to keep.
+        strict: Raise on the first malformed entry (an image without ``file_name`` or with a
+            non-integer size, an annotation without ``id`` or with a bbox that is not four
+            numbers), as ``lostreg eval`` does. With ``False`` (``lostreg data check``), a bad
+            image entry is left out, a bad annotation is dropped from its image's ground
+            truth, and each problem is recorded in :attr:`problems`.
 
     Raises:
-        DatasetLayoutError: missing or malformed json, or ``image_dir`` not a folder.
+        DatasetLayoutError: missing or malformed json, or ``image_dir`` not a folder; when
+            ``strict``, a malformed entry (:class:`AnnotationError`).
         KeyError: an id of ``image_ids`` is not in the json.
     """
 
@@ -88,8 +148,10 @@ class CocoDataset(ImageDataset):
         image_dir: str | Path,
         image_ids: list[int | str] | None = None,
         *,
+        strict: bool = True,
         name: str = "COCO",
         _layout: str = "coco",
+        _origin: str | Path | None = None,
     ) -> None:
         if isinstance(annotation_json, dict):
             data = annotation_json
@@ -97,11 +159,20 @@ class CocoDataset(ImageDataset):
         else:
             self.annotation_json = Path(annotation_json).expanduser()
             data = load_coco_json(self.annotation_json, _layout)
+        # The file named in messages: the json, or the file a loaded dict came from (COCO20k's subset).
+        origin = str(_origin or self.annotation_json or "<COCO annotation dict>")
         self.image_dir = Path(image_dir).expanduser()
         if not self.image_dir.is_dir():
             raise DatasetLayoutError(f"missing COCO image folder {self.image_dir}", describe_layout(_layout))
+        data, problems = _screen(data, origin, _layout, strict)
         coco = _coco_index(data)
         self.coco = coco
+
+        def bad(reason: str, image_id: str | None = None, skipped: bool = False) -> None:
+            err = _entry_error(origin, _layout, reason)
+            if strict:
+                raise err
+            problems.append(err.problem(image_id, skipped))
 
         if image_ids is None:
             ids = sorted(coco.imgs)
@@ -115,20 +186,43 @@ class CocoDataset(ImageDataset):
         records = []
         for img_id in ids:
             info = coco.imgs[img_id]
+            file_name = info.get("file_name")
+            if not isinstance(file_name, str) or not file_name:
+                bad(f"image {img_id} has no 'file_name'", str(img_id), skipped=True)
+                continue
+            try:
+                size = [None if info.get(k) is None else _integer(info[k]) for k in ("width", "height")]
+            except ValueError:
+                bad(f"image {img_id}: width / height {info.get('width')!r} x {info.get('height')!r} "
+                    "are not integers", str(img_id), skipped=True)
+                continue
             boxes, labels = [], []
             for ann in coco.imgToAnns.get(img_id, []):
                 if ann.get("iscrowd", 0) == 1:
                     continue
-                boxes.append(coco_xywh_to_xyxy(ann["bbox"]))
+                try:
+                    boxes.append(coco_xywh_to_xyxy(ann["bbox"]))
+                except (KeyError, TypeError, ValueError, OverflowError):
+                    bad(f"annotation {ann['id']} (image {img_id}): bbox {ann.get('bbox')!r} is not "
+                        "[x, y, w, h] numbers", str(img_id))
+                    continue
                 labels.append(cat_names.get(ann.get("category_id"), str(ann.get("category_id", ""))))
             records.append(
                 ImageRecord(
                     image_id=str(img_id),
-                    path=self.image_dir / info["file_name"],
-                    width=int(info["width"]) if "width" in info else None,
-                    height=int(info["height"]) if "height" in info else None,
+                    path=self.image_dir / file_name,
+                    width=size[0],
+                    height=size[1],
                     gt_boxes_xyxy=np.array(boxes, dtype=np.int64).reshape(-1, 4),
                     gt_labels=tuple(labels),
                 )
             )
-        super().__init__(records, name=name)
+        super().__init__(records, name=name, problems=problems)
+
+
+def _integer(value: Any) -> int:
+    """``int(value)`` (as the reader always took sizes); ValueError when that fails."""
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(value) from None

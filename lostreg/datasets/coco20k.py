@@ -101,7 +101,7 @@ def read_coco20k_filelist(path: str | Path, expected_count: int | None = None) -
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise DatasetLayoutError(
-            f"missing COCO20k file list {path} (download_coco20k_filelist fetches it)",
+            f"missing COCO20k file list {path} (`lostreg data fetch-coco20k-list --dest {path}` downloads it)",
             describe_layout("coco20k"),
         ) from None
     try:
@@ -237,6 +237,8 @@ class Coco20kDataset(CocoDataset):
         root: COCO root folder (see layouts).
         filelist_path: The ``coco_20k_filenames.txt`` list.
         cache_dir: Folder for the subset json.
+        strict: As for :class:`~lostreg.datasets.coco.CocoDataset` (``False``: malformed
+            image or annotation entries are recorded in :attr:`problems`, not raised).
 
     Raises:
         DatasetLayoutError: missing folders/files, a malformed list, or listed images
@@ -248,6 +250,7 @@ class Coco20kDataset(CocoDataset):
         root: str | Path,
         filelist_path: str | Path,
         cache_dir: str | Path | None = None,
+        strict: bool = True,
     ) -> None:
         self.root = Path(root).expanduser()
         layout = describe_layout("coco20k")
@@ -299,6 +302,9 @@ class Coco20kDataset(CocoDataset):
                 data = build_coco20k_subset(source, lines, sha)
             except ValueError as exc:
                 raise DatasetLayoutError(f"{source_path} does not fit {self.filelist_path}: {exc}", layout) from None
+            except (KeyError, TypeError) as exc:  # an entry without its id, or not a dict
+                what = f"an image or annotation entry has no {exc.args[0]!r}" if isinstance(exc, KeyError) else exc
+                raise DatasetLayoutError(f"malformed COCO annotation file {source_path}: {what}", layout) from None
             del source
             payload = json.dumps(data).encode("utf-8")
             for cand in candidates:
@@ -313,5 +319,6 @@ class Coco20kDataset(CocoDataset):
             else:
                 logger.warning("COCO20k subset could not be cached anywhere; it will be rebuilt next run")
 
-        super().__init__(data, image_dir, name="COCO20k", _layout="coco20k")
+        origin = self.cache_path or self.root / "annotations" / _SOURCE_NAME
+        super().__init__(data, image_dir, strict=strict, name="COCO20k", _layout="coco20k", _origin=origin)
         self.annotation_json = self.cache_path

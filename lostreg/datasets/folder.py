@@ -52,7 +52,8 @@ class FolderDataset(ImageDataset):
             ]
             if not paths:
                 where = "under" if recursive else "in"
-                raise DatasetLayoutError(f"no image found {where} {self.root}", layout)
+                hint = "" if recursive else " (sub-folders are searched with dataset.recursive=true)"
+                raise DatasetLayoutError(f"no image found {where} {self.root}{hint}", layout)
         else:
             raise DatasetLayoutError(f"image folder {self.root} does not exist", layout)
 

@@ -15,7 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from lostreg.boxes import voc_to_xyxy
-from lostreg.datasets.base import DatasetLayoutError, ImageDataset, ImageRecord, describe_layout
+from lostreg.datasets.base import (
+    AnnotationError,
+    DatasetLayoutError,
+    DatasetProblem,
+    ImageDataset,
+    ImageRecord,
+    describe_layout,
+)
 
 __all__ = [
     "DEFAULT_VOC_SPLIT", "VOCDataset", "VocAnnotation", "VocObject", "parse_voc_xml", "resolve_voc_root"]
@@ -58,17 +65,21 @@ def _layout_error(message: str, year: str | None = None) -> DatasetLayoutError:
     return DatasetLayoutError(message, describe_layout("voc12" if year == "2012" else "voc07"))
 
 
+def _malformed(xml_path: Path, reason: str, year: str | None) -> AnnotationError:
+    layout = describe_layout("voc12" if year == "2012" else "voc07")
+    return AnnotationError(f"malformed VOC annotation {xml_path}: {reason}", layout, "malformed annotation",
+                           xml_path, reason)
+
+
 def _number(elem: ET.Element | None, tag: str, xml_path: Path, year: str | None) -> int:
     """Integer value of child ``tag``; VOC files sometimes write ``273.0``, so float first."""
     child = None if elem is None else elem.find(tag)
     if child is None or child.text is None or not child.text.strip():
-        raise _layout_error(f"malformed VOC annotation {xml_path}: missing <{tag}>", year)
+        raise _malformed(xml_path, f"missing <{tag}>", year)
     try:
         return int(float(child.text.strip()))
     except ValueError:
-        raise _layout_error(
-            f"malformed VOC annotation {xml_path}: <{tag}> is {child.text.strip()!r}, not a number", year
-        ) from None
+        raise _malformed(xml_path, f"<{tag}> is {child.text.strip()!r}, not a number", year) from None
 
 
 def _flag(elem: ET.Element, tag: str) -> bool:
@@ -96,25 +107,33 @@ def parse_voc_xml(xml_path: str | Path, year: str | None = None) -> VocAnnotatio
         The image size and the objects with boxes in lostreg's convention.
 
     Raises:
-        DatasetLayoutError: the file is missing, is not XML, or lacks a size or box field.
+        AnnotationError: (a :class:`DatasetLayoutError`) the file is missing, unreadable, is
+            not XML, or lacks a size or box field.
     """
     xml_path = Path(xml_path)
     try:
         root = ET.parse(xml_path).getroot()
     except FileNotFoundError:
-        raise _layout_error(f"missing VOC annotation {xml_path}", year) from None
+        layout = describe_layout("voc12" if year == "2012" else "voc07")
+        raise AnnotationError(f"missing VOC annotation {xml_path}", layout, "missing annotation", xml_path,
+                              "no such file") from None
     except ET.ParseError as exc:
-        raise _layout_error(f"malformed VOC annotation {xml_path}: {exc}", year) from None
+        raise _malformed(xml_path, str(exc), year) from None
+    except OSError as exc:  # a folder of that name, no permission, an I/O error
+        reason = f"cannot read ({exc.strerror or exc})"
+        layout = describe_layout("voc12" if year == "2012" else "voc07")
+        raise AnnotationError(f"unreadable VOC annotation {xml_path}: {reason}", layout, "unreadable annotation",
+                              xml_path, reason) from None
     size = root.find("size")
     if size is None:
-        raise _layout_error(f"malformed VOC annotation {xml_path}: missing <size>", year)
+        raise _malformed(xml_path, "missing <size>", year)
     width = _number(size, "width", xml_path, year)
     height = _number(size, "height", xml_path, year)
     objects = []
     for obj in root.findall("object"):
         bndbox = obj.find("bndbox")
         if bndbox is None:
-            raise _layout_error(f"malformed VOC annotation {xml_path}: <object> without <bndbox>", year)
+            raise _malformed(xml_path, "<object> without <bndbox>", year)
         corners = [_number(bndbox, t, xml_path, year) for t in ("xmin", "ymin", "xmax", "ymax")]
         box = voc_to_xyxy(*corners)
         name_el = obj.find("name")
@@ -196,9 +215,13 @@ class VOCDataset(ImageDataset):
         year: ``"2007"`` or ``"2012"``.
         split: Name of a file in ``ImageSets/Main/`` without ``.txt``.
         no_hard: Drop difficult/truncated objects and images left without objects.
+        strict: Raise on the first missing or malformed annotation file (what ``lostreg
+            eval`` does: no run on a damaged copy). With ``False`` (``lostreg data check``),
+            such images are left out and each problem is recorded in :attr:`problems`.
 
     Raises:
-        DatasetLayoutError: missing folder, split file, annotation, or a malformed XML.
+        DatasetLayoutError: missing folder or split file, a malformed split file; and when
+            ``strict``, a missing or malformed annotation file (:class:`AnnotationError`).
     """
 
     def __init__(
@@ -207,6 +230,7 @@ class VOCDataset(ImageDataset):
         year: str = "2007",
         split: str = DEFAULT_VOC_SPLIT,
         no_hard: bool = False,
+        strict: bool = True,
     ) -> None:
         year = str(year)
         if year not in _YEARS:
@@ -228,9 +252,16 @@ class VOCDataset(ImageDataset):
             raise _layout_error(f"missing VOC image folder {img_dir}", year)
 
         records: list[ImageRecord] = []
+        problems: list[DatasetProblem] = []
         self.num_skipped_hard = 0
         for image_id in _read_split(split_file, year):
-            ann = parse_voc_xml(ann_dir / f"{image_id}.xml", year)
+            try:
+                ann = parse_voc_xml(ann_dir / f"{image_id}.xml", year)
+            except AnnotationError as err:
+                if strict:
+                    raise
+                problems.append(err.problem(image_id, skipped=True, image=img_dir / f"{image_id}.jpg"))
+                continue
             objects = ann.objects
             if no_hard:
                 objects = tuple(o for o in objects if not (o.difficult or o.truncated))
@@ -250,4 +281,4 @@ class VOCDataset(ImageDataset):
             )
         if no_hard:
             logger.info("%s: %d images without easy objects skipped", name, self.num_skipped_hard)
-        super().__init__(records, name=name)
+        super().__init__(records, name=name, problems=problems)

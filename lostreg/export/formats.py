@@ -45,6 +45,8 @@ __all__ = [
     "ExportError",
     "ExportResult",
     "FailedImage",
+    "check_output",
+    "check_unique_stems",
     "coco_image_ids",
     "coco_instances",
     "coco_results",
@@ -201,18 +203,88 @@ def _per_image(records: Sequence[Record], root: str | os.PathLike[str] | None) -
     return items, failed
 
 
-def _stems(records: Sequence[Record]) -> list[str]:
-    """File stems of the images; two images with one stem would share a label file."""
-    stems = [Path(str(r["image"])).stem for r in records]
+def check_unique_stems(images: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """File stems of ``images`` (``a/x.jpg`` -> ``x``), refusing two images with one stem.
+
+    The per-image formats (yolo, voc) name each label file after its image's stem, so two
+    such images (``a/x.jpg`` and ``b/x.jpg``, or ``x.jpg`` and ``x.png``) would overwrite each
+    other's labels.
+
+    Raises:
+        ExportError: naming the first two images that share a stem.
+    """
+    stems = [Path(os.fspath(image)).stem for image in images]
     owner: dict[str, str] = {}
-    for stem, record in zip(stems, records):
+    for stem, image in zip(stems, images):
         if stem in owner:
             raise ExportError(
-                f"{owner[stem]} and {record['image']} have the same file stem {stem!r}: their label files would "
-                "collide; export them separately (e.g. one run per folder)"
+                f"{owner[stem]} and {os.fspath(image)} have the same file stem {stem!r}: their label files would "
+                "collide; rename one, or export them separately (e.g. one run per folder)"
             )
-        owner[stem] = str(record["image"])
+        owner[stem] = os.fspath(image)
     return stems
+
+
+def _stems(records: Sequence[Record]) -> list[str]:
+    """File stems of the records' images (:func:`check_unique_stems`)."""
+    return check_unique_stems([str(r["image"]) for r in records])
+
+
+# What each folder format writes inside ``--out``: folders, then files (``failed.txt`` for all).
+_FOLDER_LAYOUT: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "yolo": (("labels", "images"), ("images.txt", "data.yaml")),
+    "voc": (("Annotations", "ImageSets", "ImageSets/Main", "JPEGImages"), ("ImageSets/Main/trainval.txt",)),
+}
+
+
+def check_output(fmt: str, out: str | os.PathLike[str], results: str | os.PathLike[str] | None = None) -> None:
+    """Refuse an output path that format ``fmt`` cannot write, before anything runs or is written.
+
+    File formats (coco, detectron2) need ``out`` (and ``results``, and the ``<stem>.failed.txt``
+    beside it) to be files or absent, not folders; folder formats (yolo, voc) need ``out`` to
+    be a folder or absent, not a file, and nothing inside it in the way of what they write
+    (``out/labels`` a file, ``out/data.yaml`` a folder). The nearest existing parent of every
+    path must be a folder.
+
+    Raises:
+        ExportError: one line naming the path and what is expected there.
+    """
+    out = Path(out)
+    if fmt in FILE_FORMATS:
+        if out.is_dir():
+            raise ExportError(f"--out {out} is a folder, but --format {fmt} writes one JSON file: "
+                              f"give a file path, e.g. --out {out / 'pseudo.json'}")
+        files = [("--out", out), ("failed-image list", failed_file_for(fmt, out))]
+        if results is not None:
+            results = Path(results)
+            if os.path.abspath(results) == os.path.abspath(out):
+                raise ExportError(f"--results {results} is the --out file: give another path")
+            files.append(("--results", results))
+        for what, path in files:
+            if path.is_dir():
+                raise ExportError(f"{what} {path} is a folder, but a file must be written there")
+            _check_parents(what, path)
+        return
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is an existing file, but --format {fmt} writes a folder "
+                          f"({', '.join(d + '/' for d in _FOLDER_LAYOUT[fmt][0][:2])} ...): give a folder path")
+    _check_parents("--out", out)
+    folders, files_inside = _FOLDER_LAYOUT[fmt]
+    for name in folders:
+        if (out / name).exists() and not (out / name).is_dir():
+            raise ExportError(f"{out / name} is a file, but --format {fmt} writes a folder there: move it away")
+    for name in (*files_inside, "failed.txt"):
+        if (out / name).is_dir():
+            raise ExportError(f"{out / name} is a folder, but --format {fmt} writes a file there: move it away")
+
+
+def _check_parents(what: str, path: Path) -> None:
+    """The nearest existing parent of ``path`` must be a folder (else nothing can be created under it)."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise ExportError(f"{what} {path}: {parent} is a file, not a folder")
 
 
 def failed_file_for(fmt: str, out: str | os.PathLike[str]) -> Path:
@@ -510,7 +582,8 @@ def export_records(
     and ``voc`` only.
 
     Raises:
-        ExportError: an unknown format, an option the format does not take, or a writer's error.
+        ExportError: an unknown format, an option the format does not take, an output path the
+            format cannot write (:func:`check_output`), or a writer's error.
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -518,6 +591,7 @@ def export_records(
         raise ExportError("--results (a COCO results file) goes with --format coco")
     if link_images and fmt in FILE_FORMATS:
         raise ExportError("--link-images goes with --format yolo or voc")
+    check_output(fmt, out, results)
     if fmt == "coco":
         return write_coco(records, out, root, results)
     if fmt == "detectron2":

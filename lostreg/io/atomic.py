@@ -19,8 +19,12 @@ __all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
 
-    A reader sees the old file or the new one, never half of one; a failed write leaves no
-    temporary file behind. Returns ``path``.
+    A reader sees the old file or the new one, never half of one; a failed write (an error,
+    Ctrl-C) leaves no temporary file behind. Returns ``path``.
+
+    Raises:
+        OSError: of the errno's own subclass, naming ``path`` (never the temporary file, which
+            means nothing to a user): ``path`` is a folder, the disk is full, ...
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -28,9 +32,11 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc  # OSError() picks the subclass
         raise
     return path
 

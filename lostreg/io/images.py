@@ -14,6 +14,7 @@ import glob
 import os
 import warnings
 from collections.abc import Sequence
+from typing import BinaryIO
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageReadError",
+    "check_image_file",
     "collect_image_paths",
     "load_image_rgb",
     "pil_to_rgb_array",
@@ -148,6 +150,34 @@ def _apply_exif_orientation(image: Image.Image, path: Path) -> Image.Image:
     return image if oriented is None else oriented
 
 
+def _open_file(path: Path) -> BinaryIO:
+    """Open ``path`` for reading, or raise the one-line :class:`ImageReadError` of why not."""
+    try:
+        if not path.exists():
+            raise ImageReadError(path, "no such file")
+        if path.is_dir():
+            raise ImageReadError(path, "is a directory, not an image file")
+        if path.stat().st_size == 0:
+            raise ImageReadError(path, "file is empty (0 bytes)")
+        return open(path, "rb")  # noqa: SIM115 - the callers close it
+    except PermissionError as exc:
+        raise ImageReadError(path, "permission denied") from exc
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot open file ({exc.strerror or exc})") from exc
+
+
+def _identify(handle: BinaryIO, path: Path) -> Image.Image:
+    """PIL's lazy ``Image.open`` (reads the header only), its failures as :class:`ImageReadError`."""
+    try:
+        return Image.open(handle)
+    except Image.DecompressionBombError as exc:
+        raise _bomb_error(path) from exc
+    except UnidentifiedImageError as exc:
+        raise ImageReadError(path, "not an image file (cannot identify image format)") from exc
+    except Exception as exc:  # noqa: BLE001 - plugins raise many types on bad headers
+        raise ImageReadError(path, "image file is truncated or corrupt") from exc
+
+
 def load_image_rgb(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an image file as an RGB array in the orientation a viewer shows.
 
@@ -168,29 +198,9 @@ def load_image_rgb(path: str | os.PathLike[str]) -> np.ndarray:
             unsupported colour mode. Its ``str`` is one line ``"<path>: <reason>"``.
     """
     path = Path(path)
+    handle = _open_file(path)
     try:
-        if not path.exists():
-            raise ImageReadError(path, "no such file")
-        if path.is_dir():
-            raise ImageReadError(path, "is a directory, not an image file")
-        if path.stat().st_size == 0:
-            raise ImageReadError(path, "file is empty (0 bytes)")
-        handle = open(path, "rb")  # noqa: SIM115 - closed in the finally below
-    except PermissionError as exc:
-        raise ImageReadError(path, "permission denied") from exc
-    except OSError as exc:
-        raise ImageReadError(path, f"cannot open file ({exc.strerror or exc})") from exc
-
-    try:
-        try:
-            image = Image.open(handle)
-        except Image.DecompressionBombError as exc:
-            raise _bomb_error(path) from exc
-        except UnidentifiedImageError as exc:
-            raise ImageReadError(path, "not an image file (cannot identify image format)") from exc
-        except Exception as exc:  # noqa: BLE001 - plugins raise many types on bad headers
-            raise ImageReadError(path, "image file is truncated or corrupt") from exc
-
+        image = _identify(handle, path)
         try:
             # Multi-frame formats open on frame 0; seek makes that explicit.
             if getattr(image, "n_frames", 1) > 1:
@@ -212,6 +222,56 @@ def load_image_rgb(path: str | os.PathLike[str]) -> np.ndarray:
             raise ImageReadError(
                 path, f"unsupported colour mode {image.mode!r} (cannot convert to RGB)"
             ) from exc
+    finally:
+        handle.close()
+
+
+# A JPEG ends with the end-of-image marker FF D9. Some writers pad after it, so the tail is
+# searched, not just the last two bytes; a file without the marker there is then decoded in full.
+_JPEG_EOI = b"\xff\xd9"
+_JPEG_TAIL_BYTES = 64
+
+
+def _jpeg_tail_has_eoi(handle: BinaryIO) -> bool:
+    handle.seek(0, os.SEEK_END)
+    size = handle.tell()
+    handle.seek(max(0, size - _JPEG_TAIL_BYTES))
+    return _JPEG_EOI in handle.read()
+
+
+def check_image_file(path: str | os.PathLike[str], full: bool = False) -> None:
+    """Check that ``path`` is an image lostreg can decode, without keeping its pixels.
+
+    Two depths:
+
+    * ``full=False`` (cheap, about a millisecond per file: reads the header and the last
+      bytes): the file must exist, be non-empty and have an image header PIL identifies
+      (format and size); PIL's ``verify()`` then checks what the format allows without
+      decoding (PNG: every chunk and its checksum up to the end, so a cut PNG fails). PIL
+      cannot verify a JPEG that way, so a JPEG must also end with its end-of-image marker;
+      one that does not (a cut download, a partial copy) is decoded in full to decide. This
+      catches empty, zero-byte, non-image and truncated JPEG/PNG files; a BMP, TIFF or WebP
+      damaged inside its pixel data passes.
+    * ``full=True``: decodes every pixel with :func:`load_image_rgb`, exactly what
+      ``lostreg eval`` does, so nothing that would fail there passes (10 to 100 times slower).
+
+    Raises:
+        ImageReadError: one line ``"<path>: <reason>"``, the reasons of :func:`load_image_rgb`.
+    """
+    path = Path(path)
+    if full:
+        load_image_rgb(path)
+        return
+    handle = _open_file(path)
+    try:
+        image = _identify(handle, path)
+        fmt = image.format
+        try:
+            image.verify()  # closes nothing of ours: PIL was given an open handle
+        except Exception as exc:  # noqa: BLE001 - plugins raise OSError, SyntaxError, struct.error, ...
+            raise ImageReadError(path, "image file is truncated or corrupt") from exc
+        if fmt in ("JPEG", "MPO") and not _jpeg_tail_has_eoi(handle):
+            load_image_rgb(path)  # no end marker: only a full decode can tell a cut file
     finally:
         handle.close()
 
@@ -270,7 +330,7 @@ def _expand_input(text: str, recursive: bool) -> list[Path]:
         if not found:
             reason = f"directory contains no image files (looked for {listed})"
             if has_subdirs and not recursive:
-                reason += "; subdirectories were not searched (use recursive search)"
+                reason += "; subdirectories were not searched (add --recursive)"
             raise ImageReadError(text, reason)
         return found
     if candidate.exists():

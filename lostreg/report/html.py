@@ -355,7 +355,8 @@ def _figure(
                    f'alt="image {_esc(item.image_id)}" loading="lazy">')
     else:
         report.unreadable.append((item.image_id, str(problem)))
-        picture = (f'<div class="noimg" style="width:{thumb_size}px;height:{thumb_size * 3 // 4}px">'
+        # min-height, not height: a long failure text wraps onto more lines and the box grows with it.
+        picture = (f'<div class="noimg" style="width:{thumb_size}px;min-height:{thumb_size * 3 // 4}px">'
                    f"image unavailable: {_esc(problem)}</div>")
     chips = "".join(_chip(label, css, pred) for label, css, pred in zip(labels, classes, item.preds))
     css = "item disagree" if item.disagreement else "item"

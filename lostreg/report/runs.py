@@ -15,6 +15,9 @@ __all__ = ["ReportError", "ReportRun", "check_same_dataset", "describe_dataset",
 # Dataset config keys that only say where the files are: the same data may live elsewhere
 # on another machine, so they do not make two runs "different datasets".
 _LOCATION_KEYS = frozenset({"root", "filelist_path", "cache_dir", "annotation_json", "image_dir"})
+# Plus what only `lostreg data check` reads (lostreg.config.CHECK_ONLY_DATASET_KEYS, not imported:
+# this package stays free of hydra): it never changes which images or boxes a run has.
+_NOT_DATASET_IDENTITY = _LOCATION_KEYS | {"expected_count"}
 
 class ReportError(ValueError):
     """Runs that cannot go in one report; ``str(err)`` is one line."""
@@ -46,7 +49,7 @@ class ReportRun:
 
     def dataset_identity(self) -> dict[str, Any]:
         """Dataset name and the settings that choose its images and ground truth (not its location)."""
-        identity = {k: v for k, v in self.dataset_config.items() if k not in _LOCATION_KEYS}
+        identity = {k: v for k, v in self.dataset_config.items() if k not in _NOT_DATASET_IDENTITY}
         identity["name"] = self.summary.dataset
         return identity
 
