@@ -33,8 +33,9 @@ from lostreg.diagnostics import (
 )
 from lostreg.diagnostics import figures
 from lostreg.discovery import ObjectDiscoverer
-from lostreg.protocol import DiscoveryProtocol
+from lostreg.protocol import DiscoveryProtocol, FeatureConfig, TokenCutConfig
 from lostreg.preprocess import to_padded_tensor
+from lostreg.tokencut import tokencut
 
 W, H = 112, 84  # small: 8x6 patches at p=14, 7x6 at p=16
 
@@ -332,8 +333,10 @@ def test_inspect_compare_writes_figures_and_summary(compared: tuple) -> None:
         with Image.open(png) as im:
             assert im.format == "PNG"
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"image", "width", "height", "max_size", "norm_threshold", "norm_source", "lost",
+    assert set(summary) == {"image", "width", "height", "max_size", "norm_threshold", "norm_source", "method", "lost",
                             "backbones", "comparison_figure"}
+    assert summary["method"] == "lost" and summary["lost"] == {
+        "method": "lost", "which": "k", "layer": -1, "l2_normalize": False, "k_patches": 100, "gram_bias": 0.0}
     assert (summary["width"], summary["height"], summary["comparison_figure"]) == (W, H, "compare.png")
     assert [b["backbone"] for b in summary["backbones"]] == names
     for record in summary["backbones"]:
@@ -383,3 +386,117 @@ def test_inspect_errors_are_one_line(args: list[str], code: int, text: str, imag
     assert main(argv) == code
     err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("WARNING")]
     assert len(err) == 1 and err[0].startswith("lostreg: error: ") and text in err[0], err
+
+
+# --- TokenCut in inspect -----------------------------------------------------------------------
+
+TOKENCUT = DiscoveryProtocol(method="tokencut")
+
+
+@pytest.mark.parametrize("name", ["dino", "pixels"])
+def test_tokencut_inspection_is_tokencut_on_the_discover_features(backbones: dict, name: str) -> None:
+    """The maps are tokencut()'s on the very features discover uses, and the box is discover's."""
+    backbone = backbones[name]
+    image = scene(150, 100, seed=3)
+    protocol = DiscoveryProtocol(method="tokencut", tokencut=TokenCutConfig(eig="scipy"))
+    found = ObjectDiscoverer(backbone, protocol, max_size=96).discover(image, "x")
+    insp = inspect_image(backbone, image, "x", protocol, max_size=96)
+    assert insp.method == "tokencut" and insp.lost is None and insp.tokencut is not None
+    assert insp.box_xyxy == found.box_xyxy and insp.seed_rc == found.seed_rc
+
+    # insp.picture is the downscaled image discover prepares; its features, computed here anew.
+    tensor = to_padded_tensor(insp.picture, backbone.patch_size, backbone.mean, backbone.std)
+    feats = backbone.extract(tensor.tensor[None], "k", -1)[0]
+    expected = tokencut(feats, tensor.grid_hw, eig="scipy")
+    cut = insp.tokencut
+    np.testing.assert_array_equal(cut.eigenvector, expected.eigenvector.numpy())
+    np.testing.assert_array_equal(cut.bipartition, expected.bipartition.numpy())
+    np.testing.assert_array_equal(cut.mask, expected.mask.numpy())
+    assert cut.seed_rc == expected.seed_rc and cut.box == expected.box
+    assert (cut.degenerate, cut.eigenvalues) == (expected.degenerate, expected.eigenvalues)
+    assert cut.threshold == pytest.approx(float(expected.eigenvector.mean()))
+    # The seed is on the positive side of the split, inside its component.
+    assert cut.eigenvector[cut.seed_rc] > cut.threshold and cut.mask[cut.seed_rc] and cut.bipartition[cut.seed_rc]
+    assert np.all(cut.bipartition[cut.mask])
+
+    summary = insp.summary()
+    assert summary["method"] == "tokencut" and summary["degenerate"] is False
+    assert summary["eigenvalues"] == list(expected.eigenvalues) and summary["eigenvalues"][0] <= summary["eigenvalues"][1]
+    assert summary["mask_patches"] == int(expected.mask.sum())
+    assert summary["bipartition_patches"] == int(expected.bipartition.sum())
+    assert "num_similars" not in summary and "seed_in_mask" not in summary, "LOST's numbers only for LOST"
+
+    for make in (figures.tokencut_figure, figures.method_figure, figures.norms_figure):
+        assert isinstance(make(insp), Figure)
+    with pytest.raises(ValueError, match="not LOST"):
+        figures.lost_figure(insp)
+    with pytest.raises(ValueError, match="not TokenCut"):
+        figures.tokencut_figure(inspect_image(backbone, image, "x"))
+
+
+def test_tokencut_inspection_of_a_flat_image_is_degenerate(backbones: dict, tmp_path: Path) -> None:
+    flat = np.full((H, W, 3), (200, 30, 60), np.uint8)
+    insp = inspect_image(backbones["pixels"], flat, "flat", TOKENCUT)
+    cut = insp.tokencut
+    assert cut is not None and cut.degenerate
+    assert insp.box_xyxy == (0, 0, W, H), "the fixed whole-image result"
+    assert np.all(cut.mask) and np.all(cut.eigenvector == 0)
+    assert insp.summary()["degenerate"] is True
+    path = figures.save_figure(figures.tokencut_figure(insp), tmp_path / "flat.png")
+    assert path.stat().st_size > 0
+    assert "DEGENERATE" in figures.tokencut_figure(insp)._suptitle.get_text()  # type: ignore[union-attr]
+    assert isinstance(figures.comparison_figure([insp, inspect_image(backbones["pixels"], scene(), "s", TOKENCUT)]),
+                      Figure)
+
+
+def test_comparison_rows_follow_the_method(backbones: dict) -> None:
+    assert figures.comparison_rows(["lost", "lost"]) == figures.COMPARISON_ROWS
+    rows = figures.comparison_rows(["tokencut"])
+    assert rows[0] == "TokenCut box + seed" and rows[-2:] == ("Fiedler vector", "bipartition + component")
+    mixed = figures.comparison_rows(["lost", "tokencut"])
+    assert mixed[0] == "LOST / TokenCut box + seed" and mixed[-1] == "expansion + mask / bipartition + component"
+    lost = inspect_image(backbones["pixels"], scene(), "s")
+    cut = inspect_image(backbones["pixels"], scene(), "s", TOKENCUT)
+    fig = figures.comparison_figure([lost, cut])
+    labels = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
+    assert labels[0] == "LOST / TokenCut box + seed"
+
+
+def test_inspect_cli_tokencut(image_png: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cut"
+    code = main(["inspect", str(image_png), "--compare", "pixels,dino", "--weights", "random", "--device", "cpu",
+                 "--method", "tokencut", "--tau", "0.25", "--eig", "scipy", "--output", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert {p.name for p in out.iterdir()} == {
+        "pixels_norms.png", "pixels_pca.png", "pixels_tokencut.png", "dino_vits16_norms.png",
+        "dino_vits16_attention.png", "dino_vits16_pca.png", "dino_vits16_tokencut.png", "compare.png", "summary.json"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "tokencut"
+    assert summary["lost"] == {"method": "tokencut", "which": "k", "layer": -1, "l2_normalize": False,
+                               "tau": 0.25, "eps": 1e-5, "eig": "scipy"}
+    for record in summary["backbones"]:
+        assert record["method"] == "tokencut" and record["degenerate"] is False
+        assert len(record["eigenvalues"]) == 2 and record["figures"]["tokencut"].endswith("_tokencut.png")
+        assert "lost" not in record["figures"]
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    assert [(line["method"], line["degenerate"]) for line in lines] == [("tokencut", False)] * 2
+    # The same box as discover with the same knobs.
+    found = ObjectDiscoverer(_build("pixels"), DiscoveryProtocol(
+        method="tokencut", tokencut=TokenCutConfig(tau=0.25, eig="scipy"))).discover_path(image_png)
+    assert summary["backbones"][0]["box_xyxy"] == list(found.box_xyxy)
+
+
+def test_inspect_pixels_keeps_tokencut_knobs_when_layer_is_dropped(image_png: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """pixels has no layers: --layer is dropped with a note, TokenCut's knobs are not."""
+    code = main(["inspect", str(image_png), "--backbone", "pixels", "--method", "tokencut", "--layer", "-2",
+                 "--tau", "0.9", "--output", str(tmp_path)])
+    assert code == 0
+    record = json.loads((tmp_path / "summary.json").read_text())["backbones"][0]
+    assert "--which/--layer do not apply" in record["note"]
+    insp = inspect_image(_build("pixels"), scene(), "s",
+                         DiscoveryProtocol(method="tokencut", tokencut=TokenCutConfig(tau=0.9)))
+    assert record["box_xyxy"] == list(insp.box_xyxy) and record["eigenvalues"] == list(insp.tokencut.eigenvalues)
+    default = inspect_image(_build("pixels"), scene(), "s", TOKENCUT)
+    assert default.tokencut.eigenvalues != insp.tokencut.eigenvalues, "tau=0.9 gives another graph"

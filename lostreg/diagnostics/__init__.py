@@ -1,7 +1,7 @@
-"""Why LOST works or fails on an image: token norms, attention, PCA and LOST's internals.
+"""Why discovery works or fails on an image: token norms, attention, PCA and the method's internals.
 
 * :mod:`lostreg.diagnostics.tokens`: the numbers (pure tensor code): norms, outliers, prefix
-  attention, PCA, LOST maps.
+  attention, PCA, LOST maps, TokenCut maps.
 * :mod:`lostreg.diagnostics.inspection`: :func:`inspect_image` runs everything for one image and
   backbone and returns an :class:`Inspection`.
 * :mod:`lostreg.diagnostics.figures`: matplotlib figures of inspections, one backbone or several
@@ -20,6 +20,7 @@ from lostreg.diagnostics.tokens import (
     NormSource,
     NormThreshold,
     PrefixAttention,
+    TokenCutMaps,
     ViTTrace,
     find_outliers,
     lost_maps,
@@ -28,6 +29,7 @@ from lostreg.diagnostics.tokens import (
     pca_rgb,
     prefix_attention,
     robust_threshold,
+    tokencut_maps,
     trace_vit,
 )
 
@@ -41,6 +43,7 @@ __all__ = [
     "NormSource",
     "NormThreshold",
     "PrefixAttention",
+    "TokenCutMaps",
     "ViTTrace",
     "find_outliers",
     "inspect_image",
@@ -50,5 +53,6 @@ __all__ = [
     "pca_rgb",
     "prefix_attention",
     "robust_threshold",
+    "tokencut_maps",
     "trace_vit",
 ]

@@ -1,4 +1,4 @@
-"""Token diagnostics: output-token norms, high-norm outliers, prefix-token attention, PCA, LOST maps.
+"""Token diagnostics: output-token norms, high-norm outliers, prefix-token attention, PCA, method maps.
 
 Pure computations, no plotting (:mod:`lostreg.diagnostics.figures` draws them); the inspection of
 one image that combines them is :mod:`lostreg.diagnostics.inspection`. Conventions:
@@ -41,6 +41,7 @@ from torch import nn
 from lostreg.backbones.vit import TimmViTBackbone
 from lostreg.lost import LostResult
 from lostreg.precision import strict_fp32
+from lostreg.tokencut import TokenCutResult
 
 __all__ = [
     "DEFAULT_MAD_K",
@@ -51,6 +52,7 @@ __all__ = [
     "NormSource",
     "NormThreshold",
     "PrefixAttention",
+    "TokenCutMaps",
     "ViTTrace",
     "find_outliers",
     "lost_maps",
@@ -59,6 +61,7 @@ __all__ = [
     "pca_rgb",
     "prefix_attention",
     "robust_threshold",
+    "tokencut_maps",
     "trace_vit",
 ]
 
@@ -458,4 +461,55 @@ def lost_maps(result: LostResult, k_patches: int) -> LostMaps:
         seed_rc=result.seed_rc,
         box=result.box,
         seed_in_mask=result.seed_in_mask,
+    )
+
+
+# --- TokenCut internals ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenCutMaps:
+    """TokenCut's intermediate results on the patch grid (numpy, CPU).
+
+    Attributes:
+        eigenvector: (rows, cols) float64, the Fiedler vector ``x`` of ``(D - W) x = λ D x``,
+            D-normalised and signed as the reference returns it (the seed's side is ``x > mean``);
+            all zeros when ``degenerate``.
+        threshold: ``mean(x)``, the split point of the bipartition (0.0 when ``degenerate``).
+        bipartition: (rows, cols) bool, the seed's side of the split (every component of it).
+        mask: (rows, cols) bool, the 4-connected component of ``bipartition`` holding the seed.
+        seed_rc: (row, col) of the seed (first index of ``max |x|``).
+        box: (x1, y1, x2, y2) in patch units, max exclusive.
+        degenerate: the spectrum gave no unique Fiedler vector (see :mod:`lostreg.tokencut`):
+            the fixed whole-grid result was returned.
+        eigenvalues: ``(λ2, λ3)`` of the normalised problem, ascending.
+    """
+
+    eigenvector: np.ndarray
+    threshold: float
+    bipartition: np.ndarray
+    mask: np.ndarray
+    seed_rc: tuple[int, int]
+    box: tuple[int, int, int, int]
+    degenerate: bool
+    eigenvalues: tuple[float, float]
+
+    @property
+    def spectral_gap(self) -> float:
+        """``λ3 - λ2``: how well separated the Fiedler vector is (the degeneracy test reads it)."""
+        return self.eigenvalues[1] - self.eigenvalues[0]
+
+
+def tokencut_maps(result: TokenCutResult) -> TokenCutMaps:
+    """Grid maps of a :class:`~lostreg.tokencut.TokenCutResult` (numpy, CPU)."""
+    eigenvector = result.eigenvector.detach().to("cpu", torch.float64).numpy()
+    return TokenCutMaps(
+        eigenvector=eigenvector,
+        threshold=float(eigenvector.mean()),
+        bipartition=result.bipartition.detach().cpu().numpy().astype(bool),
+        mask=result.mask.detach().cpu().numpy().astype(bool),
+        seed_rc=result.seed_rc,
+        box=tuple(int(v) for v in result.box),  # type: ignore[arg-type]
+        degenerate=bool(result.degenerate),
+        eigenvalues=(float(result.eigenvalues[0]), float(result.eigenvalues[1])),
     )
