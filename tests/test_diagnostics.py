@@ -17,7 +17,8 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from lostreg.backbones import build_backbone
+from lostreg.backbones import build_backbone, resolve_backbone
+from lostreg.backbones.dinov3 import DinoV3Backbone, build_timm_eva
 from lostreg.cli.inspect_cmd import backbone_names, parse_weights
 from lostreg.cli.main import main
 from lostreg.diagnostics import (
@@ -28,7 +29,9 @@ from lostreg.diagnostics import (
     pca_project,
     pca_rgb,
     prefix_attention,
+    prefix_attention_qk,
     robust_threshold,
+    trace_dinov3,
     trace_vit,
 )
 from lostreg.diagnostics import figures
@@ -500,3 +503,143 @@ def test_inspect_pixels_keeps_tokencut_knobs_when_layer_is_dropped(image_png: Pa
     assert record["box_xyxy"] == list(insp.box_xyxy) and record["eigenvalues"] == list(insp.tokencut.eigenvalues)
     default = inspect_image(_build("pixels"), scene(), "s", TOKENCUT)
     assert default.tokencut.eigenvalues != insp.tokencut.eigenvalues, "tau=0.9 gives another graph"
+
+
+# --- DINOv3 in inspect -------------------------------------------------------------------------
+
+V3_SMALL = {"depth": 3, "init_values": 1.0}  # LayerScale 1.0: timm's 1e-5 makes blocks near-identities
+
+
+def _small_dinov3(rope: str = "pre", peaked_layer: int | None = None) -> DinoV3Backbone:
+    """A 3-block random DINOv3 S/16; ``peaked_layer``: that block's q/k scaled up and the prefix
+    tokens given unit-scale values, so its attention is far from uniform (see ``_peaked_copy``)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        backbone = build_timm_eva(resolve_backbone("dinov3_vits16"), "random", torch.device("cpu"),
+                                  rope=rope, model_kwargs=V3_SMALL)  # type: ignore[arg-type]
+    if peaked_layer is not None:
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for token in (backbone.model.cls_token, backbone.model.reg_token):
+                token.copy_(torch.randn(token.shape, generator=gen))
+            qkv = backbone.model.blocks[peaked_layer].attn.qkv
+            dim = qkv.weight.shape[0] // 3
+            qkv.weight[: 2 * dim] *= 5.0
+    return backbone
+
+
+def _no_hooks(model: torch.nn.Module) -> bool:
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("layer", [-1, 1])
+def test_dinov3_prefix_attention_is_the_blocks_softmax(layer: int) -> None:
+    """CLS and register maps are softmax(scale q_rot k_rotᵀ) of the block, and reproduce its output."""
+    from timm.layers import apply_rot_embed_cat
+
+    backbone = _small_dinov3(peaked_layer=layer)
+    images = to_padded_tensor(scene(), backbone.patch_size).tensor[None]
+    trace = trace_dinov3(backbone, images, layer)
+    assert _no_hooks(backbone.model)
+    rows, cols = trace.grid_hw
+    prefix = trace.num_prefix_tokens
+    block = backbone.model.blocks[trace.layer]
+    attn = block.attn
+    heads, hd = attn.num_heads, trace.q.shape[-1]
+    assert (prefix, trace.num_registers, trace.has_class_token) == (5, 4, True)
+    att = prefix_attention_qk(trace.q_rot, trace.k_rot, trace.scale, prefix, trace.grid_hw, trace.has_class_token)
+    assert att.cls is not None and att.cls.shape == (1, heads, rows, cols)
+    assert att.registers.shape == (1, 4, heads, rows, cols) and att.patch_mass.shape == (1, 5, heads)
+
+    # Recomputed here in float64 from the block input: the fused projection (DINOv3 S/16 has no
+    # qkv bias), heads split, patch rows rotated by the block's RoPE table, prefix rows not.
+    with torch.inference_mode():
+        x, rope = backbone.block_input(images, layer)
+        xn = block.norm1(x)[0].double()
+        qkv = (xn @ attn.qkv.weight.double().T).reshape(-1, 3, heads, hd).permute(1, 2, 0, 3)  # (3, H, T, hd)
+        q, k, v = qkv.unbind(0)
+
+        def rotate(t: torch.Tensor) -> torch.Tensor:
+            return torch.cat([t[:, :prefix], apply_rot_embed_cat(t[:, prefix:], rope.double(), half=True)], dim=1)
+
+        probs = torch.softmax(rotate(q) @ rotate(k).transpose(-2, -1) / math.sqrt(hd), dim=-1)  # (H, T, T)
+        unrotated = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(hd), dim=-1)
+        expected_out = attn(block.norm1(x), rope=rope)[0].double()
+    assert float(probs[:, 0, prefix:].max()) > 5.0 / (rows * cols), "attention is peaked, not uniform"
+    torch.testing.assert_close(att.cls[0].double(), probs[:, 0, prefix:].reshape(heads, rows, cols),
+                               rtol=1e-4, atol=1e-6)
+    for r in range(4):
+        torch.testing.assert_close(att.registers[0, r].double(),
+                                   probs[:, 1 + r, prefix:].reshape(heads, rows, cols), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(att.patch_mass[0, 0].double(), 1 - probs[:, 0, :prefix].sum(-1), rtol=1e-4, atol=1e-6)
+
+    # The same probabilities give the block's own attention output (probs @ v, heads merged, norm, proj) ...
+    def output(p: torch.Tensor) -> torch.Tensor:
+        merged = (p @ v).transpose(0, 1).reshape(-1, heads * hd)
+        return attn.proj(attn.norm(merged.float())).double()
+
+    torch.testing.assert_close(output(probs), expected_out, rtol=1e-3, atol=1e-4)
+    # ... and the probabilities of unrotated q/k do not: RoPE is part of what the maps show.
+    assert not torch.allclose(output(unrotated), expected_out, rtol=1e-3, atol=1e-4)
+    assert not torch.allclose(unrotated[:, 0, prefix:], probs[:, 0, prefix:], rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("rope", ["pre", "post"])
+def test_dinov3_trace_equals_extract_and_forward_features(rope: str) -> None:
+    backbone = _small_dinov3(rope)
+    images = to_padded_tensor(scene(), 16).tensor[None]
+    for layer in (-1, 0):
+        trace = trace_dinov3(backbone, images, layer)
+        for which in ("q", "k", "v"):
+            assert torch.equal(trace.features(which), backbone.extract(images, which, layer)), (which, layer)
+    # Prefix q/k are never rotated; patch rows are.
+    npt = trace.num_prefix_tokens
+    assert torch.equal(trace.q_rot[:, :, :npt], trace.q[:, :, :npt]) and torch.equal(trace.k_rot[:, :, :npt],
+                                                                                      trace.k[:, :, :npt])
+    assert not torch.allclose(trace.k_rot[:, :, npt:], trace.k[:, :, npt:])
+    with torch.inference_mode():
+        expected = backbone.model.forward_features(images)
+        renormed = backbone.model.norm(trace.prenorm)
+    torch.testing.assert_close(trace.final, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(trace.final, renormed)
+    assert _no_hooks(backbone.model)
+
+
+@pytest.mark.parametrize("method", ["lost", "tokencut"])
+def test_dinov3_inspection_has_cls_and_register_maps(method: str) -> None:
+    backbone = _small_dinov3(peaked_layer=2)
+    protocol = DiscoveryProtocol(method=method)
+    image = scene(150, 100, seed=3)
+    insp = inspect_image(backbone, image, "x", protocol)
+    rows, cols = insp.grid_hw
+    assert insp.attention_note is None and insp.attention_layer == 2
+    assert insp.cls_attention is not None and insp.cls_attention.shape == (6, rows, cols)
+    assert insp.register_attention is not None and insp.register_attention.shape == (4, 6, rows, cols)
+    assert insp.prefix_patch_mass is not None and insp.prefix_patch_mass.shape == (5, 6)
+    images = to_padded_tensor(image, 16).tensor[None]
+    trace = trace_dinov3(backbone, images)
+    att = prefix_attention_qk(trace.q_rot, trace.k_rot, trace.scale, 5, trace.grid_hw)
+    np.testing.assert_array_equal(insp.cls_attention, att.cls[0].numpy())
+    np.testing.assert_array_equal(insp.register_attention, att.registers[0].numpy())
+    # Norms of the final-LayerNorm patch tokens (prefix dropped), like the ViT path.
+    np.testing.assert_allclose(insp.norms.ravel(), trace.final[0, 5:].norm(dim=-1).numpy(), rtol=1e-6)
+    pre = inspect_image(backbone, image, "x", protocol, norm_source="prenorm")
+    np.testing.assert_allclose(pre.norms.ravel(), trace.prenorm[0, 5:].norm(dim=-1).numpy(), rtol=1e-6)
+    # The box is discover's, from the same (pre-RoPE) keys.
+    found = ObjectDiscoverer(backbone, protocol).discover(image, "x")
+    assert insp.box_xyxy == found.box_xyxy and insp.seed_rc == found.seed_rc
+    summary = insp.summary()
+    assert summary["attention"]["layer"] == 2 and len(summary["attention"]["register_patch_mass"]) == 4
+    assert isinstance(figures.attention_figure(insp), Figure)
+    assert _no_hooks(backbone.model)
+
+
+def test_inspect_cli_dinov3_writes_attention(image_png: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["inspect", str(image_png), "--backbone", "dinov3", "--weights", "random", "--device", "cpu",
+                 "--method", "tokencut", "--output", str(tmp_path)])
+    assert code == 0, capsys.readouterr().err
+    assert "dinov3_vits16_attention.png" in {p.name for p in tmp_path.iterdir()}
+    record = json.loads((tmp_path / "summary.json").read_text())["backbones"][0]
+    assert record["attention_note"] is None and record["attention"]["layer"] == 11
+    assert record["num_registers"] == 4 and len(record["attention"]["register_patch_mass"]) == 4

@@ -14,6 +14,7 @@ from lostreg.diagnostics.inspection import Inspection, inspect_image
 from lostreg.diagnostics.tokens import (
     DEFAULT_MAD_K,
     MAD_TO_SIGMA,
+    DinoV3Trace,
     PAPER_NORM_THRESHOLD,
     LostMaps,
     NormOutliers,
@@ -28,13 +29,16 @@ from lostreg.diagnostics.tokens import (
     pca_project,
     pca_rgb,
     prefix_attention,
+    prefix_attention_qk,
     robust_threshold,
     tokencut_maps,
+    trace_dinov3,
     trace_vit,
 )
 
 __all__ = [
     "DEFAULT_MAD_K",
+    "DinoV3Trace",
     "MAD_TO_SIGMA",
     "PAPER_NORM_THRESHOLD",
     "Inspection",
@@ -52,7 +56,9 @@ __all__ = [
     "pca_project",
     "pca_rgb",
     "prefix_attention",
+    "prefix_attention_qk",
     "robust_threshold",
     "tokencut_maps",
+    "trace_dinov3",
     "trace_vit",
 ]

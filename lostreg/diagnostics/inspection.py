@@ -1,7 +1,8 @@
 """Everything :command:`lostreg inspect` shows for one image and one backbone, from one forward pass.
 
 :func:`inspect_image` prepares the image as ``lostreg discover`` does, runs the backbone once
-(:func:`lostreg.diagnostics.tokens.trace_vit` for backbones with attention), and collects the
+(:func:`lostreg.diagnostics.tokens.trace_vit` for timm ViTs, :func:`~lostreg.diagnostics.tokens.trace_dinov3`
+for DINOv3), and collects the
 token-norm map, outliers, prefix-token attention, PCA and the discovery method's internals (LOST's
 degree and expansion maps, or TokenCut's eigenvector and bipartition) into an :class:`Inspection`
 (numpy, CPU), which the figures and ``summary.json`` are made from.
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from lostreg.backbones.base import Backbone
+from lostreg.backbones.dinov3 import DinoV3Backbone
 from lostreg.backbones.vit import TimmViTBackbone, select_features
 from lostreg.boxes import patch_box_to_pixels
 from lostreg.diagnostics.tokens import (
@@ -30,7 +32,9 @@ from lostreg.diagnostics.tokens import (
     patch_token_norms,
     pca_rgb,
     prefix_attention,
+    prefix_attention_qk,
     tokencut_maps,
+    trace_dinov3,
     trace_vit,
 )
 from lostreg.discovery import ObjectDiscoverer
@@ -202,9 +206,10 @@ def inspect_image(
     features and the attention maps (default: the last one).
 
     Args:
-        backbone: a ViT (:class:`TimmViTBackbone`) or a backbone without attention such as
-            ``pixels``, for which norms are those of its features and attention maps are skipped
-            (with a note).
+        backbone: a ViT (:class:`TimmViTBackbone`), a DINOv3 (:class:`DinoV3Backbone`: attention
+            maps from its rotated q/k, as its softmax sees them), or a backbone without
+            attention such as ``pixels``, for which norms are those of its features and
+            attention maps are skipped (with a note).
         image_rgb: (H, W, 3) uint8 RGB.
         name: how the image is reported.
         protocol: features and method.
@@ -248,6 +253,20 @@ def inspect_image(
         reg_maps = att.registers[0].cpu().numpy() if att.registers.shape[1] else None
         mass = att.patch_mass[0].cpu().numpy()
         layer = trace.layer
+        source = norm_source
+    elif isinstance(backbone, DinoV3Backbone):
+        v3 = trace_dinov3(backbone, images, features_config.layer)
+        tokens = v3.final if norm_source == "final" else v3.prenorm
+        patch_tokens = tokens[0, v3.num_prefix_tokens:]
+        features = v3.features(features_config.which)[0]
+        with torch.inference_mode():
+            # The rotated q/k: the tensors the block's softmax sees (prefix rows unrotated).
+            att = prefix_attention_qk(v3.q_rot, v3.k_rot, v3.scale, v3.num_prefix_tokens, grid_hw,
+                                      v3.has_class_token)
+        cls_map = None if att.cls is None else att.cls[0].cpu().numpy()
+        reg_maps = att.registers[0].cpu().numpy() if att.registers.shape[1] else None
+        mass = att.patch_mass[0].cpu().numpy()
+        layer = v3.layer
         source = norm_source
     else:
         with torch.inference_mode():
