@@ -243,8 +243,8 @@ def test_markdown_table_ours_beside_published(runs: Path, capsys: pytest.Capture
     code, out, err = compare(capsys, str(runs / "*"))
     assert code == 0, err
     header, rows, notes = parse_markdown(out)
-    assert header == ["method", "backbone", "protocol", "VOC07 ours", "VOC07 published", "VOC12 ours", "VOC12 published",
-                      "COCO20k ours", "COCO20k published", "published source"]
+    assert header == ["method", "backbone", "protocol", "VOC07 ours", "VOC07 published", "VOC12 ours",
+                      "VOC12 published", "COCO20k ours", "COCO20k published", "published source"]
 
     dino = rows[("LOST", "dino_vits16", "default")]
     assert (dino["VOC07 ours"], dino["VOC07 published"]) == ("61.87", "61.9")
@@ -408,10 +408,11 @@ def test_other_splits_are_their_own_rows_without_published_numbers(tmp_path: Pat
     assert code == 0 and "two runs" not in err, "no run is dropped"
     _, rows, notes = parse_markdown(out)
     assert rows[("LOST", "dino_vits16", "default")]["VOC07 published"] == "61.9"
-    assert (rows[("LOST", "dino_vits16", "split=small")]["VOC07 ours"], rows[("LOST", "dino_vits16", "split=small")]["VOC07 published"]) \
-        == ("70.00", "-")
+    small_row = rows[("LOST", "dino_vits16", "split=small")]
+    assert (small_row["VOC07 ours"], small_row["VOC07 published"]) == ("70.00", "-")
     assert rows[("LOST", "dino_vits16", "no_hard")]["VOC07 published"] == "-"
-    assert any("not comparable with published numbers: LOST dino_vits16 [split=small] VOC07: split=small" in n for n in notes)
+    assert any("not comparable with published numbers: LOST dino_vits16 [split=small] VOC07: split=small" in n
+               for n in notes)
 
 
 def test_a_partial_copy_of_a_published_dataset_is_not_compared(tmp_path: Path,
@@ -493,7 +494,8 @@ def test_one_table_across_methods(mixed_runs: Path, capsys: pytest.CaptureFixtur
     assert any(n.startswith(f"[{source}] TokenCut README") and "CVPR 2022" in n for n in notes)
     assert any("eig=torch32" in n and "eig=scipy" in n for n in notes), "the solver rule is stated"
     default_note = next(n for n in notes if n.startswith("protocol default"))
-    assert "LOST on raw keys of the last layer, k=100" in default_note and "tau=0.2, eps=1e-05, eig=torch64" in default_note
+    assert "LOST on raw keys of the last layer, k=100" in default_note
+    assert "tau=0.2, eps=1e-05, eig=torch64" in default_note
 
 
 def test_tokencut_only_table_shows_tokencut_references_only(mixed_runs: Path,

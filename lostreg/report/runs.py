@@ -41,7 +41,7 @@ class ReportRun:
 
     @property
     def name(self) -> str:
-        """``method backbone [protocol]``, e.g. ``LOST dinov2_vitl14_reg [k=50]``, ``TokenCut dino_vits16 [default]``."""
+        """``method backbone [protocol]``: ``LOST dinov2_vitl14_reg [k=50]``, ``TokenCut dino_vits16 [default]``."""
         return self.summary.label
 
     def dataset_identity(self) -> dict[str, Any]:
