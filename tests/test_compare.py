@@ -522,3 +522,25 @@ def test_csv_has_the_method(mixed_runs: Path, tmp_path: Path, capsys: pytest.Cap
     published = [r for r in records if r["row_type"] == "published"]
     assert {r["method"] for r in published} == {"lost", "tokencut"}
     assert all(r["method"] in METHODS for r in records)
+
+
+def test_run_dirs_from_before_tokencut_read_as_lost(tmp_path: Path) -> None:
+    """A config.yaml without method / tokencut / l2_normalize (older lostreg) is LOST's default protocol."""
+    run_dir = make_run(tmp_path, "old", "dino_vits16", "voc07", 61.0)
+    config = OmegaConf.load(run_dir / "config.yaml")
+    for key in ("method", "tokencut"):
+        config.pop(key)
+    config.features.pop("l2_normalize")
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
+    run = load_run(run_dir)
+    assert (run.method, run.protocol, run.discovery.tokencut) == ("lost", "default", TokenCutConfig())
+    assert run.published().key == "lost_dino_vits16"
+
+
+def test_mistyped_tokencut_knob_names_the_key(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path, "bad", "dino_vits16", "voc07", 61.0, overrides=("method=tokencut",))
+    config = OmegaConf.load(run_dir / "config.yaml")
+    config.tokencut.tau = "high"
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
+    with pytest.raises(RunError, match="'tokencut.tau' must be float"):
+        load_run(run_dir)
