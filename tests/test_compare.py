@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 from lostreg.cli.main import main
 from lostreg.config import compose_config
 from lostreg.evaluation.compare import RunError, build_table, load_run, load_runs, to_csv, to_markdown
-from lostreg.evaluation.published import PUBLISHED, published_by_key, published_for
+from lostreg.evaluation.published import PUBLISHED, published_by_key, published_for, published_match
+from lostreg.protocol import METHODS, DiscoveryProtocol, FeatureConfig, LostConfig, TokenCutConfig
 
 DATASET_SIZE = {"voc07": 5011, "voc12": 11540, "coco20k": 19817, "coco": 50, "folder": 7}
 # Datasets that need more than a `name` to compose (their required keys are ???).
@@ -67,8 +68,8 @@ def runs(tmp_path: Path) -> Path:
     return root
 
 
-def parse_markdown(text: str) -> tuple[list[str], dict[tuple[str, str], dict[str, str]], list[str]]:
-    """(header, {(backbone cell, protocol cell): {column: cell}}, lines after the table)."""
+def parse_markdown(text: str) -> tuple[list[str], dict[tuple[str, str, str], dict[str, str]], list[str]]:
+    """(header, {(method cell, backbone cell, protocol cell): {column: cell}}, lines after the table)."""
     lines = text.splitlines()
     table = [line for line in lines if line.startswith("|")]
     split = lambda line: [c.strip() for c in line.strip().strip("|").split("|")]  # noqa: E731
@@ -78,7 +79,7 @@ def parse_markdown(text: str) -> tuple[list[str], dict[tuple[str, str], dict[str
     for line in table[2:]:
         cells = split(line)
         assert len(cells) == len(header), line
-        rows[(cells[0], cells[1])] = dict(zip(header, cells))
+        rows[(cells[0], cells[1], cells[2])] = dict(zip(header, cells))
     notes = [line for line in lines if line and not line.startswith("|")]
     return header, rows, notes
 
@@ -102,7 +103,13 @@ def test_published_numbers_are_the_spec_table() -> None:
         "registers_t3_dinov2_reg": (55.4, 60.0, 42.0),
         "public_sweep_dinov2": (32.2, 36.8, 25.4),
         "public_sweep_dinov2_reg": (56.2, 60.2, 42.3),
+        # spec tokencut.md section 3 (the TokenCut README)
+        "tokencut_dino_vits16": (68.8, 72.1, 58.8),
+        "tokencut_dino_vits8": (67.3, 71.6, 60.7),
+        "tokencut_dino_vitb16": (68.8, 72.4, 59.0),
     }
+    assert {p.key for p in PUBLISHED if p.lostreg_method == "tokencut"} == {k for k in got if k.startswith("tokencut")}
+    assert all(p.lostreg_method in METHODS for p in PUBLISHED)
     assert all(p.source and p.protocol for p in PUBLISHED)
     assert published_by_key("lost_dino_vits8").corloc("voc12") == 57.0
     assert published_by_key("lost_dino_vits8").corloc("coco") is None
@@ -129,6 +136,43 @@ def test_published_numbers_are_the_spec_table() -> None:
 def test_published_for_maps_only_the_same_protocol(backbone: str, kwargs: dict[str, Any], expected: str | None) -> None:
     found = published_for(backbone, **kwargs)
     assert (found.key if found else None) == expected
+
+
+def _cut(**knobs: Any) -> DiscoveryProtocol:
+    features = {k: knobs.pop(k) for k in ("which", "layer", "l2_normalize") if k in knobs}
+    return DiscoveryProtocol(method="tokencut", features=FeatureConfig(**features), tokencut=TokenCutConfig(**knobs))
+
+
+@pytest.mark.parametrize(
+    ("backbone", "protocol", "weights", "expected"),
+    [
+        ("dino_vits16", _cut(), "pretrained", "tokencut_dino_vits16"),  # default solver: torch64
+        ("dino_vits8", _cut(), "pretrained", "tokencut_dino_vits8"),
+        ("dino_vitb16", _cut(), "pretrained", "tokencut_dino_vitb16"),
+        ("dino_vits16", _cut(eig="scipy"), "pretrained", "tokencut_dino_vits16"),  # the reference's call
+        ("dino_vits16", _cut(eig="torch32"), "pretrained", None),  # float32: another numerical protocol
+        ("dino_vits16", _cut(tau=0.3), "pretrained", None),
+        ("dino_vits16", _cut(eps=1e-4), "pretrained", None),
+        ("dino_vits16", _cut(which="q"), "pretrained", None),
+        ("dino_vits16", _cut(layer=-2), "pretrained", None),
+        ("dino_vits16", _cut(l2_normalize=True), "pretrained", None),
+        ("dino_vits16", _cut(), "random", None),
+        ("dino_vitb8", _cut(), "pretrained", None),  # not in the TokenCut README
+        ("dinov2_vitl14_reg", _cut(), "pretrained", None),  # no published TokenCut row: never a LOST one
+        ("dino_vits16", DiscoveryProtocol(), "pretrained", "lost_dino_vits16"),  # LOST gets LOST's row
+        # A TokenCut run with LOST knobs that differ still matches: they play no part in TokenCut.
+        ("dino_vits16", DiscoveryProtocol(method="tokencut", lost=LostConfig(k_patches=5)), "pretrained",
+         "tokencut_dino_vits16"),
+        # ... and a LOST run is never set beside TokenCut whatever its TokenCut section says.
+        ("dino_vits16", DiscoveryProtocol(lost=LostConfig(k_patches=5)), "pretrained", None),
+    ],
+)
+def test_published_match_is_per_method(backbone: str, protocol: DiscoveryProtocol, weights: str,
+                                       expected: str | None) -> None:
+    found = published_match(backbone, protocol, weights)
+    assert (found.key if found else None) == expected
+    if found is not None:
+        assert found.lostreg_method == protocol.method
 
 
 # ------------------------------------------------------------------------------ loading
@@ -199,33 +243,33 @@ def test_markdown_table_ours_beside_published(runs: Path, capsys: pytest.Capture
     code, out, err = compare(capsys, str(runs / "*"))
     assert code == 0, err
     header, rows, notes = parse_markdown(out)
-    assert header == ["backbone", "protocol", "VOC07 ours", "VOC07 published", "VOC12 ours", "VOC12 published",
-                      "COCO20k ours", "COCO20k published", "published source"]
+    assert header == ["method", "backbone", "protocol", "VOC07 ours", "VOC07 published", "VOC12 ours",
+                      "VOC12 published", "COCO20k ours", "COCO20k published", "published source"]
 
-    dino = rows[("dino_vits16", "default")]
+    dino = rows[("LOST", "dino_vits16", "default")]
     assert (dino["VOC07 ours"], dino["VOC07 published"]) == ("61.87", "61.9")
     assert (dino["VOC12 ours"], dino["VOC12 published"]) == ("63.95", "64.0")
     assert (dino["COCO20k ours"], dino["COCO20k published"]) == ("50.66", "50.7")
 
-    v2 = rows[("dinov2_vitl14", "default")]
+    v2 = rows[("LOST", "dinov2_vitl14", "default")]
     assert (v2["VOC07 ours"], v2["VOC07 published"], v2["VOC12 ours"]) == ("34.81", "35.3", "39.50")
     assert (v2["COCO20k ours"], v2["COCO20k published"]) == ("-", "26.9")  # not run; published still shown
 
-    reg = rows[("dinov2_vitl14_reg", "default")]
+    reg = rows[("LOST", "dinov2_vitl14_reg", "default")]
     assert (reg["VOC07 ours"], reg["VOC07 published"]) == ("54.10", "55.4")
     assert (reg["VOC12 ours"], reg["VOC12 published"]) == ("41.20*", "60.0")
 
-    sweep = rows[("dinov2_vitl14_reg", "which=v layer=-2 bias=-0.25")]
+    sweep = rows[("LOST", "dinov2_vitl14_reg", "which=v layer=-2 bias=-0.25")]
     assert (sweep["COCO20k ours"], sweep["COCO20k published"], sweep["VOC07 ours"]) == ("40.50", "-", "-")
 
-    random_row = rows[("dinov2_vits14_reg (RANDOM weights)", "weights=random")]
+    random_row = rows[("LOST", "dinov2_vits14_reg (RANDOM weights)", "weights=random")]
     assert random_row["VOC07 ours"] == "3.00" and random_row["VOC07 published"] == "-"
 
     # Sources: LOST paper [1] and registers paper [2] beside our rows, each named in a footnote.
     assert dino["published source"] == "[1]" and v2["published source"] == reg["published source"] == "[2]"
     assert any(n.startswith("[1] LOST paper") for n in notes)
     assert any(n.startswith("[2] Registers paper") and "Table 3" in n for n in notes)
-    assert any("\\* incomplete: dinov2_vitl14_reg [default] VOC12: 1000/11540 images" in n for n in notes)
+    assert any("\\* incomplete: LOST dinov2_vitl14_reg [default] VOC12: 1000/11540 images" in n for n in notes)
     assert any(n.startswith("RANDOM weights") and "meaningless" in n for n in notes)
     assert any(n.startswith("Why the public-checkpoint numbers differ from Table 3") and "ImageNet-22k" in n
                for n in notes)
@@ -234,33 +278,33 @@ def test_markdown_table_ours_beside_published(runs: Path, capsys: pytest.Capture
 def test_published_rows_without_a_run_are_labelled(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _, out, _ = compare(capsys, str(runs / "*"))
     _, rows, notes = parse_markdown(out)
-    published = {key: row for key, row in rows.items() if key[0].startswith("published:")}
+    published = {key: row for key, row in rows.items() if key[1].startswith("published:")}
     # The rows shown beside ours (ViT-S/16, both Table 3 rows) are not repeated.
-    assert sorted(key[0] for key in published) == [
+    assert sorted(key[1] for key in published) == [
         "published: LOST (DINO) ViT-B/16 [lostreg: dino_vitb16]",
         "published: LOST (DINO) ViT-S/8 [lostreg: dino_vits8]",
         "published: LOST (DINOv2+reg, public checkpoint) ViT-L/14",
         "published: LOST (DINOv2, public checkpoint) ViT-L/14",
     ]
-    s8 = published[next(k for k in published if "ViT-S/8" in k[0])]
+    s8 = published[next(k for k in published if "ViT-S/8" in k[1])]
     assert (s8["VOC07 ours"], s8["VOC07 published"], s8["VOC12 published"], s8["COCO20k published"]) == (
         "", "55.5", "57.0", "49.5")
-    pub_reg = published[next(k for k in published if "DINOv2+reg, public" in k[0])]
+    pub_reg = published[next(k for k in published if "DINOv2+reg, public" in k[1])]
     assert (pub_reg["VOC07 published"], pub_reg["VOC12 published"], pub_reg["COCO20k published"]) == (
         "56.2", "60.2", "42.3")
     assert "swept" in pub_reg["protocol"] and pub_reg["published source"] == "[3]"
     assert any(n.startswith("[3] public DINOv2 checkpoints") for n in notes)
     # Published-only rows come after all of ours.
     keys = list(rows)
-    assert all(k[0].startswith("published:") for k in keys[keys.index(next(iter(published))):])
+    assert all(k[1].startswith("published:") for k in keys[keys.index(next(iter(published))):])
 
 
 def test_no_published(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = compare(capsys, str(runs / "*"), "--no-published")
     header, rows, notes = parse_markdown(out)
     assert code == 0
-    assert header == ["backbone", "protocol", "VOC07 ours", "VOC12 ours", "COCO20k ours"]
-    assert not any(key[0].startswith("published") for key in rows)
+    assert header == ["method", "backbone", "protocol", "VOC07 ours", "VOC12 ours", "COCO20k ours"]
+    assert not any(key[1].startswith("published") for key in rows)
     assert not any(n.startswith("[1]") or "Table 3" in n for n in notes)
 
 
@@ -273,7 +317,7 @@ def test_other_datasets_get_columns_only_when_present(tmp_path: Path, capsys: py
     _, out, _ = compare(capsys, str(tmp_path / "*"))
     header, rows, _ = parse_markdown(out)
     assert header[-3:] == ["COCO ours", "folder ours", "published source"]
-    row = rows[("dino_vits16", "default")]
+    row = rows[("LOST", "dino_vits16", "default")]
     assert (row["COCO ours"], row["folder ours"], row["VOC07 ours"]) == ("44.00", "n/a", "60.00")
 
 
@@ -283,7 +327,7 @@ def test_duplicate_cell_keeps_more_images_and_warns(tmp_path: Path, capsys: pyte
     code, out, err = compare(capsys, str(tmp_path / "a_partial"), str(tmp_path / "b_full"))
     assert code == 0
     _, rows, _ = parse_markdown(out)
-    assert rows[("dino_vits16", "default")]["VOC07 ours"] == "61.00"
+    assert rows[("LOST", "dino_vits16", "default")]["VOC07 ours"] == "61.00"
     warning = [line for line in err.splitlines() if line.startswith("lostreg: warning:")]
     assert len(warning) == 1 and "a_partial" in warning[0] and "b_full" in warning[0]
     assert "kept" in warning[0] and warning[0].index("b_full") < warning[0].index("a_partial")
@@ -295,19 +339,19 @@ def test_csv_round_trip(runs: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
     assert code == 0 and "| backbone |" in out  # the markdown still goes to stdout
     with csv_path.open(newline="") as f:
         records = list(csv.DictReader(f))
-    by_key = {(r["backbone"], r["protocol"]): r for r in records}
-    dino = by_key[("dino_vits16", "default")]
+    by_key = {(r["method"], r["backbone"], r["protocol"]): r for r in records}
+    dino = by_key[("lost", "dino_vits16", "default")]
     assert dino["row_type"] == "ours" and dino["random_weights"] == "0"
     assert float(dino["voc07_ours"]) == 61.87 and float(dino["voc07_published"]) == 61.9
     assert float(dino["coco20k_ours"]) == 50.66 and float(dino["coco20k_published"]) == 50.7
     assert dino["published_label"] == "LOST (DINO) ViT-S/16" and "LOST paper" in dino["published_source"]
 
-    reg = by_key[("dinov2_vitl14_reg", "default")]
+    reg = by_key[("lost", "dinov2_vitl14_reg", "default")]
     assert float(reg["voc12_ours"]) == 41.2 and reg["voc12_complete"] == "0"
     assert (reg["voc12_images_done"], reg["voc12_num_images"]) == ("1000", "11540")
     assert reg["coco20k_ours"] == "" and float(reg["coco20k_published"]) == 42.0  # empty cell for missing
 
-    assert by_key[("dinov2_vits14_reg", "weights=random")]["random_weights"] == "1"
+    assert by_key[("lost", "dinov2_vits14_reg", "weights=random")]["random_weights"] == "1"
     published = [r for r in records if r["row_type"] == "published"]
     assert len(published) == 4 and all(r["voc07_ours"] == "" and r["voc07_published"] for r in published)
     assert all(r["published_source"] for r in published)
@@ -319,7 +363,7 @@ def test_build_table_pure_functions(runs: Path, tmp_path: Path) -> None:
     assert table.datasets == ("voc07", "voc12", "coco20k") and len(table.rows) == 1
     assert "61.87" in to_markdown(table)
     path = to_csv(table, tmp_path / "t.csv")
-    assert path.read_text().splitlines()[0].startswith("row_type,backbone,protocol,random_weights,voc07_ours")
+    assert path.read_text().splitlines()[0].startswith("row_type,method,backbone,protocol,random_weights,voc07_ours")
 
 
 # ------------------------------------------------------------------------------ exit codes
@@ -363,11 +407,12 @@ def test_other_splits_are_their_own_rows_without_published_numbers(tmp_path: Pat
     code, out, err = compare(capsys, str(full), str(small), str(no_hard))
     assert code == 0 and "two runs" not in err, "no run is dropped"
     _, rows, notes = parse_markdown(out)
-    assert rows[("dino_vits16", "default")]["VOC07 published"] == "61.9"
-    assert (rows[("dino_vits16", "split=small")]["VOC07 ours"], rows[("dino_vits16", "split=small")]["VOC07 published"]) \
-        == ("70.00", "-")
-    assert rows[("dino_vits16", "no_hard")]["VOC07 published"] == "-"
-    assert any("not comparable with published numbers: dino_vits16 [split=small] VOC07: split=small" in n for n in notes)
+    assert rows[("LOST", "dino_vits16", "default")]["VOC07 published"] == "61.9"
+    small_row = rows[("LOST", "dino_vits16", "split=small")]
+    assert (small_row["VOC07 ours"], small_row["VOC07 published"]) == ("70.00", "-")
+    assert rows[("LOST", "dino_vits16", "no_hard")]["VOC07 published"] == "-"
+    assert any("not comparable with published numbers: LOST dino_vits16 [split=small] VOC07: split=small" in n
+               for n in notes)
 
 
 def test_a_partial_copy_of_a_published_dataset_is_not_compared(tmp_path: Path,
@@ -378,5 +423,124 @@ def test_a_partial_copy_of_a_published_dataset_is_not_compared(tmp_path: Path,
     (run / "metrics.json").write_text(json.dumps(metrics))
     _, out, _ = compare(capsys, str(run))
     _, rows, notes = parse_markdown(out)
-    assert rows[("dino_vits16", "default")]["VOC07 published"] == "-"
+    assert rows[("LOST", "dino_vits16", "default")]["VOC07 published"] == "-"
     assert any("300 images, not the published 5011" in n for n in notes)
+
+
+# ------------------------------------------------------------------------------ LOST and TokenCut in one table
+
+
+@pytest.fixture()
+def mixed_runs(tmp_path: Path) -> Path:
+    """LOST and TokenCut runs of the same backbones: one table, rows told apart by the method column."""
+    root = tmp_path / "mixed"
+    make_run(root, "lost_s16_voc07", "dino_vits16", "voc07", 61.5)
+    make_run(root, "cut_s16_voc07", "dino_vits16", "voc07", 68.5, overrides=("method=tokencut",))
+    make_run(root, "cut_s16_voc12", "dino_vits16", "voc12", 71.9, overrides=("method=tokencut",))
+    make_run(root, "cut_s16_tau", "dino_vits16", "voc07", 60.0, overrides=("method=tokencut", "tokencut.tau=0.3"))
+    make_run(root, "cut_s16_f32", "dino_vits16", "voc07", 68.4, overrides=("method=tokencut", "tokencut.eig=torch32"))
+    make_run(root, "cut_s8_scipy", "dino_vits8", "voc07", 67.0,
+             overrides=("method=tokencut", "tokencut.eig=scipy"))
+    make_run(root, "cut_v2reg", "dinov2_vitl14_reg", "voc07", 50.0, overrides=("method=tokencut",))
+    return root
+
+
+def test_load_run_reads_tokencut_knobs(mixed_runs: Path) -> None:
+    run = load_run(mixed_runs / "cut_s16_tau")
+    assert run.method == "tokencut" and run.method_label == "TokenCut"
+    assert run.discovery.tokencut == TokenCutConfig(tau=0.3)
+    assert run.protocol == "tau=0.3", "the method has its own column; the protocol names departures from its defaults"
+    assert run.label == "TokenCut dino_vits16 [tau=0.3]"
+    assert load_run(mixed_runs / "cut_s8_scipy").discovery.tokencut.eig == "scipy"
+    default = load_run(mixed_runs / "cut_s16_voc07")
+    assert default.protocol == "default" and default.published().key == "tokencut_dino_vits16"
+    lost = load_run(mixed_runs / "lost_s16_voc07")
+    assert lost.protocol == "default" and lost.row_key != default.row_key
+
+
+def test_one_table_across_methods(mixed_runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = compare(capsys, str(mixed_runs / "*"))
+    assert code == 0 and "two runs" not in err, err
+    header, rows, notes = parse_markdown(out)
+    assert header[:4] == ["method", "backbone", "protocol", "VOC07 ours"]
+
+    lost = rows[("LOST", "dino_vits16", "default")]
+    cut = rows[("TokenCut", "dino_vits16", "default")]
+    assert (lost["VOC07 ours"], lost["VOC07 published"]) == ("61.50", "61.9")  # LOST's number beside LOST
+    assert (cut["VOC07 ours"], cut["VOC07 published"]) == ("68.50", "68.8")  # TokenCut's beside TokenCut
+    assert (cut["VOC12 ours"], cut["VOC12 published"]) == ("71.90", "72.1")
+    assert (cut["COCO20k ours"], cut["COCO20k published"]) == ("-", "58.8")
+    assert lost["published source"] != cut["published source"]
+
+    assert rows[("TokenCut", "dino_vits16", "tau=0.3")]["VOC07 published"] == "-"
+    assert rows[("TokenCut", "dino_vits16", "eig=torch32")]["VOC07 published"] == "-"
+    s8 = rows[("TokenCut", "dino_vits8", "eig=scipy")]
+    assert (s8["VOC07 ours"], s8["VOC07 published"], s8["VOC12 published"]) == ("67.00", "67.3", "71.6")
+    reg = rows[("TokenCut", "dinov2_vitl14_reg", "default")]
+    assert reg["VOC07 published"] == "-", "the registers paper's LOST number is not TokenCut's"
+
+    # Method blocks: our LOST rows, our TokenCut rows, then the published rows without a run.
+    keys = list(rows)
+    ours = [k for k in keys if not k[1].startswith("published:")]
+    assert [k[0] for k in ours] == sorted((k[0] for k in ours), key=lambda m: m != "LOST")
+    published_only = [k for k in keys if k[1].startswith("published:")]
+    assert keys[len(ours):] == published_only
+    assert ("TokenCut", "published: TokenCut (DINO) ViT-B/16 [lostreg: dino_vitb16]") in {k[:2] for k in published_only}
+    assert not any("TokenCut (DINO) ViT-S/16" in k[1] or "TokenCut (DINO) ViT-S/8" in k[1] for k in published_only), \
+        "rows shown beside ours are not repeated"
+    assert {k[0] for k in published_only} == {"LOST", "TokenCut"}
+
+    source = cut["published source"].strip("[]")
+    assert any(n.startswith(f"[{source}] TokenCut README") and "CVPR 2022" in n for n in notes)
+    assert any("eig=torch32" in n and "eig=scipy" in n for n in notes), "the solver rule is stated"
+    default_note = next(n for n in notes if n.startswith("protocol default"))
+    assert "LOST on raw keys of the last layer, k=100" in default_note
+    assert "tau=0.2, eps=1e-05, eig=torch64" in default_note
+
+
+def test_tokencut_only_table_shows_tokencut_references_only(mixed_runs: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = compare(capsys, str(mixed_runs / "cut_*"))
+    _, rows, notes = parse_markdown(out)
+    assert {k[0] for k in rows} == {"TokenCut"}
+    assert not any(n.startswith("[") and "LOST paper" in n for n in notes)
+    default_note = next(n for n in notes if n.startswith("protocol default"))
+    assert "k=100" not in default_note and "tau=0.2" in default_note
+
+
+def test_csv_has_the_method(mixed_runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    csv_path = tmp_path / "mixed.csv"
+    assert compare(capsys, str(mixed_runs / "*"), "--csv", str(csv_path))[0] == 0
+    with csv_path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames is not None and reader.fieldnames[:4] == ["row_type", "method", "backbone", "protocol"]
+        records = list(reader)
+    by_key = {(r["row_type"], r["method"], r["backbone"], r["protocol"]): r for r in records}
+    assert float(by_key[("ours", "tokencut", "dino_vits16", "default")]["voc07_published"]) == 68.8
+    assert float(by_key[("ours", "lost", "dino_vits16", "default")]["voc07_published"]) == 61.9
+    assert by_key[("ours", "tokencut", "dino_vits16", "eig=torch32")]["voc07_published"] == ""
+    published = [r for r in records if r["row_type"] == "published"]
+    assert {r["method"] for r in published} == {"lost", "tokencut"}
+    assert all(r["method"] in METHODS for r in records)
+
+
+def test_run_dirs_from_before_tokencut_read_as_lost(tmp_path: Path) -> None:
+    """A config.yaml without method / tokencut / l2_normalize (older lostreg) is LOST's default protocol."""
+    run_dir = make_run(tmp_path, "old", "dino_vits16", "voc07", 61.0)
+    config = OmegaConf.load(run_dir / "config.yaml")
+    for key in ("method", "tokencut"):
+        config.pop(key)
+    config.features.pop("l2_normalize")
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
+    run = load_run(run_dir)
+    assert (run.method, run.protocol, run.discovery.tokencut) == ("lost", "default", TokenCutConfig())
+    assert run.published().key == "lost_dino_vits16"
+
+
+def test_mistyped_tokencut_knob_names_the_key(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path, "bad", "dino_vits16", "voc07", 61.0, overrides=("method=tokencut",))
+    config = OmegaConf.load(run_dir / "config.yaml")
+    config.tokencut.tau = "high"
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
+    with pytest.raises(RunError, match="'tokencut.tau' must be float"):
+        load_run(run_dir)

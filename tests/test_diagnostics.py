@@ -17,7 +17,8 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from lostreg.backbones import build_backbone
+from lostreg.backbones import build_backbone, resolve_backbone
+from lostreg.backbones.dinov3 import DinoV3Backbone, build_timm_eva
 from lostreg.cli.inspect_cmd import backbone_names, parse_weights
 from lostreg.cli.main import main
 from lostreg.diagnostics import (
@@ -28,13 +29,16 @@ from lostreg.diagnostics import (
     pca_project,
     pca_rgb,
     prefix_attention,
+    prefix_attention_qk,
     robust_threshold,
+    trace_dinov3,
     trace_vit,
 )
 from lostreg.diagnostics import figures
 from lostreg.discovery import ObjectDiscoverer
-from lostreg.protocol import DiscoveryProtocol
+from lostreg.protocol import DiscoveryProtocol, TokenCutConfig
 from lostreg.preprocess import to_padded_tensor
+from lostreg.tokencut import tokencut
 
 W, H = 112, 84  # small: 8x6 patches at p=14, 7x6 at p=16
 
@@ -332,8 +336,11 @@ def test_inspect_compare_writes_figures_and_summary(compared: tuple) -> None:
         with Image.open(png) as im:
             assert im.format == "PNG"
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"image", "width", "height", "max_size", "norm_threshold", "norm_source", "lost",
+    assert set(summary) == {"image", "width", "height", "max_size", "norm_threshold", "norm_source", "method", "lost",
                             "backbones", "comparison_figure"}
+    assert summary["method"] == "lost" and summary["lost"] == {
+        "method": "lost", "which": "k", "layer": -1, "l2_normalize": False, "k_patches": 100, "gram_bias": 0.0,
+        "exclude_outliers": False}
     assert (summary["width"], summary["height"], summary["comparison_figure"]) == (W, H, "compare.png")
     assert [b["backbone"] for b in summary["backbones"]] == names
     for record in summary["backbones"]:
@@ -383,3 +390,258 @@ def test_inspect_errors_are_one_line(args: list[str], code: int, text: str, imag
     assert main(argv) == code
     err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("WARNING")]
     assert len(err) == 1 and err[0].startswith("lostreg: error: ") and text in err[0], err
+
+
+# --- TokenCut in inspect -----------------------------------------------------------------------
+
+TOKENCUT = DiscoveryProtocol(method="tokencut")
+
+
+@pytest.mark.parametrize("name", ["dino", "pixels"])
+def test_tokencut_inspection_is_tokencut_on_the_discover_features(backbones: dict, name: str) -> None:
+    """The maps are tokencut()'s on the very features discover uses, and the box is discover's."""
+    backbone = backbones[name]
+    image = scene(150, 100, seed=3)
+    protocol = DiscoveryProtocol(method="tokencut", tokencut=TokenCutConfig(eig="scipy"))
+    found = ObjectDiscoverer(backbone, protocol, max_size=96).discover(image, "x")
+    insp = inspect_image(backbone, image, "x", protocol, max_size=96)
+    assert insp.method == "tokencut" and insp.lost is None and insp.tokencut is not None
+    assert insp.box_xyxy == found.box_xyxy and insp.seed_rc == found.seed_rc
+
+    # insp.picture is the downscaled image discover prepares; its features, computed here anew.
+    tensor = to_padded_tensor(insp.picture, backbone.patch_size, backbone.mean, backbone.std)
+    feats = backbone.extract(tensor.tensor[None], "k", -1)[0]
+    expected = tokencut(feats, tensor.grid_hw, eig="scipy")
+    cut = insp.tokencut
+    np.testing.assert_array_equal(cut.eigenvector, expected.eigenvector.numpy())
+    np.testing.assert_array_equal(cut.bipartition, expected.bipartition.numpy())
+    np.testing.assert_array_equal(cut.mask, expected.mask.numpy())
+    assert cut.seed_rc == expected.seed_rc and cut.box == expected.box
+    assert (cut.degenerate, cut.eigenvalues) == (expected.degenerate, expected.eigenvalues)
+    assert cut.threshold == pytest.approx(float(expected.eigenvector.mean()))
+    # The seed is on the positive side of the split, inside its component.
+    assert cut.eigenvector[cut.seed_rc] > cut.threshold and cut.mask[cut.seed_rc] and cut.bipartition[cut.seed_rc]
+    assert np.all(cut.bipartition[cut.mask])
+
+    summary = insp.summary()
+    assert summary["method"] == "tokencut" and summary["degenerate"] is False
+    assert summary["eigenvalues"] == list(expected.eigenvalues)
+    assert summary["eigenvalues"][0] <= summary["eigenvalues"][1]
+    assert summary["mask_patches"] == int(expected.mask.sum())
+    assert summary["bipartition_patches"] == int(expected.bipartition.sum())
+    assert "num_similars" not in summary and "seed_in_mask" not in summary, "LOST's numbers only for LOST"
+
+    for make in (figures.tokencut_figure, figures.method_figure, figures.norms_figure):
+        assert isinstance(make(insp), Figure)
+    with pytest.raises(ValueError, match="not LOST"):
+        figures.lost_figure(insp)
+    with pytest.raises(ValueError, match="not TokenCut"):
+        figures.tokencut_figure(inspect_image(backbone, image, "x"))
+
+
+def test_tokencut_inspection_of_a_flat_image_is_degenerate(backbones: dict, tmp_path: Path) -> None:
+    flat = np.full((H, W, 3), (200, 30, 60), np.uint8)
+    insp = inspect_image(backbones["pixels"], flat, "flat", TOKENCUT)
+    cut = insp.tokencut
+    assert cut is not None and cut.degenerate
+    assert insp.box_xyxy == (0, 0, W, H), "the fixed whole-image result"
+    assert np.all(cut.mask) and np.all(cut.eigenvector == 0)
+    assert insp.summary()["degenerate"] is True
+    path = figures.save_figure(figures.tokencut_figure(insp), tmp_path / "flat.png")
+    assert path.stat().st_size > 0
+    assert "DEGENERATE" in figures.tokencut_figure(insp)._suptitle.get_text()  # type: ignore[union-attr]
+    assert isinstance(figures.comparison_figure([insp, inspect_image(backbones["pixels"], scene(), "s", TOKENCUT)]),
+                      Figure)
+
+
+def test_comparison_rows_follow_the_method(backbones: dict) -> None:
+    assert figures.comparison_rows(["lost", "lost"]) == figures.COMPARISON_ROWS
+    rows = figures.comparison_rows(["tokencut"])
+    assert rows[0] == "TokenCut box + seed" and rows[-2:] == ("Fiedler vector", "bipartition + component")
+    mixed = figures.comparison_rows(["lost", "tokencut"])
+    assert mixed[0] == "LOST / TokenCut box + seed" and mixed[-1] == "expansion + mask / bipartition + component"
+    lost = inspect_image(backbones["pixels"], scene(), "s")
+    cut = inspect_image(backbones["pixels"], scene(), "s", TOKENCUT)
+    fig = figures.comparison_figure([lost, cut])
+    labels = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
+    assert labels[0] == "LOST / TokenCut box + seed"
+
+
+def test_inspect_cli_tokencut(image_png: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cut"
+    code = main(["inspect", str(image_png), "--compare", "pixels,dino", "--weights", "random", "--device", "cpu",
+                 "--method", "tokencut", "--tau", "0.25", "--eig", "scipy", "--output", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert {p.name for p in out.iterdir()} == {
+        "pixels_norms.png", "pixels_pca.png", "pixels_tokencut.png", "dino_vits16_norms.png",
+        "dino_vits16_attention.png", "dino_vits16_pca.png", "dino_vits16_tokencut.png", "compare.png", "summary.json"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "tokencut"
+    assert summary["lost"] == {"method": "tokencut", "which": "k", "layer": -1, "l2_normalize": False,
+                               "tau": 0.25, "eps": 1e-5, "eig": "scipy"}
+    for record in summary["backbones"]:
+        assert record["method"] == "tokencut" and record["degenerate"] is False
+        assert len(record["eigenvalues"]) == 2 and record["figures"]["tokencut"].endswith("_tokencut.png")
+        assert "lost" not in record["figures"]
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    assert [(line["method"], line["degenerate"]) for line in lines] == [("tokencut", False)] * 2
+    # The same box as discover with the same knobs.
+    found = ObjectDiscoverer(_build("pixels"), DiscoveryProtocol(
+        method="tokencut", tokencut=TokenCutConfig(tau=0.25, eig="scipy"))).discover_path(image_png)
+    assert summary["backbones"][0]["box_xyxy"] == list(found.box_xyxy)
+
+
+def test_inspect_pixels_keeps_tokencut_knobs_when_layer_is_dropped(image_png: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """pixels has no layers: --layer is dropped with a note, TokenCut's knobs are not."""
+    code = main(["inspect", str(image_png), "--backbone", "pixels", "--method", "tokencut", "--layer", "-2",
+                 "--tau", "0.9", "--output", str(tmp_path)])
+    assert code == 0
+    record = json.loads((tmp_path / "summary.json").read_text())["backbones"][0]
+    assert "--which/--layer do not apply" in record["note"]
+    insp = inspect_image(_build("pixels"), scene(), "s",
+                         DiscoveryProtocol(method="tokencut", tokencut=TokenCutConfig(tau=0.9)))
+    assert record["box_xyxy"] == list(insp.box_xyxy) and record["eigenvalues"] == list(insp.tokencut.eigenvalues)
+    default = inspect_image(_build("pixels"), scene(), "s", TOKENCUT)
+    assert default.tokencut.eigenvalues != insp.tokencut.eigenvalues, "tau=0.9 gives another graph"
+
+
+# --- DINOv3 in inspect -------------------------------------------------------------------------
+
+V3_SMALL = {"depth": 3, "init_values": 1.0}  # LayerScale 1.0: timm's 1e-5 makes blocks near-identities
+
+
+def _small_dinov3(rope: str = "pre", peaked_layer: int | None = None) -> DinoV3Backbone:
+    """A 3-block random DINOv3 S/16; ``peaked_layer``: that block's q/k scaled up and the prefix
+    tokens given unit-scale values, so its attention is far from uniform (see ``_peaked_copy``)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        backbone = build_timm_eva(resolve_backbone("dinov3_vits16"), "random", torch.device("cpu"),
+                                  rope=rope, model_kwargs=V3_SMALL)  # type: ignore[arg-type]
+    if peaked_layer is not None:
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for token in (backbone.model.cls_token, backbone.model.reg_token):
+                token.copy_(torch.randn(token.shape, generator=gen))
+            qkv = backbone.model.blocks[peaked_layer].attn.qkv
+            dim = qkv.weight.shape[0] // 3
+            qkv.weight[: 2 * dim] *= 5.0
+    return backbone
+
+
+def _no_hooks(model: torch.nn.Module) -> bool:
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("layer", [-1, 1])
+def test_dinov3_prefix_attention_is_the_blocks_softmax(layer: int) -> None:
+    """CLS and register maps are softmax(scale q_rot k_rotᵀ) of the block, and reproduce its output."""
+    from timm.layers import apply_rot_embed_cat
+
+    backbone = _small_dinov3(peaked_layer=layer)
+    images = to_padded_tensor(scene(), backbone.patch_size).tensor[None]
+    trace = trace_dinov3(backbone, images, layer)
+    assert _no_hooks(backbone.model)
+    rows, cols = trace.grid_hw
+    prefix = trace.num_prefix_tokens
+    block = backbone.model.blocks[trace.layer]
+    attn = block.attn
+    heads, hd = attn.num_heads, trace.q.shape[-1]
+    assert (prefix, trace.num_registers, trace.has_class_token) == (5, 4, True)
+    att = prefix_attention_qk(trace.q_rot, trace.k_rot, trace.scale, prefix, trace.grid_hw, trace.has_class_token)
+    assert att.cls is not None and att.cls.shape == (1, heads, rows, cols)
+    assert att.registers.shape == (1, 4, heads, rows, cols) and att.patch_mass.shape == (1, 5, heads)
+
+    # Recomputed here in float64 from the block input: the fused projection (DINOv3 S/16 has no
+    # qkv bias), heads split, patch rows rotated by the block's RoPE table, prefix rows not.
+    with torch.inference_mode():
+        x, rope = backbone.block_input(images, layer)
+        xn = block.norm1(x)[0].double()
+        qkv = (xn @ attn.qkv.weight.double().T).reshape(-1, 3, heads, hd).permute(1, 2, 0, 3)  # (3, H, T, hd)
+        q, k, v = qkv.unbind(0)
+
+        def rotate(t: torch.Tensor) -> torch.Tensor:
+            return torch.cat([t[:, :prefix], apply_rot_embed_cat(t[:, prefix:], rope.double(), half=True)], dim=1)
+
+        probs = torch.softmax(rotate(q) @ rotate(k).transpose(-2, -1) / math.sqrt(hd), dim=-1)  # (H, T, T)
+        unrotated = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(hd), dim=-1)
+        expected_out = attn(block.norm1(x), rope=rope)[0].double()
+    assert float(probs[:, 0, prefix:].max()) > 5.0 / (rows * cols), "attention is peaked, not uniform"
+    torch.testing.assert_close(att.cls[0].double(), probs[:, 0, prefix:].reshape(heads, rows, cols),
+                               rtol=1e-4, atol=1e-6)
+    for r in range(4):
+        torch.testing.assert_close(att.registers[0, r].double(),
+                                   probs[:, 1 + r, prefix:].reshape(heads, rows, cols), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(att.patch_mass[0, 0].double(), 1 - probs[:, 0, :prefix].sum(-1), rtol=1e-4, atol=1e-6)
+
+    # The same probabilities give the block's own attention output (probs @ v, heads merged, norm, proj) ...
+    def output(p: torch.Tensor) -> torch.Tensor:
+        merged = (p @ v).transpose(0, 1).reshape(-1, heads * hd)
+        return attn.proj(attn.norm(merged.float())).double()
+
+    torch.testing.assert_close(output(probs), expected_out, rtol=1e-3, atol=1e-4)
+    # ... and the probabilities of unrotated q/k do not: RoPE is part of what the maps show.
+    assert not torch.allclose(output(unrotated), expected_out, rtol=1e-3, atol=1e-4)
+    assert not torch.allclose(unrotated[:, 0, prefix:], probs[:, 0, prefix:], rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("rope", ["pre", "post"])
+def test_dinov3_trace_equals_extract_and_forward_features(rope: str) -> None:
+    backbone = _small_dinov3(rope)
+    images = to_padded_tensor(scene(), 16).tensor[None]
+    for layer in (-1, 0):
+        trace = trace_dinov3(backbone, images, layer)
+        for which in ("q", "k", "v"):
+            assert torch.equal(trace.features(which), backbone.extract(images, which, layer)), (which, layer)
+    # Prefix q/k are never rotated; patch rows are.
+    npt = trace.num_prefix_tokens
+    assert torch.equal(trace.q_rot[:, :, :npt], trace.q[:, :, :npt]) and torch.equal(trace.k_rot[:, :, :npt],
+                                                                                      trace.k[:, :, :npt])
+    assert not torch.allclose(trace.k_rot[:, :, npt:], trace.k[:, :, npt:])
+    with torch.inference_mode():
+        expected = backbone.model.forward_features(images)
+        renormed = backbone.model.norm(trace.prenorm)
+    torch.testing.assert_close(trace.final, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(trace.final, renormed)
+    assert _no_hooks(backbone.model)
+
+
+@pytest.mark.parametrize("method", ["lost", "tokencut"])
+def test_dinov3_inspection_has_cls_and_register_maps(method: str) -> None:
+    backbone = _small_dinov3(peaked_layer=2)
+    protocol = DiscoveryProtocol(method=method)
+    image = scene(150, 100, seed=3)
+    insp = inspect_image(backbone, image, "x", protocol)
+    rows, cols = insp.grid_hw
+    assert insp.attention_note is None and insp.attention_layer == 2
+    assert insp.cls_attention is not None and insp.cls_attention.shape == (6, rows, cols)
+    assert insp.register_attention is not None and insp.register_attention.shape == (4, 6, rows, cols)
+    assert insp.prefix_patch_mass is not None and insp.prefix_patch_mass.shape == (5, 6)
+    images = to_padded_tensor(image, 16).tensor[None]
+    trace = trace_dinov3(backbone, images)
+    att = prefix_attention_qk(trace.q_rot, trace.k_rot, trace.scale, 5, trace.grid_hw)
+    np.testing.assert_array_equal(insp.cls_attention, att.cls[0].numpy())
+    np.testing.assert_array_equal(insp.register_attention, att.registers[0].numpy())
+    # Norms of the final-LayerNorm patch tokens (prefix dropped), like the ViT path.
+    np.testing.assert_allclose(insp.norms.ravel(), trace.final[0, 5:].norm(dim=-1).numpy(), rtol=1e-6)
+    pre = inspect_image(backbone, image, "x", protocol, norm_source="prenorm")
+    np.testing.assert_allclose(pre.norms.ravel(), trace.prenorm[0, 5:].norm(dim=-1).numpy(), rtol=1e-6)
+    # The box is discover's, from the same (pre-RoPE) keys.
+    found = ObjectDiscoverer(backbone, protocol).discover(image, "x")
+    assert insp.box_xyxy == found.box_xyxy and insp.seed_rc == found.seed_rc
+    summary = insp.summary()
+    assert summary["attention"]["layer"] == 2 and len(summary["attention"]["register_patch_mass"]) == 4
+    assert isinstance(figures.attention_figure(insp), Figure)
+    assert _no_hooks(backbone.model)
+
+
+def test_inspect_cli_dinov3_writes_attention(image_png: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["inspect", str(image_png), "--backbone", "dinov3", "--weights", "random", "--device", "cpu",
+                 "--method", "tokencut", "--output", str(tmp_path)])
+    assert code == 0, capsys.readouterr().err
+    assert "dinov3_vits16_attention.png" in {p.name for p in tmp_path.iterdir()}
+    record = json.loads((tmp_path / "summary.json").read_text())["backbones"][0]
+    assert record["attention_note"] is None and record["attention"]["layer"] == 11
+    assert record["num_registers"] == 4 and len(record["attention"]["register_patch_mass"]) == 4

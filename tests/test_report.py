@@ -175,12 +175,37 @@ def test_table_shows_each_runs_corloc(runs: dict[str, Path], report_page: Path) 
             rows[cells[0]] = cells
     assert sorted(rows) == sorted(runs)
     header = [th.text for th in table.find_all("th")]
-    assert header[:4] == ["run", "backbone", "protocol", "VOC07 ours"]
+    # The compare table's columns (method first: LOST and TokenCut runs share one table), after "run".
+    assert header[:5] == ["run", "method", "backbone", "protocol", "VOC07 ours"]
     for label, run_dir in runs.items():
         metrics = json.loads((run_dir / "metrics.json").read_text())
-        assert rows[label][3] == f"{metrics['corloc']:.2f}"
-        assert rows[label][1] == "pixels"
-    assert rows["A"][2] == "default" and rows["B"][2] == "k=1" and rows["C"][2] == "max_size=80"
+        assert rows[label][4] == f"{metrics['corloc']:.2f}"
+        assert rows[label][1:3] == ["LOST", "pixels"]
+    assert rows["A"][3] == "default" and rows["B"][3] == "k=1" and rows["C"][3] == "max_size=80"
+
+
+def test_lost_and_tokencut_runs_share_the_table(runs: dict[str, Path], tmp_path: Path) -> None:
+    """A TokenCut run beside a LOST run: each named by its method in the table, the legend and the title."""
+    cut = eval_run(runs["A"].parent / "voc", tmp_path / "cut", "method=tokencut")
+    report = build_report(load_report_runs([runs["A"], cut]))
+    page = parse_page(report.html)
+    rows = {}
+    for tr in page.by_id("corloc-table").find_all("tr")[1:]:
+        cells = [td.text.strip() for td in tr.find_all("td")]
+        if cells[0]:
+            rows[cells[0]] = cells
+    assert rows["A"][1:4] == ["LOST", "pixels", "default"]
+    assert rows["B"][1:4] == ["TokenCut", "pixels", "default"]
+    metrics = json.loads((cut / "metrics.json").read_text())
+    assert rows["B"][4] == f"{metrics['corloc']:.2f}"
+    legend = page.find_all("ul", "legend")[0].text
+    assert "LOST pixels [default]" in legend and "TokenCut pixels [default]" in legend
+    assert "TokenCut pixels [default]" in page.find_all("title")[0].text
+    # The gallery's boxes are the TokenCut run's own.
+    items = {item.attrs["data-id"]: item for item in page.by_id("gallery").find_all("figure", "item")}
+    preds = read_preds(cut)
+    assert set(items) == set(preds)
+    assert all(item.attrs["data-hits"].split(",")[1] == ("1" if preds[i]["hit"] else "0") for i, item in items.items())
 
 
 def test_gallery_has_one_item_per_image_with_hits_from_preds(runs: dict[str, Path], report_page: Path) -> None:

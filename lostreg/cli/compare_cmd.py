@@ -1,8 +1,9 @@
 """``lostreg compare``: CorLoc of ``lostreg eval`` run directories, beside published numbers.
 
-stdout: a markdown table (rows = backbone + protocol, column pairs ``<dataset> ours`` /
-``<dataset> published``) and its footnotes. stderr: one line per bad run directory and per
-ambiguous cell. Exit code 0, 1 when any run directory was bad (the table still shows the
+stdout: a markdown table (rows = method + backbone + protocol, in columns ``method``,
+``backbone``, ``protocol``; column pairs ``<dataset> ours`` / ``<dataset> published``) and its
+footnotes; a published number stands only beside runs of its own method and protocol. stderr:
+one line per bad run directory and per ambiguous cell. Exit code 0, 1 when any run directory was bad (the table still shows the
 others), 2 when none was usable.
 """
 

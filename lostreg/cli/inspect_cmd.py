@@ -1,20 +1,25 @@
-"""``lostreg inspect``: diagnostic figures of one image: token norms, attention, PCA, LOST internals.
+"""``lostreg inspect``: diagnostic figures of one image: token norms, attention, PCA, method internals.
 
     lostreg inspect photo.jpg --backbone dinov2 --output out/
     lostreg inspect photo.jpg --compare dino,dinov2,dinov2_reg --output out/
+    lostreg inspect photo.jpg --compare dino,dinov3 --method tokencut --output out/
     lostreg inspect skimage:astronaut --compare dino,dinov2_reg --weights dino=dino.pth,dinov2_reg=reg.pth
 
 Writes into ``--output``, per backbone ``<name>_norms.png``, ``<name>_attention.png`` (not for
 backbones without attention, such as ``pixels``: the summary says why), ``<name>_pca.png`` and
-``<name>_lost.png``; ``compare.png`` (one column per backbone) when there are several; and
-``summary.json``. stdout: one JSON line per backbone (``backbone``, ``outlier_share``,
-``max_norm``, ``seed_rc``, ``box_xyxy``). Exit code 0 on success, 1 when the image could not be
-read or a backbone failed on it, 2 when nothing could run (bad option, backbone or weights).
+the method's internals, ``<name>_lost.png`` or ``<name>_tokencut.png`` (``--method tokencut``);
+``compare.png`` (one column per backbone) when there are several; and ``summary.json`` (the
+method and its knobs under ``lost``, per backbone the method's numbers: LOST's similars, or
+TokenCut's ``degenerate`` flag and eigenvalues). stdout: one JSON line per backbone
+(``backbone``, ``method``, ``outlier_share``, ``max_norm``, ``seed_rc``, ``box_xyxy``; TokenCut
+adds ``degenerate``). Exit code 0 on success, 1 when the image could not be read or a backbone
+failed on it, 2 when nothing could run (bad option, backbone or weights).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -148,7 +153,7 @@ def _protocol_for(backbone: "Backbone", protocol: DiscoveryProtocol) -> tuple[Di
     if backbone.has_attention or (protocol.features.which, protocol.features.layer) == (default.which, default.layer):
         return protocol, None
     features = FeatureConfig(l2_normalize=protocol.features.l2_normalize)
-    return DiscoveryProtocol(protocol.method, features, protocol.lost), \
+    return dataclasses.replace(protocol, features=features), \
         f"{backbone.name} has no layers: --which/--layer do not apply"
 
 
@@ -157,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     from lostreg.diagnostics.figures import (
         attention_figure,
         comparison_figure,
-        lost_figure,
+        method_figure,
         norms_figure,
         pca_figure,
         save_figure,
@@ -215,7 +220,8 @@ def run(args: argparse.Namespace) -> int:
             records.append({"backbone": backbone.name, "error": f"{type(err).__name__}: {err}"})
             failed += 1
             continue
-        figures = {"norms": norms_figure(insp), "pca": pca_figure(insp), "lost": lost_figure(insp)}
+        # The method's figure is keyed (and its file named) by the method: lost or tokencut.
+        figures = {"norms": norms_figure(insp), "pca": pca_figure(insp), insp.method: method_figure(insp)}
         if insp.cls_attention is not None or insp.register_attention is not None:
             figures["attention"] = attention_figure(insp)
         record = insp.summary()
@@ -228,7 +234,8 @@ def run(args: argparse.Namespace) -> int:
             record["note"] = note
         inspections.append(insp)
         records.append(record)
-        print(json.dumps({key: record[key] for key in ("backbone", "outlier_share", "max_norm", "seed_rc", "box_xyxy")}))
+        keys = ("backbone", "method", "outlier_share", "max_norm", "seed_rc", "box_xyxy", "degenerate")
+        print(json.dumps({key: record[key] for key in keys if key in record}))
         sys.stdout.flush()
 
     compare_name = None
@@ -242,6 +249,8 @@ def run(args: argparse.Namespace) -> int:
         "max_size": max_size,
         "norm_threshold": str(threshold),
         "norm_source": args.norm_source,
+        "method": protocol.method,
+        # Named "lost" for compatibility: the flat protocol of whichever method ran.
         "lost": protocol_summary(protocol),
         "backbones": records,
         "comparison_figure": compare_name,

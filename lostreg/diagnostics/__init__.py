@@ -1,7 +1,7 @@
-"""Why LOST works or fails on an image: token norms, attention, PCA and LOST's internals.
+"""Why discovery works or fails on an image: token norms, attention, PCA and the method's internals.
 
 * :mod:`lostreg.diagnostics.tokens`: the numbers (pure tensor code): norms, outliers, prefix
-  attention, PCA, LOST maps.
+  attention, PCA, LOST maps, TokenCut maps.
 * :mod:`lostreg.diagnostics.inspection`: :func:`inspect_image` runs everything for one image and
   backbone and returns an :class:`Inspection`.
 * :mod:`lostreg.diagnostics.figures`: matplotlib figures of inspections, one backbone or several
@@ -14,12 +14,14 @@ from lostreg.diagnostics.inspection import Inspection, inspect_image
 from lostreg.diagnostics.tokens import (
     DEFAULT_MAD_K,
     MAD_TO_SIGMA,
+    DinoV3Trace,
     PAPER_NORM_THRESHOLD,
     LostMaps,
     NormOutliers,
     NormSource,
     NormThreshold,
     PrefixAttention,
+    TokenCutMaps,
     ViTTrace,
     find_outliers,
     lost_maps,
@@ -27,12 +29,16 @@ from lostreg.diagnostics.tokens import (
     pca_project,
     pca_rgb,
     prefix_attention,
+    prefix_attention_qk,
     robust_threshold,
+    tokencut_maps,
+    trace_dinov3,
     trace_vit,
 )
 
 __all__ = [
     "DEFAULT_MAD_K",
+    "DinoV3Trace",
     "MAD_TO_SIGMA",
     "PAPER_NORM_THRESHOLD",
     "Inspection",
@@ -41,6 +47,7 @@ __all__ = [
     "NormSource",
     "NormThreshold",
     "PrefixAttention",
+    "TokenCutMaps",
     "ViTTrace",
     "find_outliers",
     "inspect_image",
@@ -49,6 +56,9 @@ __all__ = [
     "pca_project",
     "pca_rgb",
     "prefix_attention",
+    "prefix_attention_qk",
     "robust_threshold",
+    "tokencut_maps",
+    "trace_dinov3",
     "trace_vit",
 ]

@@ -30,9 +30,11 @@ __all__ = [
     "attention_figure",
     "comparison_figure",
     "lost_figure",
+    "method_figure",
     "norms_figure",
     "pca_figure",
     "save_figure",
+    "tokencut_figure",
 ]
 
 PANEL_IN = 3.0  # width of one image panel, inches
@@ -40,9 +42,14 @@ BOX_COLOUR = "#ff2828"
 SEED_COLOUR = "#ffdc00"
 OUTLIER_COLOUR = "#00e5ff"
 SIMILAR_COLOUR = "#ff8c00"
+BIPARTITION_COLOUR = "#1f77b4"
 TITLE_SIZE = 9
 MASK_CMAP = ListedColormap(["#2ca02c"])
+BIPARTITION_CMAP = ListedColormap([BIPARTITION_COLOUR])
 RANDOM_NOTE = "RANDOM weights: these maps are meaningless (pipeline test)"
+DEGENERATE_NOTE = ("DEGENERATE spectrum: no unique Fiedler vector (λ3 - λ2 at most 1e-6 λ3, or a graph "
+                   "without structure); the whole image is returned as the box")
+METHOD_NAMES = {"lost": "LOST", "tokencut": "TokenCut"}
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
@@ -204,12 +211,14 @@ def _panel_pca(ax: Axes, insp: Inspection) -> None:
 
 
 def _panel_inverse_degree(fig: Figure, ax: Axes, insp: Inspection) -> None:
+    assert insp.lost is not None
     image = _grid_map(ax, insp, insp.lost.inverse_degree, cmap="magma")
     _seed(ax, insp, filled=False)
     _colorbar(fig, ax, image, "1 / (1 + degree)")
 
 
 def _panel_expansion(fig: Figure, ax: Axes, insp: Inspection) -> None:
+    assert insp.lost is not None
     expansion = insp.lost.expansion
     vmax = float(np.abs(expansion).max()) or 1.0
     image = _grid_map(ax, insp, expansion, cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -vmax, vmax))
@@ -217,6 +226,36 @@ def _panel_expansion(fig: Figure, ax: Axes, insp: Inspection) -> None:
     _box(ax, insp.processed_box_xyxy)
     _seed(ax, insp, filled=False)
     _colorbar(fig, ax, image, "expansion (signed)")
+
+
+def _panel_eigenvector(fig: Figure, ax: Axes, insp: Inspection) -> None:
+    """TokenCut's Fiedler vector, diverging around its mean (the split): the seed's side is red."""
+    cut = insp.tokencut
+    assert cut is not None
+    x = cut.eigenvector
+    lo, hi = float(x.min()), float(x.max())
+    if cut.degenerate or not lo < cut.threshold < hi:
+        _picture(ax, insp, alpha=0.35)
+        _note(ax, "degenerate: no Fiedler vector" if cut.degenerate else "constant eigenvector")
+        return
+    image = _grid_map(ax, insp, x, cmap="RdBu_r", norm=TwoSlopeNorm(cut.threshold, lo, hi))
+    _seed(ax, insp, filled=False)
+    _colorbar(fig, ax, image, "Fiedler vector (centre: its mean)")
+
+
+def _panel_cut(ax: Axes, insp: Inspection) -> None:
+    """The bipartition (blue), the seed's component (green, outlined), box and seed."""
+    cut = insp.tokencut
+    assert cut is not None
+    _picture(ax, insp, alpha=0.35)
+    other = cut.bipartition & ~cut.mask
+    _grid_map(ax, insp, np.ma.masked_where(~other, other.astype(float)), cmap=BIPARTITION_CMAP,
+              alpha=0.45, vmin=0, vmax=1)
+    _grid_map(ax, insp, np.ma.masked_where(~cut.mask, cut.mask.astype(float)), cmap=MASK_CMAP,
+              alpha=0.6, vmin=0, vmax=1)
+    _mask_outline(ax, insp, cut.mask)
+    _box(ax, insp.processed_box_xyxy)
+    _seed(ax, insp, filled=False)
 
 
 def _cls_mean(insp: Inspection) -> np.ndarray | None:
@@ -298,9 +337,15 @@ def pca_figure(insp: Inspection) -> Figure:
 
 
 def lost_figure(insp: Inspection) -> Figure:
-    """LOST step by step: box and seed, inverse degree, similars, expansion map, mask, numbers."""
-    fig, axes = _new_figure(2, 3, _aspect(insp))
+    """LOST step by step: box and seed, inverse degree, similars, expansion map, mask, numbers.
+
+    Raises:
+        ValueError: the inspection ran another method (see :func:`method_figure`).
+    """
     maps = insp.lost
+    if maps is None:
+        raise ValueError(f"{insp.backbone}: this inspection ran {insp.method}, not LOST")
+    fig, axes = _new_figure(2, 3, _aspect(insp))
     protocol = insp.protocol
 
     ax = axes[0, 0]
@@ -347,25 +392,117 @@ def lost_figure(insp: Inspection) -> Figure:
     return fig
 
 
+def tokencut_figure(insp: Inspection) -> Figure:
+    """TokenCut step by step: box and seed, the Fiedler vector, the bipartition, the seed's
+    component, the sorted eigenvector against the split, and the numbers (spectrum, degeneracy).
+
+    A degenerate image (no unique Fiedler vector; lostreg returns the whole image) says so in
+    the title and in every panel that would otherwise show an arbitrary vector.
+
+    Raises:
+        ValueError: the inspection ran another method (see :func:`method_figure`).
+    """
+    cut = insp.tokencut
+    if cut is None:
+        raise ValueError(f"{insp.backbone}: this inspection ran {insp.method}, not TokenCut")
+    fig, axes = _new_figure(2, 3, _aspect(insp))
+    knobs = insp.protocol.tokencut
+
+    ax = axes[0, 0]
+    _panel_detection(ax, insp)
+    ax.set_title("box (red) and seed (yellow)", fontsize=TITLE_SIZE)
+
+    ax = axes[0, 1]
+    _panel_eigenvector(fig, ax, insp)
+    ax.set_title("Fiedler vector (seed's side red)", fontsize=TITLE_SIZE)
+
+    ax = axes[0, 2]
+    _picture(ax, insp, alpha=0.35)
+    _grid_map(ax, insp, np.ma.masked_where(~cut.bipartition, cut.bipartition.astype(float)),
+              cmap=BIPARTITION_CMAP, alpha=0.6, vmin=0, vmax=1)
+    _seed(ax, insp, filled=False)
+    ax.set_title(f"bipartition: {int(cut.bipartition.sum())} patches on the seed's side", fontsize=TITLE_SIZE)
+
+    ax = axes[1, 0]
+    _panel_cut(ax, insp)
+    ax.set_title("seed's component (green) and box", fontsize=TITLE_SIZE)
+
+    ax = axes[1, 1]
+    if cut.degenerate:
+        _note(ax, DEGENERATE_NOTE)
+    else:
+        values = np.sort(cut.eigenvector.ravel())
+        r, c = cut.seed_rc
+        ax.plot(np.arange(values.size), values, color="black", linewidth=1)
+        ax.axhline(cut.threshold, color=BIPARTITION_COLOUR, linestyle="--", linewidth=1, label="mean (split)")
+        ax.axhline(float(cut.eigenvector[r, c]), color=SEED_COLOUR, linewidth=1.5, label="seed")
+        ax.set_xlabel("patches, sorted", fontsize=8)
+        ax.set_ylabel("x", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7, loc="upper left")
+    ax.set_title("sorted Fiedler vector", fontsize=TITLE_SIZE)
+
+    ax = axes[1, 2]
+    r, c = cut.seed_rc
+    lam2, lam3 = cut.eigenvalues
+    text = (f"seed (row, col) = ({r}, {c})\nbipartition = {int(cut.bipartition.sum())} of {cut.mask.size}\n"
+            f"mask patches = {int(cut.mask.sum())}\nbox (patches) = {list(cut.box)}\n"
+            f"box (pixels) = {list(insp.box_xyxy)}\n"
+            f"λ2 = {lam2:.4g}\nλ3 = {lam3:.4g}\ngap λ3 - λ2 = {cut.spectral_gap:.3g}\n"
+            f"features: {insp.protocol.features.which} of block "
+            f"{insp.attention_layer if insp.attention_layer is not None else '-'}\n"
+            f"tau = {knobs.tau:g}, eps = {knobs.eps:g}, eig = {knobs.eig}"
+            + ("\nDEGENERATE: whole image returned" if cut.degenerate else ""))
+    ax.text(0.02, 0.98, text, va="top", ha="left", fontsize=8, family="monospace", transform=ax.transAxes,
+            color="#b00000" if cut.degenerate else "black")
+    ax.set_axis_off()
+
+    title = f"{_label(insp)}: TokenCut internals"
+    if cut.degenerate:
+        title += "\n" + textwrap.fill(DEGENERATE_NOTE, 90)
+    _title(fig, title, insp)
+    return fig
+
+
+def method_figure(insp: Inspection) -> Figure:
+    """The internals figure of the inspection's method: :func:`lost_figure` or :func:`tokencut_figure`."""
+    return tokencut_figure(insp) if insp.tokencut is not None else lost_figure(insp)
+
+
 # --- side by side ------------------------------------------------------------------------------
 
 COMPARISON_ROWS = ("LOST box + seed", "token norms + outliers", "norm histogram\npatches (log)", "CLS attention (mean of heads)",
                    "PCA (RGB)", "inverse degree", "expansion + mask")
+#: The method rows of :func:`comparison_figure` (its last two) per method; the first row names the method.
+METHOD_COMPARISON_ROWS = {"lost": ("inverse degree", "expansion + mask"),
+                          "tokencut": ("Fiedler vector", "bipartition + component")}
+
+
+def comparison_rows(methods: Sequence[str]) -> tuple[str, ...]:
+    """Row titles of :func:`comparison_figure` for columns running ``methods`` (all LOST: :data:`COMPARISON_ROWS`)."""
+    unique = list(dict.fromkeys(methods))
+    name = " / ".join(METHOD_NAMES.get(m, m) for m in unique)
+    internals = [" / ".join(METHOD_COMPARISON_ROWS[m][i] for m in unique) for i in range(2)]
+    return (f"{name} box + seed", *COMPARISON_ROWS[1:5], *internals)
 
 
 def comparison_figure(inspections: Sequence[Inspection]) -> Figure:
-    """One column per backbone, one row per diagnostic (see :data:`COMPARISON_ROWS`).
+    """One column per backbone, one row per diagnostic (see :func:`comparison_rows`).
 
     All inspections should be of the same image; each column keeps its own colour scale (norms of
-    different models are not comparable in absolute value; their shape is).
+    different models are not comparable in absolute value; their shape is). The last two rows
+    show each column's method internals: LOST's inverse degree and expansion, or TokenCut's
+    Fiedler vector and bipartition (with the seed's component).
     """
     if not inspections:
         raise ValueError("nothing to compare")
+    rows = comparison_rows([i.method for i in inspections])
     aspect = max(_aspect(i) for i in inspections)
-    fig, axes = _new_figure(len(COMPARISON_ROWS), len(inspections), aspect, extra_h=0.9)
+    fig, axes = _new_figure(len(rows), len(inspections), aspect, extra_h=0.9)
     for col, insp in enumerate(inspections):
         _panel_detection(axes[0, col], insp)
-        axes[0, col].set_title(f"{_label(insp)}\nseed {list(insp.lost.seed_rc)}, box {list(insp.box_xyxy)}",
+        flag = ", DEGENERATE" if insp.tokencut is not None and insp.tokencut.degenerate else ""
+        axes[0, col].set_title(f"{_label(insp)}\nseed {list(insp.seed_rc)}, box {list(insp.box_xyxy)}{flag}",
                                fontsize=TITLE_SIZE)
         _panel_norm_map(fig, axes[1, col], insp)
         _panel_histogram(axes[2, col], insp)
@@ -375,9 +512,13 @@ def comparison_figure(inspections: Sequence[Inspection]) -> Figure:
         else:
             _colorbar(fig, axes[3, col], _grid_map(axes[3, col], insp, cls_mean, cmap="inferno"))
         _panel_pca(axes[4, col], insp)
-        _panel_inverse_degree(fig, axes[5, col], insp)
-        _panel_expansion(fig, axes[6, col], insp)
-    for row, name in enumerate(COMPARISON_ROWS):
+        if insp.tokencut is not None:
+            _panel_eigenvector(fig, axes[5, col], insp)
+            _panel_cut(axes[6, col], insp)
+        else:
+            _panel_inverse_degree(fig, axes[5, col], insp)
+            _panel_expansion(fig, axes[6, col], insp)
+    for row, name in enumerate(rows):
         axes[row, 0].set_ylabel(name, fontsize=TITLE_SIZE)
     _title(fig, f"{inspections[0].image}: " + " vs ".join(i.backbone for i in inspections), inspections)
     return fig

@@ -1,9 +1,11 @@
 """Everything :command:`lostreg inspect` shows for one image and one backbone, from one forward pass.
 
 :func:`inspect_image` prepares the image as ``lostreg discover`` does, runs the backbone once
-(:func:`lostreg.diagnostics.tokens.trace_vit` for backbones with attention), and collects the
-token-norm map, outliers, prefix-token attention, PCA and the discovery method's internals into
-an :class:`Inspection` (numpy, CPU), which the figures and ``summary.json`` are made from.
+(:func:`lostreg.diagnostics.tokens.trace_vit` for timm ViTs, :func:`~lostreg.diagnostics.tokens.trace_dinov3`
+for DINOv3), and collects the
+token-norm map, outliers, prefix-token attention, PCA and the discovery method's internals (LOST's
+degree and expansion maps, or TokenCut's eigenvector and bipartition) into an :class:`Inspection`
+(numpy, CPU), which the figures and ``summary.json`` are made from.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import numpy as np
 import torch
 
 from lostreg.backbones.base import Backbone
+from lostreg.backbones.dinov3 import DinoV3Backbone
 from lostreg.backbones.vit import TimmViTBackbone, select_features
 from lostreg.boxes import patch_box_to_pixels
 from lostreg.diagnostics.tokens import (
     LostMaps,
     NormOutliers,
+    TokenCutMaps,
     NormSource,
     NormThreshold,
     find_outliers,
@@ -28,11 +32,16 @@ from lostreg.diagnostics.tokens import (
     patch_token_norms,
     pca_rgb,
     prefix_attention,
+    prefix_attention_qk,
+    tokencut_maps,
+    trace_dinov3,
     trace_vit,
 )
 from lostreg.discovery import ObjectDiscoverer
 from lostreg.preprocess import ImagePreparer, downscale_to_max_size
+from lostreg.lost import LostResult
 from lostreg.protocol import DiscoveryProtocol
+from lostreg.tokencut import TokenCutResult
 
 __all__ = ["NO_ATTENTION_NOTE", "Inspection", "inspect_image", "protocol_summary"]
 
@@ -41,8 +50,10 @@ NO_ATTENTION_NOTE = "no attention layers: attention maps skipped"
 
 
 def protocol_summary(protocol: DiscoveryProtocol) -> dict[str, Any]:
-    """The protocol as one flat JSON object: ``method`` and every feature and method knob."""
-    return {"method": protocol.method, **dataclasses.asdict(protocol.features), **dataclasses.asdict(protocol.lost)}
+    """The protocol as one flat JSON object: ``method``, the feature settings and the chosen method's
+    knobs, e.g. ``{"method": "tokencut", "which": "k", "layer": -1, "l2_normalize": false,
+    "tau": 0.2, "eps": 1e-05, "eig": "torch64"}`` (the other method's knobs play no part)."""
+    return {"method": protocol.method, **dataclasses.asdict(protocol.features), **protocol.knobs()}
 
 
 @dataclass(frozen=True)
@@ -68,13 +79,14 @@ class Inspection:
         attention_note: why attention maps are missing, else None.
         pca: (rows, cols, 3) float32 in [0, 1].
         pca_explained: (3,) float32 explained-variance ratios.
-        lost: LOST's maps.
+        lost: LOST's maps when ``protocol.method`` is ``lost``, else None.
         protocol: the discovery protocol used.
-        box_xyxy: LOST's box ``(x1, y1, x2, y2)`` in integer pixels of the original image, max
-            exclusive (as ``lostreg discover`` prints it).
+        box_xyxy: the method's box ``(x1, y1, x2, y2)`` in integer pixels of the original image,
+            max exclusive (as ``lostreg discover`` prints it).
         processed_box_xyxy: the same box in ``picture`` pixels, same convention.
         seed_box_xyxy: the seed patch in ``picture`` pixels (unlike ``Discovery.seed_box_xyxy``,
             which is in original pixels), same convention.
+        tokencut: TokenCut's maps when ``protocol.method`` is ``tokencut``, else None.
     """
 
     image: str
@@ -95,15 +107,44 @@ class Inspection:
     attention_note: str | None
     pca: np.ndarray = field(repr=False)
     pca_explained: np.ndarray = field(repr=False)
-    lost: LostMaps = field(repr=False)
+    lost: LostMaps | None = field(repr=False)
     protocol: DiscoveryProtocol
     box_xyxy: tuple[int, int, int, int]
     processed_box_xyxy: tuple[int, int, int, int]
     seed_box_xyxy: tuple[int, int, int, int]
+    tokencut: TokenCutMaps | None = field(default=None, repr=False)
 
     @property
     def processed_hw(self) -> tuple[int, int]:
         return int(self.picture.shape[0]), int(self.picture.shape[1])
+
+    @property
+    def method(self) -> str:
+        """The discovery method, ``lost`` or ``tokencut``."""
+        return self.protocol.method
+
+    @property
+    def seed_rc(self) -> tuple[int, int]:
+        """(row, col) of the method's seed patch."""
+        maps = self.lost if self.lost is not None else self.tokencut
+        assert maps is not None
+        return maps.seed_rc
+
+    @property
+    def mask(self) -> np.ndarray:
+        """(rows, cols) bool: the method's object mask (the seed's component), whose box is the box."""
+        maps = self.lost if self.lost is not None else self.tokencut
+        assert maps is not None
+        return maps.mask
+
+    def method_summary(self) -> dict[str, Any]:
+        """The method's own numbers: LOST's similars and seed test, or TokenCut's spectrum."""
+        if self.tokencut is not None:
+            cut = self.tokencut
+            return {"degenerate": cut.degenerate, "eigenvalues": [float(v) for v in cut.eigenvalues],
+                    "bipartition_patches": int(cut.bipartition.sum())}
+        assert self.lost is not None
+        return {"num_similars": int(self.lost.similars.sum()), "seed_in_mask": bool(self.lost.seed_in_mask)}
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready numbers (plain Python types)."""
@@ -135,11 +176,12 @@ class Inspection:
             "outlier_count": out.count,
             "outlier_share": float(out.share),
             "outliers_rc": [list(rc) for rc in out.positions_rc],
-            "seed_rc": list(self.lost.seed_rc),
+            "method": self.method,
+            "seed_rc": list(self.seed_rc),
             "box_xyxy": list(self.box_xyxy),
             "seed_box_xyxy": list(self.seed_box_xyxy),
-            "num_similars": int(self.lost.similars.sum()),
-            "seed_in_mask": bool(self.lost.seed_in_mask),
+            "mask_patches": int(self.mask.sum()),
+            **self.method_summary(),
             "attention": attention,
             "attention_note": self.attention_note,
             "pca_explained_variance_ratio": [round(float(v), 6) for v in self.pca_explained],
@@ -164,9 +206,10 @@ def inspect_image(
     features and the attention maps (default: the last one).
 
     Args:
-        backbone: a ViT (:class:`TimmViTBackbone`) or a backbone without attention such as
-            ``pixels``, for which norms are those of its features and attention maps are skipped
-            (with a note).
+        backbone: a ViT (:class:`TimmViTBackbone`), a DINOv3 (:class:`DinoV3Backbone`: attention
+            maps from its rotated q/k, as its softmax sees them), or a backbone without
+            attention such as ``pixels``, for which norms are those of its features and
+            attention maps are skipped (with a note).
         image_rgb: (H, W, 3) uint8 RGB.
         name: how the image is reported.
         protocol: features and method.
@@ -211,6 +254,20 @@ def inspect_image(
         mass = att.patch_mass[0].cpu().numpy()
         layer = trace.layer
         source = norm_source
+    elif isinstance(backbone, DinoV3Backbone):
+        v3 = trace_dinov3(backbone, images, features_config.layer)
+        tokens = v3.final if norm_source == "final" else v3.prenorm
+        patch_tokens = tokens[0, v3.num_prefix_tokens:]
+        features = v3.features(features_config.which)[0]
+        with torch.inference_mode():
+            # The rotated q/k: the tensors the block's softmax sees (prefix rows unrotated).
+            att = prefix_attention_qk(v3.q_rot, v3.k_rot, v3.scale, v3.num_prefix_tokens, grid_hw,
+                                      v3.has_class_token)
+        cls_map = None if att.cls is None else att.cls[0].cpu().numpy()
+        reg_maps = att.registers[0].cpu().numpy() if att.registers.shape[1] else None
+        mass = att.patch_mass[0].cpu().numpy()
+        layer = v3.layer
+        source = norm_source
     else:
         with torch.inference_mode():
             features = backbone.extract(images, *features_config.key)[0]
@@ -251,9 +308,10 @@ def inspect_image(
         attention_note=note,
         pca=rgb,
         pca_explained=explained,
-        lost=lost_maps(result, protocol.lost.k_patches),
+        lost=lost_maps(result, protocol.lost.k_patches) if isinstance(result, LostResult) else None,
         protocol=protocol,
         box_xyxy=found.box_xyxy,
         processed_box_xyxy=box,
         seed_box_xyxy=seed_box,
+        tokencut=tokencut_maps(result) if isinstance(result, TokenCutResult) else None,
     )

@@ -1,8 +1,16 @@
 """CorLoc of several ``lostreg eval`` run directories in one table, beside published numbers.
 
 Pure functions, no printing: :func:`load_runs` reads run directories into
-:class:`RunSummary` items, :func:`build_table` arranges them (rows = backbone + protocol,
-column groups = datasets), :func:`to_markdown` and :func:`to_csv` render the table.
+:class:`RunSummary` items, :func:`build_table` arranges them (rows = method + backbone +
+protocol, column groups = datasets), :func:`to_markdown` and :func:`to_csv` render the table.
+
+Layout: the first column names the discovery method (``LOST``, ``TokenCut``; the CSV has the
+config value ``lost`` / ``tokencut``), then the backbone, then the protocol as departures from
+*that method's* defaults (``default``, ``k=50``, ``tau=0.3 eig=scipy``). Rows are grouped by
+method (in :data:`lostreg.protocol.METHODS` order), then backbone, default protocol first.
+A published number stands only beside runs of its own method, backbone and protocol
+(:func:`lostreg.evaluation.published.published_match`); published rows without a run of ours
+follow, for the methods the table has runs of.
 
 A run directory holds ``config.yaml`` (the composed, resolved hydra config) and
 ``metrics.json`` (``corloc``, ``hits``, ``total``, ``failed``, ``num_images``, ``complete``).
@@ -16,13 +24,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lostreg.evaluation.published import (
+    METHOD_LABELS,
     PUBLIC_CHECKPOINT_NOTE,
     PUBLISHED,
     PUBLISHED_DATASETS,
     SOURCE_PUBLIC_SWEEP,
     SOURCE_REGISTERS,
+    SOURCE_TOKENCUT,
+    TOKENCUT_SOLVER_NOTE,
     PublishedResult,
     lostreg_backbone_for,
+    method_label,
 )
 from lostreg.evaluation.runs import (
     DEFAULT_PROTOCOL_TEXT,
@@ -32,10 +44,11 @@ from lostreg.evaluation.runs import (
     load_runs,
 )
 from lostreg.datasets import PUBLISHED_SIZES
-from lostreg.protocol import DiscoveryProtocol, describe_protocol
+from lostreg.protocol import METHODS, DiscoveryProtocol, describe_protocol
 
 __all__ = [
     "DATASET_LABELS",
+    "METHOD_LABELS",
     "Row",
     "RunError",
     "RunSummary",
@@ -56,25 +69,48 @@ __all__ = [
 DATASET_LABELS = {"voc07": "VOC07", "voc12": "VOC12", "coco20k": "COCO20k", "coco": "COCO", "folder": "folder"}
 MAIN_DATASETS = ("voc07", "voc12", "coco20k")
 
-DEFAULT_PROTOCOL_NOTE = describe_protocol(DiscoveryProtocol()) + ", native resolution, pretrained weights (the LOST paper's)"
+
+def _default_note(method: str) -> str:
+    """``LOST on raw keys of the last layer, k=100, Gram bias 0``: a method's default protocol in words."""
+    text = describe_protocol(DiscoveryProtocol(method=method))
+    label = method_label(method)
+    return text if text.startswith(label) else f"{label} on {text}"
+
+
+#: Each method's default protocol in words (the ``default`` of the protocol column).
+DEFAULT_PROTOCOL_NOTES = {method: _default_note(method) for method in METHODS}
+DEFAULT_DATA_NOTE = "native resolution, pretrained weights (the papers' protocol)"
 RANDOM_NOTE = "RANDOM weights: randomly initialised backbone, a pipeline test only; its CorLoc is meaningless"
 
 
 @dataclass
 class Row:
-    """One table row: our runs of one backbone + protocol, or a published result alone.
+    """One table row: our runs of one method + backbone + protocol, or a published result alone.
 
     Attributes:
         backbone: lostreg backbone name; for a published-only row, the paper's label.
         protocol: :attr:`RunSummary.protocol`; for a published-only row, its protocol note.
         runs: dataset name -> our run (empty for a published-only row).
         published: The published row shown beside ours (or alone), if any.
+        method: The discovery method (``lost``, ``tokencut``); for a published-only row, the
+            lostreg method of the published result.
     """
 
     backbone: str
     protocol: str
     runs: dict[str, RunSummary] = field(default_factory=dict)
     published: PublishedResult | None = None
+    method: str = "lost"
+
+    @property
+    def method_label(self) -> str:
+        """``LOST``, ``TokenCut``."""
+        return method_label(self.method)
+
+    @property
+    def label(self) -> str:
+        """``LOST dino_vits16 [default]``: how notes and warnings name the row."""
+        return f"{self.method_label} {self.backbone} [{self.protocol}]"
 
     @property
     def is_published_only(self) -> bool:
@@ -113,7 +149,7 @@ def _progress(run: RunSummary) -> str:
 
 
 def build_table(runs: Iterable[RunSummary], include_published: bool = True) -> Table:
-    """Arrange runs into rows (backbone + protocol) and dataset columns.
+    """Arrange runs into rows (method + backbone + protocol) and dataset columns.
 
     Two runs with the same row and dataset are ambiguous: the one with more images done
     is kept (then a complete one, then the first given) and a warning names both.
@@ -121,17 +157,17 @@ def build_table(runs: Iterable[RunSummary], include_published: bool = True) -> T
     Args:
         runs: From :func:`load_runs`.
         include_published: Add published numbers beside matching rows, and a row for
-            each published result that no row of ours matches.
+            each published result of a method present in ``runs`` that no row of ours matches.
     """
-    rows: dict[tuple[str, str], Row] = {}
+    rows: dict[tuple[str, str, str], Row] = {}
     warnings: list[str] = []
     for run in runs:
-        row = rows.setdefault(run.row_key, Row(backbone=run.backbone, protocol=run.protocol))
+        row = rows.setdefault(run.row_key, Row(backbone=run.backbone, protocol=run.protocol, method=run.method))
         kept = row.runs.get(run.dataset)
         if kept is not None:
             winner, loser = (run, kept) if (run.total, run.complete) > (kept.total, kept.complete) else (kept, run)
             warnings.append(
-                f"two runs for {run.backbone} [{run.protocol}] on {run.dataset}: kept {winner.run_dir} "
+                f"two runs for {run.label} on {run.dataset}: kept {winner.run_dir} "
                 f"({_progress(winner)}), ignored {loser.run_dir} ({_progress(loser)})"
             )
             run = winner
@@ -141,15 +177,25 @@ def build_table(runs: Iterable[RunSummary], include_published: bool = True) -> T
     extra = {run.dataset for row in rows.values() for run in row.runs.values()} - set(MAIN_DATASETS)
     datasets += sorted(extra, key=lambda d: (list(DATASET_LABELS).index(d) if d in DATASET_LABELS else 99, d))
 
-    # Default protocol first within a backbone, so "ours vs published" leads each group.
-    ordered = sorted(rows.values(), key=lambda r: (r.backbone, r.protocol != DEFAULT_PROTOCOL_TEXT, r.protocol))
+    # Grouped by method, then backbone; the default protocol first within a backbone, so
+    # "ours vs published" leads each group.
+    ordered = sorted(rows.values(), key=lambda r: (_method_order(r.method), r.backbone,
+                                                   r.protocol != DEFAULT_PROTOCOL_TEXT, r.protocol))
     if include_published:
         for row in ordered:
             first = next(iter(row.runs.values()))
             row.published = first.published()  # the same for every run of the row: same protocol
         shown = {row.published.key for row in ordered if row.published is not None}
-        ordered += [Row(backbone=p.label, protocol=p.protocol, published=p) for p in PUBLISHED if p.key not in shown]
+        # Reference rows only for the methods compared here: a LOST-only table stays LOST-only.
+        methods = {row.method for row in ordered}
+        ordered += [Row(backbone=p.label, protocol=p.protocol, published=p, method=p.lostreg_method)
+                    for p in sorted(PUBLISHED, key=lambda p: _method_order(p.lostreg_method))
+                    if p.key not in shown and p.lostreg_method in methods]
     return Table(datasets=tuple(datasets), rows=ordered, include_published=include_published, warnings=warnings)
+
+
+def _method_order(method: str) -> int:
+    return METHODS.index(method) if method in METHODS else len(METHODS)
 
 
 # ------------------------------------------------------------------------------ rendering
@@ -203,14 +249,15 @@ class TableText:
 
 
 def table_text(table: Table) -> TableText:
-    """Cells and notes of ``table``: ``backbone | protocol | VOC07 ours | VOC07 published | ...``.
+    """Cells and notes of ``table``: ``method | backbone | protocol | VOC07 ours | VOC07 published | ...``.
 
-    Ours: two decimals, ``*`` when incomplete, ``-`` when not run, ``n/a`` when the run has
-    no CorLoc. Published: one decimal. Published-only rows start with ``published:``.
+    Method: ``LOST`` or ``TokenCut``. Ours: two decimals, ``*`` when incomplete, ``-`` when not
+    run, ``n/a`` when the run has no CorLoc. Published: one decimal. Published-only rows' backbone
+    cell starts with ``published:``.
     """
     published_cols = table.published_columns()
     sources = _sources(table)
-    header = ["backbone", "protocol"]
+    header = ["method", "backbone", "protocol"]
     for d in table.datasets:
         label = DATASET_LABELS.get(d, d)
         header.append(f"{label} ours")
@@ -229,16 +276,16 @@ def table_text(table: Table) -> TableText:
             backbone = f"published: {row.backbone}" + (f" [lostreg: {ours_name}]" if ours_name else "")
         else:
             backbone = row.backbone + (" (RANDOM weights)" if row.is_random else "")
-        cells = [backbone, row.protocol]
+        cells = [row.method_label, backbone, row.protocol]
         for d in table.datasets:
             run = row.runs.get(d)
             cells.append("" if row.is_published_only else corloc_cell(run))
             if run is not None and not run.complete:
-                footnotes.append(f"* incomplete: {row.backbone} [{row.protocol}] {DATASET_LABELS.get(d, d)}: "
+                footnotes.append(f"* incomplete: {row.label} {DATASET_LABELS.get(d, d)}: "
                                  f"{_progress(run)} ({run.run_dir})")
             if run is not None and d in published_cols and not run.comparable:
                 why = " ".join(run.variant) or f"{run.num_images} images, not the published {PUBLISHED_SIZES.get(d)}"
-                footnotes.append(f"not comparable with published numbers: {row.backbone} [{row.protocol}] "
+                footnotes.append(f"not comparable with published numbers: {row.label} "
                                  f"{DATASET_LABELS.get(d, d)}: {why} ({run.run_dir})")
             if d in published_cols:
                 value = published_value(row, d)
@@ -247,8 +294,10 @@ def table_text(table: Table) -> TableText:
             cells.append(f"[{sources.index(row.published.source) + 1}]" if row.published is not None else "")
         rows.append(cells)
 
-    notes = [f"protocol {DEFAULT_PROTOCOL_TEXT}: {DEFAULT_PROTOCOL_NOTE}; otherwise only the departures "
-             "from it are named.",
+    methods = sorted({row.method for row in table.rows}, key=_method_order) or ["lost"]
+    defaults = "; ".join(DEFAULT_PROTOCOL_NOTES.get(m, m) for m in methods)
+    notes = [f"protocol {DEFAULT_PROTOCOL_TEXT}: the method's default protocol ({defaults}), {DEFAULT_DATA_NOTE}; "
+             "otherwise only the departures from it are named.",
              "ours: CorLoc in percent (hits / images evaluated), two decimals; - not run."]
     notes += footnotes
     if any(row.is_random for row in table.rows):
@@ -257,6 +306,8 @@ def table_text(table: Table) -> TableText:
         notes += [f"[{i}] {source}." for i, source in enumerate(sources, start=1)]
         if any(s in sources for s in (SOURCE_REGISTERS, SOURCE_PUBLIC_SWEEP)):
             notes.append("Why the public-checkpoint numbers differ from Table 3: " + PUBLIC_CHECKPOINT_NOTE)
+        if SOURCE_TOKENCUT in sources:
+            notes.append(TOKENCUT_SOLVER_NOTE)
     return TableText(header, rows, numeric, notes)
 
 
@@ -272,7 +323,7 @@ def to_markdown(table: Table) -> str:
 
 def csv_header(table: Table) -> list[str]:
     """CSV columns of :func:`to_csv`."""
-    header = ["row_type", "backbone", "protocol", "random_weights"]
+    header = ["row_type", "method", "backbone", "protocol", "random_weights"]
     for d in table.datasets:
         header += [f"{d}_ours", f"{d}_images_done", f"{d}_num_images", f"{d}_complete"]
         if d in table.published_columns():
@@ -287,7 +338,7 @@ def csv_rows(table: Table) -> list[list[str]]:
     published_cols = table.published_columns()
     out = []
     for row in table.rows:
-        cells = ["published" if row.is_published_only else "ours", row.backbone, row.protocol,
+        cells = ["published" if row.is_published_only else "ours", row.method, row.backbone, row.protocol,
                  "" if row.is_published_only else str(int(row.is_random))]
         for d in table.datasets:
             run = row.runs.get(d)
@@ -306,9 +357,10 @@ def csv_rows(table: Table) -> list[list[str]]:
 
 
 def to_csv(table: Table, path: str | Path) -> Path:
-    """Write the table as CSV: one row per backbone + protocol, then published-only rows.
+    """Write the table as CSV: one row per method + backbone + protocol, then published-only rows.
 
-    ``row_type`` is ``ours`` or ``published``; per dataset ``<d>_ours`` (full precision),
+    ``row_type`` is ``ours`` or ``published``; ``method`` the config value (``lost``,
+    ``tokencut``); ``backbone``, ``protocol`` as in the markdown; per dataset ``<d>_ours`` (full precision),
     ``<d>_images_done``, ``<d>_num_images``, ``<d>_complete`` (0/1) and, for VOC07 /
     VOC12 / COCO20k, ``<d>_published``. Missing values are empty cells.
 

@@ -1,28 +1,42 @@
-"""Published CorLoc numbers (spec ``lost.md`` section 6), as data to set beside lostreg's own.
+"""Published CorLoc numbers, as data to set beside lostreg's own.
 
-Each :class:`PublishedResult` is one row of a paper's table: who reported it, for which
-backbone, under which protocol, and CorLoc (percent) on VOC07 / VOC12 / COCO20k.
-:func:`published_for` maps a lostreg run (backbone name plus protocol) to the row it can
-honestly be compared with, or ``None``.
+Each :class:`PublishedResult` is one row of a paper's table: who reported it, with which
+discovery method (LOST or TokenCut), for which backbone, under which protocol, and CorLoc
+(percent) on VOC07 / VOC12 / COCO20k. Sources: the LOST paper and the registers paper (spec
+``lost.md`` section 6), the TokenCut README / paper (spec ``tokencut.md`` section 3).
+
+:func:`published_match` maps a lostreg run (backbone name, discovery protocol, weights) to the
+row it can honestly be compared with, or ``None``: a row maps only to runs of its own method,
+backbone and protocol (the rules are in its docstring). :func:`published_for` is the LOST-only
+form of it, by keyword.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lostreg.protocol import FeatureConfig, LostConfig
+from lostreg.protocol import DiscoveryProtocol, FeatureConfig, LostConfig, TokenCutConfig
 
 __all__ = [
     "BACKBONE_TO_PUBLISHED",
+    "METHOD_LABELS",
     "PUBLISHED",
     "PUBLISHED_DATASETS",
     "PUBLIC_CHECKPOINT_NOTE",
+    "TOKENCUT_BACKBONE_TO_PUBLISHED",
+    "TOKENCUT_REFERENCE_SOLVERS",
+    "TOKENCUT_SOLVER_NOTE",
     "PublishedResult",
     "lostreg_backbone_for",
+    "method_label",
     "published_by_key",
     "published_for",
     "published_sweep_for",
+    "published_match",
 ]
+
+#: How each discovery method (``DiscoveryProtocol.method``) is named in tables and figures.
+METHOD_LABELS: dict[str, str] = {"lost": "LOST", "tokencut": "TokenCut"}
 
 #: Dataset names (as in ``configs/dataset``) that the published tables report.
 PUBLISHED_DATASETS = ("voc07", "voc12", "coco20k")
@@ -30,6 +44,21 @@ PUBLISHED_DATASETS = ("voc07", "voc12", "coco20k")
 SOURCE_LOST = "LOST paper (Simeoni et al., BMVC 2021), CorLoc with DINO backbones"
 SOURCE_REGISTERS = 'Registers paper ("Vision Transformers Need Registers", Darcet et al., ICLR 2024), Table 3'
 SOURCE_PUBLIC_SWEEP = "public DINOv2 checkpoints, swept protocol (lostreg spec lost.md, section 6)"
+SOURCE_TOKENCUT = ("TokenCut README and paper (Wang et al., \"Self-Supervised Transformers for Unsupervised Object "
+                   "Discovery using Normalized Cut\", CVPR 2022), CorLoc with DINO backbones")
+
+#: TokenCut eigen-solvers whose runs are set beside the published TokenCut numbers. ``scipy`` is
+#: the reference's own call; ``torch64`` solves the same problem in float64 and gave the
+#: reference's box on 629/630 of the spec's graphs (the miss: a seed near-tie that only the same
+#: LAPACK call reproduces). ``torch32`` is an opt-in approximation (box parity 98.6%): another
+#: numerical protocol, so no published number is shown beside it.
+TOKENCUT_REFERENCE_SOLVERS: tuple[str, ...] = ("scipy", "torch64")
+TOKENCUT_SOLVER_NOTE = (
+    "Published TokenCut numbers are shown beside TokenCut runs with eig=scipy (the reference's own "
+    "eigen-solver call) or eig=torch64 (the default: float64, the reference's box on 629/630 synthetic "
+    "graphs), not beside eig=torch32 (float32, 98.6%). Images whose spectrum is degenerate get the "
+    "whole image as their box in lostreg; the reference's box is undefined there (LAPACK-dependent)."
+)
 
 #: Why the public-checkpoint numbers differ from the registers paper's Table 3 (spec section 6).
 PUBLIC_CHECKPOINT_NOTE = (
@@ -48,13 +77,15 @@ class PublishedResult:
 
     Attributes:
         key: Short unique id, e.g. ``"lost_dino_vits16"``.
-        method: Method and model family, e.g. ``"LOST (DINO)"``.
+        method: Method and model family as the table shows them, e.g. ``"LOST (DINO)"``.
         backbone: Architecture as the paper names it, e.g. ``"ViT-S/16"``.
         protocol: How features and LOST were set up, in words.
         source: Where the numbers come from.
         voc07: CorLoc in percent on VOC07 trainval.
         voc12: CorLoc in percent on VOC12 trainval.
         coco20k: CorLoc in percent on COCO20k.
+        lostreg_method: The lostreg discovery method of the row (``DiscoveryProtocol.method``):
+            only runs of this method are compared with it.
     """
 
     key: str
@@ -65,6 +96,7 @@ class PublishedResult:
     voc07: float
     voc12: float
     coco20k: float
+    lostreg_method: str = "lost"
 
     @property
     def label(self) -> str:
@@ -79,6 +111,7 @@ class PublishedResult:
 _LOST_PROTOCOL = "keys of the last layer, k=100, no Gram bias"
 _T3_PROTOCOL = "authors' ViT-L/14 trained on ImageNet-22k (not the public checkpoints); keys; manual Gram bias"
 _SWEEP_PROTOCOL = "best of k/q/v over the last 4 layers, L2-normalised, Gram bias swept in [-1, 0]"
+_TOKENCUT_PROTOCOL = "keys of the last layer, binary graph tau=0.2, eps=1e-5, scipy eigh"
 
 PUBLISHED: tuple[PublishedResult, ...] = (
     PublishedResult("lost_dino_vits16", "LOST (DINO)", "ViT-S/16", _LOST_PROTOCOL, SOURCE_LOST, 61.9, 64.0, 50.7),
@@ -92,10 +125,16 @@ PUBLISHED: tuple[PublishedResult, ...] = (
                     SOURCE_PUBLIC_SWEEP, 32.2, 36.8, 25.4),
     PublishedResult("public_sweep_dinov2_reg", "LOST (DINOv2+reg, public checkpoint)", "ViT-L/14", _SWEEP_PROTOCOL,
                     SOURCE_PUBLIC_SWEEP, 56.2, 60.2, 42.3),
+    PublishedResult("tokencut_dino_vits16", "TokenCut (DINO)", "ViT-S/16", _TOKENCUT_PROTOCOL, SOURCE_TOKENCUT,
+                    68.8, 72.1, 58.8, lostreg_method="tokencut"),
+    PublishedResult("tokencut_dino_vits8", "TokenCut (DINO)", "ViT-S/8", _TOKENCUT_PROTOCOL, SOURCE_TOKENCUT,
+                    67.3, 71.6, 60.7, lostreg_method="tokencut"),
+    PublishedResult("tokencut_dino_vitb16", "TokenCut (DINO)", "ViT-B/16", _TOKENCUT_PROTOCOL, SOURCE_TOKENCUT,
+                    68.8, 72.4, 59.0, lostreg_method="tokencut"),
 )
 
-#: lostreg backbone name (canonical, as ``configs/backbone`` writes it) -> published row key.
-#: The public-checkpoint sweep rows map to no run: lostreg has no L2-normalisation knob.
+#: lostreg backbone name (canonical, as ``configs/backbone`` writes it) -> published LOST row key.
+#: The public-checkpoint sweep rows map to no run: they are the best of a sweep, not one protocol.
 BACKBONE_TO_PUBLISHED: dict[str, str] = {
     "dino_vits16": "lost_dino_vits16",
     "dino_vits8": "lost_dino_vits8",
@@ -103,6 +142,22 @@ BACKBONE_TO_PUBLISHED: dict[str, str] = {
     "dinov2_vitl14": "registers_t3_dinov2",
     "dinov2_vitl14_reg": "registers_t3_dinov2_reg",
 }
+
+
+#: lostreg backbone name -> published TokenCut row key (the DINO checkpoints of the TokenCut README).
+TOKENCUT_BACKBONE_TO_PUBLISHED: dict[str, str] = {
+    "dino_vits16": "tokencut_dino_vits16",
+    "dino_vits8": "tokencut_dino_vits8",
+    "dino_vitb16": "tokencut_dino_vitb16",
+}
+
+#: Method -> its backbone mapping (a method without published rows maps nothing).
+_BACKBONE_MAPS: dict[str, dict[str, str]] = {"lost": BACKBONE_TO_PUBLISHED, "tokencut": TOKENCUT_BACKBONE_TO_PUBLISHED}
+
+
+def method_label(method: str) -> str:
+    """``"LOST"`` for ``"lost"``, ``"TokenCut"`` for ``"tokencut"``; an unknown method as given."""
+    return METHOD_LABELS.get(method, method)
 
 
 def published_by_key(key: str) -> PublishedResult:
@@ -115,7 +170,52 @@ def published_by_key(key: str) -> PublishedResult:
 
 def lostreg_backbone_for(key: str) -> str | None:
     """The lostreg backbone that reproduces published row ``key``, or ``None`` (sweep rows)."""
-    return next((name for name, k in BACKBONE_TO_PUBLISHED.items() if k == key), None)
+    for mapping in _BACKBONE_MAPS.values():
+        found = next((name for name, k in mapping.items() if k == key), None)
+        if found is not None:
+            return found
+    return None
+
+
+def published_match(
+    backbone: str, protocol: DiscoveryProtocol, weights: str = "pretrained"
+) -> PublishedResult | None:
+    """The published row a lostreg run can be compared with, if any.
+
+    Rules (a row maps only to runs of its own method that follow its protocol):
+
+    * pretrained weights, keys of the last layer, no ``features.l2_normalize`` (no published
+      row uses that fixed setting; TokenCut normalises its features itself either way);
+    * ``lost``: ``k_patches=100``; no Gram bias for the LOST paper's rows, any bias for the
+      registers paper's Table 3 rows (their bias value is unpublished);
+    * ``tokencut``: ``tau=0.2``, ``eps=1e-5`` (the reference's defaults) and an eigen-solver in
+      :data:`TOKENCUT_REFERENCE_SOLVERS` (``scipy``, the reference's call, or ``torch64``; not the
+      float32 ``torch32``).
+
+    Args:
+        backbone: lostreg backbone name, e.g. ``"dino_vits16"``.
+        protocol: the run's discovery protocol.
+        weights: ``pretrained``, ``random`` or a checkpoint path.
+
+    Returns:
+        The matching :class:`PublishedResult`, or ``None``.
+    """
+    key = _BACKBONE_MAPS.get(protocol.method, {}).get(backbone)
+    paper_features = FeatureConfig()  # every published row: raw keys of the last layer
+    if key is None or weights != "pretrained" or protocol.features != paper_features:
+        return None
+    result = published_by_key(key)
+    if protocol.method == "lost":
+        paper_lost = LostConfig()
+        if protocol.lost.k_patches != paper_lost.k_patches or protocol.lost.exclude_outliers:
+            return None  # artifact-aware LOST is a lostreg extension: no published row
+        if result.source == SOURCE_LOST and protocol.lost.gram_bias != paper_lost.gram_bias:
+            return None
+        return result
+    cut, paper_cut = protocol.tokencut, TokenCutConfig()
+    if (cut.tau, cut.eps) != (paper_cut.tau, paper_cut.eps) or cut.eig not in TOKENCUT_REFERENCE_SOLVERS:
+        return None
+    return result
 
 
 def published_for(
@@ -127,7 +227,7 @@ def published_for(
     gram_bias: float = LostConfig.gram_bias,
     weights: str = "pretrained",
 ) -> PublishedResult | None:
-    """The published row a lostreg run can be compared with, if any.
+    """The published LOST row a LOST run can be compared with, if any (:func:`published_match` by keyword).
 
     A row maps only when the run follows that row's protocol: pretrained weights, keys
     of the last layer, k=100, and (for the LOST paper) no Gram bias. The registers
@@ -144,16 +244,9 @@ def published_for(
     Returns:
         The matching :class:`PublishedResult`, or ``None``.
     """
-    key = BACKBONE_TO_PUBLISHED.get(backbone)
-    # Every published LOST row used the LOST paper's features and k (the defaults of lostreg.protocol).
-    paper_features, paper_lost = FeatureConfig(), LostConfig()
-    if key is None or weights != "pretrained" or (which, layer) != (paper_features.which, paper_features.layer) \
-            or k_patches != paper_lost.k_patches:
-        return None
-    result = published_by_key(key)
-    if result.source == SOURCE_LOST and gram_bias != paper_lost.gram_bias:
-        return None
-    return result
+    protocol = DiscoveryProtocol(method="lost", features=FeatureConfig(which=which, layer=layer),
+                                 lost=LostConfig(k_patches=k_patches, gram_bias=gram_bias))
+    return published_match(backbone, protocol, weights)
 
 
 #: lostreg backbone -> the public-checkpoint row of the swept protocol (best of k/q/v, last 4 blocks,

@@ -18,13 +18,14 @@ from typing import Any
 from lostreg.backbones.registry import is_weight_free
 from lostreg.datasets import PUBLISHED_SIZES
 from lostreg.datasets.voc import DEFAULT_VOC_SPLIT
-from lostreg.evaluation.published import PublishedResult, published_for, published_sweep_for
-from lostreg.protocol import DiscoveryProtocol, FeatureConfig, LostConfig, ProtocolError
+from lostreg.evaluation.published import PublishedResult, method_label, published_match, published_sweep_for
+from lostreg.protocol import DiscoveryProtocol, FeatureConfig, LostConfig, ProtocolError, TokenCutConfig
 from lostreg.rundir import CONFIG_FILE, METRICS_FILE, RunDir, RunError
 
 __all__ = ["DEFAULT_PROTOCOL_TEXT", "RunError", "RunSummary", "load_run", "load_run_rows", "load_runs"]
 
-#: How a row with the default protocol (:class:`~lostreg.protocol.DiscoveryProtocol` defaults) is named.
+#: How a row with its method's default protocol (:class:`~lostreg.protocol.DiscoveryProtocol`
+#: defaults: features and that method's knobs) is named.
 DEFAULT_PROTOCOL_TEXT = "default"
 _DEFAULT_WEIGHTS = "pretrained"
 _CONFIG_KEYS = ("backbone.name", "dataset.name", "weights", "max_size")
@@ -70,6 +71,16 @@ class RunSummary:
     sweep_role: str | None = None
     sweep_size: int = 0
     selected_on: str | None = None
+
+    @property
+    def method(self) -> str:
+        """The discovery method, ``lost`` or ``tokencut`` (``method=`` of the config)."""
+        return self.discovery.method
+
+    @property
+    def method_label(self) -> str:
+        """The method as tables name it: ``LOST``, ``TokenCut``."""
+        return method_label(self.method)
 
     @property
     def which(self) -> str:
@@ -123,14 +134,19 @@ class RunSummary:
 
     @property
     def protocol(self) -> str:
-        """The departures from the default protocol and data, e.g. ``"which=q layer=-2"``, or ``"default"``;
-        for a sweep, which of its configurations the row is (``sweep of 132: best (oracle)``)."""
+        """The departures from the method's default protocol and data, e.g. ``"which=q layer=-2"``, or ``"default"``;
+        for a sweep, which of its configurations the row is (``sweep of 132: best on the same data (oracle)``).
+
+        The method itself is not named here (tables give it a column of its own): a TokenCut run
+        with tau 0.2, eps 1e-5 and the default solver on the keys of the last layer is
+        ``"default"``, one with ``tokencut.tau=0.3`` is ``"tau=0.3"``.
+        """
         if self.sweep_role == "best":
             parts = [f"sweep of {self.sweep_size}: best on the same data (oracle)"]
         elif self.sweep_role == "chosen":
             parts = [f"sweep of {self.sweep_size}: chosen on {self.selected_on}"]
         else:
-            parts = self.discovery.departures()
+            parts = [part for part in self.discovery.departures() if not part.startswith("method=")]
         if self.max_size is not None:
             parts.append(f"max_size={self.max_size}")
         if self.weights != _DEFAULT_WEIGHTS and not is_weight_free(self.backbone):
@@ -139,18 +155,20 @@ class RunSummary:
         return " ".join(parts) or DEFAULT_PROTOCOL_TEXT
 
     @property
-    def row_key(self) -> tuple[str, str]:
-        """``(backbone, protocol)``: runs with one key share a table row."""
-        return self.backbone, self.protocol
+    def label(self) -> str:
+        """Method, backbone and protocol in one line, e.g. ``TokenCut dino_vits16 [default]``."""
+        return f"{self.method_label} {self.backbone} [{self.protocol}]"
+
+    @property
+    def row_key(self) -> tuple[str, str, str]:
+        """``(method, backbone, protocol)``: runs with one key share a table row."""
+        return self.method, self.backbone, self.protocol
 
     def published(self) -> PublishedResult | None:
-        """The published row this run compares with (see :func:`published_for`)."""
+        """The published row this run compares with (see :func:`~lostreg.evaluation.published.published_match`)."""
         if self.sweep_role is not None:
             return published_sweep_for(self.backbone, weights=self.weights)
-        if self.l2_normalize or self.discovery.method != "lost":
-            return None  # no published row uses one fixed L2-normalised protocol
-        return published_for(self.backbone, which=self.which, layer=self.layer, k_patches=self.k_patches,
-                             gram_bias=self.gram_bias, weights=self.weights)
+        return published_match(self.backbone, self.discovery, self.weights)
 
 
 def _select(data: Any, dotted: str, source: Path) -> Any:
@@ -176,8 +194,10 @@ def _typed(value: Any, kind: type, key: str, source: Path, optional: bool = Fals
 
 
 def _protocol(config: Mapping[str, Any], source: Path) -> DiscoveryProtocol:
+    """The run's protocol, every value typed; what older files lack (method, l2_normalize, the
+    tokencut section) takes the defaults, which were the only behaviour then."""
     for key in ("lost.k_patches", "lost.gram_bias", "features.which", "features.layer"):
-        _select(config, key, source)  # older files may lack method / l2_normalize, never these
+        _select(config, key, source)  # older files may lack method / l2_normalize / tokencut, never these
     try:
         read = DiscoveryProtocol.from_mapping(config)
     except ProtocolError as err:
@@ -188,8 +208,12 @@ def _protocol(config: Mapping[str, Any], source: Path) -> DiscoveryProtocol:
         l2_normalize=_typed(read.features.l2_normalize, bool, "features.l2_normalize", source),
     )
     lost = LostConfig(k_patches=_typed(read.lost.k_patches, int, "lost.k_patches", source),
-                      gram_bias=_typed(read.lost.gram_bias, float, "lost.gram_bias", source))
-    return DiscoveryProtocol(method=str(read.method), features=features, lost=lost)
+                      gram_bias=_typed(read.lost.gram_bias, float, "lost.gram_bias", source),
+                      exclude_outliers=_typed(read.lost.exclude_outliers, bool, "lost.exclude_outliers", source))
+    tokencut = TokenCutConfig(tau=_typed(read.tokencut.tau, float, "tokencut.tau", source),
+                              eps=_typed(read.tokencut.eps, float, "tokencut.eps", source),
+                              eig=_typed(read.tokencut.eig, str, "tokencut.eig", source))
+    return DiscoveryProtocol(method=str(read.method), features=features, lost=lost, tokencut=tokencut)
 
 
 def load_run(run_dir: str | Path) -> RunSummary:

@@ -44,8 +44,8 @@ class ReportRun:
 
     @property
     def name(self) -> str:
-        """``backbone [protocol]``, e.g. ``dinov2_vitl14_reg [k=50]``."""
-        return f"{self.summary.backbone} [{self.summary.protocol}]"
+        """``method backbone [protocol]``: ``LOST dinov2_vitl14_reg [k=50]``, ``TokenCut dino_vits16 [default]``."""
+        return self.summary.label
 
     def dataset_identity(self) -> dict[str, Any]:
         """Dataset name and the settings that choose its images and ground truth (not its location)."""
