@@ -103,6 +103,8 @@ def test_published_numbers_are_the_spec_table() -> None:
         "registers_t3_dinov2_reg": (55.4, 60.0, 42.0),
         "public_sweep_dinov2": (32.2, 36.8, 25.4),
         "public_sweep_dinov2_reg": (56.2, 60.2, 42.3),
+        # spec test_time_registers_dinov3.md A4 (Jiang et al. 2025, Table 5): DINOv2-L + one test-time register
+        "public_sweep_dinov2_ttreg": (53.8, 57.9, 41.9),
         # spec tokencut.md section 3 (the TokenCut README)
         "tokencut_dino_vits16": (68.8, 72.1, 58.8),
         "tokencut_dino_vits8": (67.3, 71.6, 60.7),
@@ -283,6 +285,7 @@ def test_published_rows_without_a_run_are_labelled(runs: Path, capsys: pytest.Ca
     assert sorted(key[1] for key in published) == [
         "published: LOST (DINO) ViT-B/16 [lostreg: dino_vitb16]",
         "published: LOST (DINO) ViT-S/8 [lostreg: dino_vits8]",
+        "published: LOST (DINOv2 + test-time register, public checkpoint) ViT-L/14",
         "published: LOST (DINOv2+reg, public checkpoint) ViT-L/14",
         "published: LOST (DINOv2, public checkpoint) ViT-L/14",
     ]
@@ -353,9 +356,9 @@ def test_csv_round_trip(runs: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
 
     assert by_key[("lost", "dinov2_vits14_reg", "weights=random")]["random_weights"] == "1"
     published = [r for r in records if r["row_type"] == "published"]
-    assert len(published) == 4 and all(r["voc07_ours"] == "" and r["voc07_published"] for r in published)
+    assert len(published) == 5 and all(r["voc07_ours"] == "" and r["voc07_published"] for r in published)
     assert all(r["published_source"] for r in published)
-    assert len(records) == 5 + 4  # one row per backbone + protocol, then published-only rows
+    assert len(records) == 5 + 5  # one row per backbone + protocol, then published-only rows
 
 
 def test_build_table_pure_functions(runs: Path, tmp_path: Path) -> None:
@@ -544,3 +547,16 @@ def test_mistyped_tokencut_knob_names_the_key(tmp_path: Path) -> None:
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
     with pytest.raises(RunError, match="'tokencut.tau' must be float"):
         load_run(run_dir)
+
+
+def test_test_time_register_runs_are_their_own_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plain = make_run(tmp_path, "plain", "dinov2_vitl14", "voc07", 33.0)
+    ttreg = make_run(tmp_path, "ttreg", "dinov2_vitl14", "voc07", 50.0, overrides=("ttreg=/x/l14_neurons.json",))
+    reg = make_run(tmp_path, "reg", "dinov2_vitl14_reg", "voc07", 54.0)
+    code, out, _ = compare(capsys, str(plain), str(ttreg), str(reg))
+    assert code == 0
+    _, rows, _ = parse_markdown(out)
+    assert rows[("LOST", "dinov2_vitl14", "ttreg=l14_neurons")]["VOC07 ours"] == "50.00"
+    assert rows[("LOST", "dinov2_vitl14", "ttreg=l14_neurons")]["VOC07 published"] == "-"
+    assert rows[("LOST", "dinov2_vitl14", "default")]["VOC07 published"] == "35.3"
+    assert any(key[1].startswith("published: LOST (DINOv2 + test-time register") for key in rows)

@@ -634,3 +634,28 @@ def test_eval_and_discover_run_with_a_neuron_file(tmp_path: Path, capsys: pytest
                                      {3: [5]}).save(other)
     assert main(args + [f"ttreg={other}", f"run_dir={tmp_path / 'refused'}"]) == 2
     assert str(other) in capsys.readouterr().err and not (tmp_path / "refused").exists()
+
+
+def test_inspect_shows_each_backbone_before_and_after_the_register(tmp_path: Path) -> None:
+    import json as _json
+
+    from PIL import Image
+
+    from lostreg.backbones import build_backbone
+    from lostreg.cli.main import main
+
+    backbone = build_backbone("dinov2", weights="random", device="cpu")
+    neurons = tmp_path / "s14.json"
+    RegisterNeurons.from_layer_units(backbone, {3: [5, 9]}).save(neurons)
+    image = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (56, 70, 3), dtype=np.uint8)).save(image)
+    out = tmp_path / "out"
+    assert main(["inspect", str(image), "--backbone", "dinov2", "--weights", "random", "--ttreg", str(neurons),
+                 "--output", str(out)]) == 0
+    summary = _json.loads((out / "summary.json").read_text())
+    names = [b["backbone"] for b in summary["backbones"]]
+    assert names == ["dinov2_vits14", "dinov2_vits14-ttreg"]
+    assert {"dinov2_vits14_norms.png", "dinov2_vits14-ttreg_norms.png", "compare.png"} <= {p.name for p in out.iterdir()}
+    plain, fixed = summary["backbones"]
+    assert plain["attention"]["register_patch_mass"] == []
+    assert len(fixed["attention"]["register_patch_mass"]) == 1, "the test-time register's attention is shown"

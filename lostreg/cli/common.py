@@ -79,6 +79,8 @@ def protocol_parent_parser() -> argparse.ArgumentParser:
                        help=f"LOST k: lowest-degree patches that may join the seed (default {LostConfig.k_patches})")
     group.add_argument("--gram-bias", type=float, default=LostConfig.gram_bias,
                        help=f"LOST: added to the Gram matrix (default {LostConfig.gram_bias:g})")
+    group.add_argument("--exclude-outliers", action="store_true", default=LostConfig.exclude_outliers,
+                       help="LOST: high-norm output tokens (artifacts) can be neither the seed nor a potential")
     group.add_argument("--tau", type=float, default=TokenCutConfig.tau,
                        help=f"TokenCut: cosine threshold of the graph (default {TokenCutConfig.tau:g})")
     group.add_argument("--eps", type=float, default=TokenCutConfig.eps,
@@ -104,7 +106,7 @@ def protocol_from_args(args: argparse.Namespace) -> DiscoveryProtocol:
     protocol = DiscoveryProtocol(
         method=args.method,
         features=FeatureConfig(which=args.which, layer=args.layer, l2_normalize=args.l2_normalize),
-        lost=LostConfig(k_patches=args.k_patches, gram_bias=args.gram_bias),
+        lost=LostConfig(k_patches=args.k_patches, gram_bias=args.gram_bias, exclude_outliers=args.exclude_outliers),
         tokencut=TokenCutConfig(tau=args.tau, eps=args.eps, eig=args.eig),
     )
     try:
@@ -129,6 +131,7 @@ def protocol_overrides(args: argparse.Namespace) -> list[str]:
 
 _FLAGS = {"features.which": "--which", "features.layer": "--layer", "features.l2_normalize": "--l2-normalize",
           "lost.k_patches": "--k-patches", "lost.gram_bias": "--gram-bias", "method": "--method",
+          "lost.exclude_outliers": "--exclude-outliers",
           "tokencut.tau": "--tau", "tokencut.eps": "--eps", "tokencut.eig": "--eig"}
 
 

@@ -77,6 +77,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"downscale images whose longer side exceeds this first (default {DEFAULT_MAX_SIZE}; "
                              "0 = native resolution)")
     # --layer also chooses the block of the attention maps.
+    parser.add_argument("--ttreg", default=None, metavar="FILE",
+                        help="register-neuron file (`lostreg calibrate`): show every backbone before and after "
+                             "adding the test-time register (<name>-ttreg_*.png; its attention map follows "
+                             "the registers')")
 
 
 def backbone_names(backbone: str | None, compare: str | None) -> list[str]:
@@ -192,6 +196,11 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         backbones = [build_backbone_loudly(name, weights[name], args.device) for name in names]
+        if args.ttreg:
+            # Each backbone before and after: the same model, then with the test-time register.
+            from lostreg.evaluation.runner import with_test_time_registers
+
+            backbones = [b for plain in backbones for b in (plain, with_test_time_registers(plain, args.ttreg))]
         plans = [(backbone, *_protocol_for(backbone, protocol)) for backbone in backbones]
         for backbone, used, _ in plans:
             backbone.check_feature_key(used.features.key)
@@ -212,6 +221,9 @@ def run(args: argparse.Namespace) -> int:
         try:
             insp = inspect_image(backbone, image, args.image, used, max_size=max_size,
                                  norm_source=args.norm_source, threshold=threshold)
+            if getattr(backbone, "test_time_registers", None) is not None:
+                # Its own figures and record, beside the same model without the register.
+                insp = dataclasses.replace(insp, backbone=f"{insp.backbone}-ttreg")
         except ImageTooSmallError as err:
             error(f"{args.image}: {err}")
             return 1

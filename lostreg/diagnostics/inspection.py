@@ -243,6 +243,7 @@ def inspect_image(
         # Explicit slice: a test-time register token sits after the patches.
         patches = slice(trace.num_prefix_tokens, trace.num_prefix_tokens + grid_hw[0] * grid_hw[1])
         patch_tokens = tokens[0, patches]
+        output_norms = trace.final[0, patches].norm(dim=-1, keepdim=True)  # what exclude_outliers tests
         features = select_features(trace.qkv[0, patches], features_config.which)  # type: ignore[arg-type]
         block = backbone.model.blocks[trace.layer]
         with torch.inference_mode():
@@ -258,6 +259,7 @@ def inspect_image(
         v3 = trace_dinov3(backbone, images, features_config.layer)
         tokens = v3.final if norm_source == "final" else v3.prenorm
         patch_tokens = tokens[0, v3.num_prefix_tokens:]
+        output_norms = v3.final[0, v3.num_prefix_tokens:].norm(dim=-1, keepdim=True)
         features = v3.features(features_config.which)[0]
         with torch.inference_mode():
             # The rotated q/k: the tensors the block's softmax sees (prefix rows unrotated).
@@ -272,6 +274,7 @@ def inspect_image(
         with torch.inference_mode():
             features = backbone.extract(images, *features_config.key)[0]
         patch_tokens = features
+        output_norms = features.norm(dim=-1, keepdim=True)
         note = NO_ATTENTION_NOTE if not backbone.has_attention else (
             f"{backbone.name}: attention maps are not traced for this backbone family")
         source = backbone.feature_source
@@ -280,7 +283,7 @@ def inspect_image(
     outliers = find_outliers(norms, threshold)
     rgb, explained = pca_rgb(patch_tokens, grid_hw)
 
-    found = discoverer.locate(item, features)
+    found = discoverer.locate(item, features, output_norms.float())
     result = found.result
     p = backbone.patch_size
     processed_hw = padded.image_hw

@@ -385,9 +385,10 @@ class PrefixAttention:
 
     Attributes:
         cls: (B, H, rows, cols) float32, or None for a model without CLS token.
-        registers: (B, R, H, rows, cols) float32 (R may be 0).
-        patch_mass: (B, P, H) float32: each prefix query's total attention on patches (the sum
-            of its map); 1 - patch_mass went to prefix tokens.
+        registers: (B, R, H, rows, cols) float32 (R may be 0): the trained registers, then a
+            test-time register (the token after the patches) when the backbone has one.
+        patch_mass: (B, Q, H) float32: each of these queries' total attention on patches (the sum
+            of its map), CLS first; 1 - patch_mass went to the other tokens.
     """
 
     cls: torch.Tensor | None
@@ -412,10 +413,12 @@ def prefix_attention(
         grid_hw: (rows, cols), with T = P + rows*cols.
         has_class_token: whether token 0 is CLS (else all prefix tokens are registers).
         num_trailing_tokens: tokens after the patches (a test-time register): keys in the
-            softmax, but not in the maps or in ``patch_mass``.
+            softmax, not columns of the maps; as queries they are registers too (their maps
+            follow the trained registers').
 
     Returns:
-        :class:`PrefixAttention`. Only the P prefix rows of the (T, T) matrix are formed.
+        :class:`PrefixAttention`. Only the rows of the prefix (and trailing) queries of the (T, T)
+        matrix are formed.
     """
     batch, tokens, channels = qkv.shape
     heads = int(attn.num_heads)
@@ -447,7 +450,8 @@ def prefix_attention_qk(
         num_prefix_tokens: P = CLS (if any) + registers, the first P tokens.
         grid_hw: (rows, cols), with T = P + rows*cols + num_trailing_tokens.
         has_class_token: whether token 0 is CLS (else all prefix tokens are registers).
-        num_trailing_tokens: tokens after the patches: keys in the softmax, not in the maps.
+        num_trailing_tokens: tokens after the patches (a test-time register): keys in the softmax,
+            not columns of the maps; as queries they count as registers, after the trained ones.
 
     Returns:
         :class:`PrefixAttention`.
@@ -458,12 +462,14 @@ def prefix_attention_qk(
         raise ValueError(f"{tokens} tokens != {num_prefix_tokens} prefix + {rows}x{cols} patches"
                          f" + {num_trailing_tokens} trailing")
     q, k = q.float(), k.float()
+    queries = torch.cat([q[:, :, :num_prefix_tokens], q[:, :, tokens - num_trailing_tokens:]], dim=2)
+    n_queries = queries.shape[2]
     with strict_fp32():
-        logits = (q[:, :, :num_prefix_tokens] * scale) @ k.transpose(-2, -1)  # (B, H, P, T)
+        logits = (queries * scale) @ k.transpose(-2, -1)  # (B, H, P + trailing, T)
     probs = logits.softmax(dim=-1)
-    patch = probs[..., num_prefix_tokens:num_prefix_tokens + rows * cols]  # (B, H, P, rows*cols)
-    mass = patch.sum(dim=-1).permute(0, 2, 1)  # (B, P, H)
-    maps = patch.reshape(batch, heads, num_prefix_tokens, rows, cols).permute(0, 2, 1, 3, 4)  # (B, P, H, r, c)
+    patch = probs[..., num_prefix_tokens:num_prefix_tokens + rows * cols]  # (B, H, Q, rows*cols)
+    mass = patch.sum(dim=-1).permute(0, 2, 1)  # (B, Q, H)
+    maps = patch.reshape(batch, heads, n_queries, rows, cols).permute(0, 2, 1, 3, 4)  # (B, Q, H, r, c)
     first_register = 1 if has_class_token else 0
     return PrefixAttention(
         cls=maps[:, 0].contiguous() if has_class_token else None,

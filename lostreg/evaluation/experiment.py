@@ -30,7 +30,7 @@ from lostreg.evaluation.sweep import SweepGrid, SweepJob
 __all__ = ["Experiment", "ExperimentRun", "experiment_names", "load_experiment"]
 
 #: Keys of the experiment command itself; every other ``key=value`` goes to each run's config.
-EXPERIMENT_KEYS = ("data_root", "size", "sweep", "out")
+EXPERIMENT_KEYS = ("data_root", "size", "sweep", "out", "ttreg")
 
 
 def experiment_names() -> list[str]:
@@ -110,10 +110,14 @@ class Experiment:
         sweep = own.get("sweep") or None
         data_root = str(Path(own["data_root"]).expanduser())
         runs: list[ExperimentRun] = []
-        for backbone in spec.backbones[size]:
+        plan = [(str(b), []) for b in spec.backbones[size]]
+        if own.get("ttreg"):
+            # One more row: the plain backbone of this size with a test-time register.
+            plan.append((str(spec.ttreg_backbone[size]), [f"ttreg={own['ttreg']}"]))
+        for backbone, extra in plan:
             for dataset, overrides in spec.datasets.items():
                 filled = [str(o).replace("{data_root}", data_root) for o in overrides]
-                run_overrides = [f"backbone={backbone}", *filled, *rest]
+                run_overrides = [f"backbone={backbone}", *filled, *extra, *rest]
                 if sweep:
                     run_overrides.insert(1, f"protocol={sweep}")
                 cfg = compose_config(run_overrides)

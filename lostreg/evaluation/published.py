@@ -44,6 +44,8 @@ PUBLISHED_DATASETS = ("voc07", "voc12", "coco20k")
 SOURCE_LOST = "LOST paper (Simeoni et al., BMVC 2021), CorLoc with DINO backbones"
 SOURCE_REGISTERS = 'Registers paper ("Vision Transformers Need Registers", Darcet et al., ICLR 2024), Table 3'
 SOURCE_PUBLIC_SWEEP = "public DINOv2 checkpoints, swept protocol (lostreg spec lost.md, section 6)"
+SOURCE_TTREG = ('"Vision Transformers Don\'t Need Trained Registers" (Jiang et al., NeurIPS 2025), '
+                "Table 5 (as reported in lostreg spec test_time_registers_dinov3.md, A4)")
 SOURCE_TOKENCUT = ("TokenCut README and paper (Wang et al., \"Self-Supervised Transformers for Unsupervised Object "
                    "Discovery using Normalized Cut\", CVPR 2022), CorLoc with DINO backbones")
 
@@ -125,6 +127,9 @@ PUBLISHED: tuple[PublishedResult, ...] = (
                     SOURCE_PUBLIC_SWEEP, 32.2, 36.8, 25.4),
     PublishedResult("public_sweep_dinov2_reg", "LOST (DINOv2+reg, public checkpoint)", "ViT-L/14", _SWEEP_PROTOCOL,
                     SOURCE_PUBLIC_SWEEP, 56.2, 60.2, 42.3),
+    PublishedResult("public_sweep_dinov2_ttreg", "LOST (DINOv2 + test-time register, public checkpoint)",
+                    "ViT-L/14", _SWEEP_PROTOCOL + "; one test-time register over the authors' 45 register neurons",
+                    SOURCE_TTREG, 53.8, 57.9, 41.9),
     PublishedResult("tokencut_dino_vits16", "TokenCut (DINO)", "ViT-S/16", _TOKENCUT_PROTOCOL, SOURCE_TOKENCUT,
                     68.8, 72.1, 58.8, lostreg_method="tokencut"),
     PublishedResult("tokencut_dino_vits8", "TokenCut (DINO)", "ViT-S/8", _TOKENCUT_PROTOCOL, SOURCE_TOKENCUT,
@@ -257,7 +262,11 @@ BACKBONE_TO_SWEEP_PUBLISHED: dict[str, str] = {
 }
 
 
-def published_sweep_for(backbone: str, weights: str = "pretrained") -> PublishedResult | None:
-    """The published swept-protocol row beside a ``lostreg sweep`` of ``backbone`` (public weights only)."""
+def published_sweep_for(backbone: str, weights: str = "pretrained", ttreg: bool = False) -> PublishedResult | None:
+    """The published swept-protocol row beside a ``lostreg sweep`` of ``backbone`` (public weights only);
+    with ``ttreg``, the test-time-register row (the study used the authors' own neuron list: a
+    user's calibrated list is comparable only as far as it finds the same neurons)."""
     key = BACKBONE_TO_SWEEP_PUBLISHED.get(backbone)
+    if ttreg:
+        key = "public_sweep_dinov2_ttreg" if backbone == "dinov2_vitl14" else None
     return published_by_key(key) if key is not None and weights == "pretrained" else None

@@ -71,6 +71,8 @@ class RunSummary:
     sweep_role: str | None = None
     sweep_size: int = 0
     selected_on: str | None = None
+    #: The register-neuron file of a run with a test-time register (``ttreg=``), else None.
+    ttreg: str | None = None
 
     @property
     def method(self) -> str:
@@ -149,6 +151,8 @@ class RunSummary:
             parts = [part for part in self.discovery.departures() if not part.startswith("method=")]
         if self.max_size is not None:
             parts.append(f"max_size={self.max_size}")
+        if self.ttreg:
+            parts.append(f"ttreg={Path(self.ttreg).stem}")
         if self.weights != _DEFAULT_WEIGHTS and not is_weight_free(self.backbone):
             parts.append(f"weights={self.weights}")
         parts += self.variant
@@ -167,7 +171,9 @@ class RunSummary:
     def published(self) -> PublishedResult | None:
         """The published row this run compares with (see :func:`~lostreg.evaluation.published.published_match`)."""
         if self.sweep_role is not None:
-            return published_sweep_for(self.backbone, weights=self.weights)
+            return published_sweep_for(self.backbone, weights=self.weights, ttreg=bool(self.ttreg))
+        if self.ttreg:
+            return None  # no published single-protocol row has a test-time register
         return published_match(self.backbone, self.discovery, self.weights)
 
 
@@ -282,6 +288,7 @@ def _summary(run: RunDir, config: Mapping[str, Any], metrics: Mapping[str, Any])
         num_images=_typed(metrics["num_images"], int, "num_images", run.metrics_path),
         complete=_typed(metrics["complete"], bool, "complete", run.metrics_path),
         dataset_config=dict(config["dataset"]),  # a dict: _select found dataset.name in it
+        ttreg=str(config["ttreg"]) if config.get("ttreg") else None,
     )
 
 
