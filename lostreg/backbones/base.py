@@ -71,6 +71,11 @@ class Backbone(abc.ABC):
         return False
 
     @property
+    def token_width(self) -> int:
+        """Channels D of the tokens the blocks carry (for memory estimates)."""
+        return int(getattr(getattr(self, "model", None), "embed_dim", 768))
+
+    @property
     def feature_source(self) -> str:
         """What the patch features are, in a word (``pixels`` for the weight-free baseline)."""
         return "features"

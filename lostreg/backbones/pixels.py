@@ -52,6 +52,10 @@ class PixelBackbone(Backbone):
     def feature_source(self) -> str:
         return "pixels"
 
+    @property
+    def token_width(self) -> int:
+        return 3 * self.patch_size * self.patch_size
+
     def extract_many(self, images: torch.Tensor, keys: Sequence[FeatureKey],
                      precision: str = "fp32") -> dict[FeatureKey, torch.Tensor]:
         """(B, 3, H, W) normalised -> ``{key: (B, rows*cols, 3*p*p)}``; only ``which='k'`` applies (one layer).

@@ -54,10 +54,11 @@ def user_errors() -> tuple[type[Exception], ...]:
     from lostreg.backbones import UnknownBackboneError, WeightsError, WeightsUnavailableError
     from lostreg.config import ConfigError
     from lostreg.datasets import DatasetLayoutError
+    from lostreg.memory import InsufficientMemoryError
     from lostreg.rundir import RunConfigMismatch, RunError, RunLockedError
 
-    return (ConfigError, DatasetLayoutError, ProtocolError, RunConfigMismatch, RunError, RunLockedError,
-            UnknownBackboneError, WeightsError, WeightsUnavailableError, ValueError, KeyError)
+    return (ConfigError, DatasetLayoutError, InsufficientMemoryError, ProtocolError, RunConfigMismatch, RunError,
+            RunLockedError, UnknownBackboneError, WeightsError, WeightsUnavailableError, ValueError, KeyError)
 
 
 def protocol_parent_parser() -> argparse.ArgumentParser:

@@ -103,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
     from lostreg.discovery import ObjectDiscoverer
     from lostreg.io.images import ImageReadError, collect_image_paths
+    from lostreg.memory import InsufficientMemoryError, check_fits
     from lostreg.preprocess import ImageTooSmallError
     from lostreg.viz.draw import draw_discovery, save_png
 
@@ -199,6 +200,12 @@ def run(args: argparse.Namespace) -> int:
                 continue
             except ImageTooSmallError as err:
                 record_failure(name, f"{name}: {err}")
+                continue
+            try:  # a photo too large for this machine at this --max-size: its own error, not an OOM kill
+                check_fits([(name, prepared.original_hw)], [], protocol, backbone.patch_size, backbone.token_width,
+                           1, args.max_size or None, backbone.device)
+            except InsufficientMemoryError as err:
+                record_failure(name, str(err).replace("max_size=", "--max-size "))
                 continue
             if pending and (len(pending) == args.batch_size
                             or prepared.padded_hw != pending[0][2].padded_hw):

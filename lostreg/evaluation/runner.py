@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -39,10 +39,12 @@ from lostreg.discovery import Discovery, ObjectDiscoverer
 from lostreg.evaluation.distributed import DistEnv, shard
 from lostreg.evaluation.evaluators import default_evaluators
 from lostreg.evaluation.loading import DevicePrefetcher, LoadedBatch, iterate_prepared
+from lostreg.memory import check_fits
 from lostreg.protocol import DiscoveryProtocol
 from lostreg.rundir import PredictionStore, PredictionWriter, RunConfigMismatch, RunDir
 
-__all__ = ["EvalJob", "PredictionStore", "RunConfigMismatch", "build_parts", "prediction_record", "run_eval",
+__all__ = ["EvalJob", "PredictionStore", "RunConfigMismatch", "build_parts", "check_memory", "prediction_record",
+           "run_eval",
            "with_test_time_registers"]
 
 
@@ -139,6 +141,23 @@ def build_parts(cfg: DictConfig, backbone: Backbone | None = None, builder: Back
     return protocol, dataset, backbone, dist
 
 
+def check_memory(cfg: DictConfig, dataset: ImageDataset, backbone: Backbone,
+                 protocols: Sequence[DiscoveryProtocol]) -> None:
+    """Stop now if the largest image of the run would not fit in memory (:func:`lostreg.memory.check_fits`).
+
+    Sizes come from the annotations; image files without (folders) have their headers read.
+
+    Raises:
+        InsufficientMemoryError: naming the image, the estimate and the ``max_size`` that would fit.
+    """
+    records = list(dataset) if cfg.limit is None else list(dataset)[: cfg.limit]
+    sizes = [(str(r.path), (r.height, r.width) if r.width and r.height else None) for r in records]
+    probe = [(str(r.path), r.path) for r in records if not (r.width and r.height)]
+    for protocol in {p.method: p for p in protocols}.values():  # the heaviest knob is the method
+        check_fits(sizes, probe, protocol, backbone.patch_size, backbone.token_width, int(cfg.batch_size),
+                   cfg.max_size or None, backbone.device)
+
+
 def with_test_time_registers(backbone: Backbone, path: str) -> Backbone:
     """``backbone`` with one test-time register over the neurons of ``path`` (``lostreg calibrate``).
 
@@ -184,6 +203,7 @@ class EvalJob:
                 ValueError: one line each; nothing has been written.
         """
         protocol, dataset, backbone, dist = build_parts(cfg, backbone, builder)
+        check_memory(cfg, dataset, backbone, [protocol])
         # 0 and null both mean native resolution, as for `lostreg discover --max-size 0`.
         discoverer = ObjectDiscoverer(backbone, protocol, max_size=cfg.max_size or None, precision=str(cfg.precision))
         return cls(cfg, dataset, discoverer, RunDir(cfg.run_dir), dist)

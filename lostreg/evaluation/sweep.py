@@ -52,7 +52,15 @@ from lostreg.datasets.base import ImageDataset, ImageRecord
 from lostreg.discovery import ObjectDiscoverer
 from lostreg.evaluation.evaluators import DatasetEvaluators, default_evaluators
 from lostreg.evaluation.loading import DevicePrefetcher, LoadedBatch, iterate_prepared
-from lostreg.evaluation.runner import BackboneBuilder, _git_state, _Timer, _versions, build_parts, prediction_record
+from lostreg.evaluation.runner import (
+    BackboneBuilder,
+    _git_state,
+    _Timer,
+    _versions,
+    build_parts,
+    check_memory,
+    prediction_record,
+)
 from lostreg.io.atomic import atomic_write_text
 from lostreg.preprocess import batch_images
 from lostreg.protocol import OUTPUT_NORMS, DiscoveryProtocol, FeatureConfig, FeatureKey, LostConfig
@@ -181,6 +189,7 @@ class SweepJob:
         if dist.is_distributed:
             raise ConfigError("lostreg sweep runs in one process (start it without torchrun)")
         grid = SweepGrid.from_config(cfg, base)
+        check_memory(cfg, dataset, backbone, grid.configurations)
         return cls(cfg, dataset, backbone, grid, RunDir(cfg.run_dir))
 
     # -- running -----------------------------------------------------------------------------
