@@ -39,7 +39,8 @@ from lostreg.backbones import FeatureKey, resolve_backbone
 from lostreg.backbones.vit import TimmViTBackbone
 from lostreg.cli import calibrate_cmd
 from lostreg.diagnostics.inspection import inspect_image
-from lostreg.diagnostics.tokens import prefix_attention, trace_vit
+from lostreg.diagnostics.tokens import prefix_attention
+from lostreg.diagnostics.trace import trace_vit
 from lostreg.discovery import ImagePreparer
 from lostreg.precision import strict_fp32
 from lostreg.ttreg import (

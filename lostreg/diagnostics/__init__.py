@@ -11,29 +11,33 @@
 """
 
 from lostreg.diagnostics.inspection import Inspection, inspect_image
+from lostreg.diagnostics.maps import (
+    lost_maps,
+    LostMaps,
+    tokencut_maps,
+    TokenCutMaps,
+)
 from lostreg.diagnostics.tokens import (
     DEFAULT_MAD_K,
+    find_outliers,
     MAD_TO_SIGMA,
-    DinoV3Trace,
-    PAPER_NORM_THRESHOLD,
-    LostMaps,
     NormOutliers,
     NormSource,
     NormThreshold,
-    PrefixAttention,
-    TokenCutMaps,
-    ViTTrace,
-    find_outliers,
-    lost_maps,
+    PAPER_NORM_THRESHOLD,
     patch_token_norms,
     pca_project,
     pca_rgb,
     prefix_attention,
     prefix_attention_qk,
+    PrefixAttention,
     robust_threshold,
-    tokencut_maps,
+)
+from lostreg.diagnostics.trace import (
+    DinoV3Trace,
     trace_dinov3,
     trace_vit,
+    ViTTrace,
 )
 
 __all__ = [

@@ -21,19 +21,23 @@ from lostreg.backbones.base import Backbone
 from lostreg.backbones.dinov3 import DinoV3Backbone
 from lostreg.backbones.vit import TimmViTBackbone, select_features
 from lostreg.boxes import patch_box_to_pixels
-from lostreg.diagnostics.tokens import (
+from lostreg.diagnostics.maps import (
+    lost_maps,
     LostMaps,
-    NormOutliers,
+    tokencut_maps,
     TokenCutMaps,
+)
+from lostreg.diagnostics.tokens import (
+    find_outliers,
+    NormOutliers,
     NormSource,
     NormThreshold,
-    find_outliers,
-    lost_maps,
     patch_token_norms,
     pca_rgb,
     prefix_attention,
     prefix_attention_qk,
-    tokencut_maps,
+)
+from lostreg.diagnostics.trace import (
     trace_dinov3,
     trace_vit,
 )

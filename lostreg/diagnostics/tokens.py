@@ -1,7 +1,8 @@
-"""Token diagnostics: output-token norms, high-norm outliers, prefix-token attention, PCA, method maps.
+"""Token diagnostics: output-token norms, high-norm outliers, prefix-token attention, PCA.
 
-Pure computations, no plotting (:mod:`lostreg.diagnostics.figures` draws them); the inspection of
-one image that combines them is :mod:`lostreg.diagnostics.inspection`. Conventions:
+Pure computations, no plotting (:mod:`lostreg.diagnostics.figures` draws them). The forward pass
+they read is :mod:`lostreg.diagnostics.trace`, the methods' internals :mod:`lostreg.diagnostics.maps`,
+and the inspection of one image that combines them :mod:`lostreg.diagnostics.inspection`. Conventions:
 
 * Token order is ``[CLS, register_1..register_R, patches row-major]`` (timm's), so a patch
   tensor reshapes to ``(rows, cols)`` of the padded image's patch grid; padded patches are
@@ -21,7 +22,7 @@ one image that combines them is :mod:`lostreg.diagnostics.inspection`. Conventio
   (q and k norm layers, ``scale = head_dim ** -0.5``, softmax over **all** tokens, prefix tokens
   included); the patch columns of the CLS and register rows are then reshaped to the grid. A
   map therefore sums to the query's attention mass on patches, not to 1. For DINOv3
-  (:func:`trace_dinov3`) q and k are the ones its softmax sees: the patch rows rotated by the
+  (:func:`lostreg.diagnostics.trace.trace_dinov3`) q and k are the ones its softmax sees: the patch rows rotated by the
   block's RoPE, the prefix rows (CLS, registers) as projected, never rotated.
 * **PCA** runs on the same tokens as the norms, in float64, via ``eigh`` of the smaller Gram
   matrix of the centred tokens (deterministic, unlike ``torch.pca_lowrank``'s random
@@ -41,204 +42,29 @@ import torch
 from torch import nn
 
 from lostreg.artifacts import DEFAULT_MAD_K, MAD_TO_SIGMA
-from lostreg.backbones.dinov3 import DinoV3Backbone, merge_heads, project_qkv, rotate_patch_tokens
-from lostreg.backbones.vit import TimmViTBackbone
-from lostreg.lost import LostResult
 from lostreg.precision import strict_fp32
-from lostreg.tokencut import TokenCutResult
 
 __all__ = [
     "DEFAULT_MAD_K",
-    "DinoV3Trace",
     "MAD_TO_SIGMA",
     "PAPER_NORM_THRESHOLD",
-    "LostMaps",
     "NormOutliers",
     "NormSource",
     "NormThreshold",
     "PrefixAttention",
-    "TokenCutMaps",
-    "ViTTrace",
     "find_outliers",
-    "lost_maps",
     "patch_token_norms",
     "pca_project",
     "pca_rgb",
     "prefix_attention",
     "prefix_attention_qk",
     "robust_threshold",
-    "tokencut_maps",
-    "trace_dinov3",
-    "trace_vit",
 ]
 
 NormSource = Literal["final", "prenorm"]
 
 #: The registers paper's absolute cut ("norm > 150"), stated for its own large DINOv2 models.
 PAPER_NORM_THRESHOLD = 150.0
-
-
-# --- one forward pass --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ViTTrace:
-    """What one forward pass of a timm ViT gives the diagnostics (tensors on the backbone's device).
-
-    Attributes:
-        final: (B, T, D) float32, tokens after the final norm (timm ``forward_features``).
-        prenorm: (B, T, D) float32, output of the last block, before the final norm.
-        qkv: (B, T, 3*D) float32, block ``layer``'s qkv-linear output (LOST's features come from it).
-        layer: Non-negative index of the block whose qkv is kept.
-        num_prefix_tokens: CLS + registers at the start of T.
-        num_registers: R (0 without registers).
-        has_class_token: Whether token 0 is a CLS token.
-        grid_hw: (rows, cols); T = num_prefix_tokens + rows * cols + num_trailing_tokens.
-        num_trailing_tokens: tokens after the patches (1 with a test-time register, else 0).
-    """
-
-    final: torch.Tensor
-    prenorm: torch.Tensor
-    qkv: torch.Tensor
-    layer: int
-    num_prefix_tokens: int
-    num_registers: int
-    has_class_token: bool
-    grid_hw: tuple[int, int]
-    num_trailing_tokens: int = 0
-
-
-def trace_vit(backbone: TimmViTBackbone, images: torch.Tensor, layer: int = -1) -> ViTTrace:
-    """Run all blocks once, keeping the final tokens and block ``layer``'s qkv.
-
-    The block calls are those of :meth:`TimmViTBackbone.extract` (same modules, same order, fp32
-    without TF32, the backbone's test-time register if it has one), so the k slice of
-    :attr:`ViTTrace.qkv` equals ``extract(images, "k", layer)`` bit for bit on the same device
-    and batch.
-
-    Args:
-        backbone: a built ViT backbone.
-        images: (B, 3, H, W) normalised and padded (H, W multiples of the patch size).
-        layer: block whose qkv is kept, negative from the end.
-    """
-    model = backbone.model
-    index = backbone.layer_index(layer)
-    p = backbone.patch_size
-    images = images.to(backbone.device, torch.float32)
-    grid_hw = (int(images.shape[-2]) // p, int(images.shape[-1]) // p)
-    with torch.inference_mode(), strict_fp32():
-        x = backbone.tokens(images)
-        qkv = None
-        for i, block in enumerate(model.blocks):
-            if i == index:
-                qkv = block.attn.qkv(block.norm1(x))
-            x = backbone.run_block(i, x)
-        final = model.norm(x)
-    assert qkv is not None
-    return ViTTrace(
-        final=final.float(),
-        prenorm=x.float(),
-        qkv=qkv.float(),
-        layer=index,
-        num_prefix_tokens=backbone.num_prefix_tokens,
-        num_registers=backbone.num_registers,
-        has_class_token=getattr(model, "cls_token", None) is not None,
-        grid_hw=grid_hw,
-        num_trailing_tokens=backbone.num_trailing_tokens,
-    )
-
-
-@dataclass(frozen=True)
-class DinoV3Trace:
-    """What one forward pass of a DINOv3 (timm ``Eva``) gives the diagnostics (backbone's device).
-
-    Token order is ``[CLS, 4 registers, patches row-major]``; T = num_prefix_tokens + rows*cols.
-
-    Attributes:
-        final: (B, T, D) float32, tokens after the final LayerNorm (timm ``forward_features``).
-        prenorm: (B, T, D) float32, output of the last block, before the final norm.
-        q: (B, heads, T, head_dim) float32, block ``layer``'s queries before RoPE (after ``q_norm``).
-        k: (B, heads, T, head_dim) float32, keys before RoPE (after ``k_norm``).
-        v: (B, heads, T, head_dim) float32, values (never rotated).
-        q_rot: (B, heads, T, head_dim) float32, the queries the block's softmax sees: patch rows
-            rotated by RoPE, prefix rows equal to ``q``'s.
-        k_rot: likewise for the keys.
-        scale: the factor the block's attention multiplies ``q_rot @ k_rotᵀ`` by.
-        layer: non-negative index of the traced block.
-        num_prefix_tokens: CLS + registers (5 for DINOv3).
-        num_registers: R.
-        has_class_token: whether token 0 is a CLS token.
-        grid_hw: (rows, cols).
-        rope: ``"pre"`` or ``"post"``: which q/k :meth:`features` returns (the backbone's setting).
-    """
-
-    final: torch.Tensor
-    prenorm: torch.Tensor
-    q: torch.Tensor
-    k: torch.Tensor
-    v: torch.Tensor
-    q_rot: torch.Tensor
-    k_rot: torch.Tensor
-    scale: float
-    layer: int
-    num_prefix_tokens: int
-    num_registers: int
-    has_class_token: bool
-    grid_hw: tuple[int, int]
-    rope: str = "pre"
-
-    def features(self, which: str) -> torch.Tensor:
-        """The method's patch features: (B, rows*cols, heads*head_dim) float32, heads concatenated.
-
-        Equal bit for bit to ``backbone.extract(images, which, layer)`` of the traced backbone
-        (q/k before or after RoPE as the backbone was built; v is never rotated).
-        """
-        if which not in ("q", "k", "v"):
-            raise ValueError(f"features.which must be one of q, k, v; got {which!r}")
-        rotated = self.rope == "post" and which != "v"
-        heads = getattr(self, f"{which}_rot" if rotated else which)
-        return merge_heads(heads[:, :, self.num_prefix_tokens:]).float()
-
-
-def trace_dinov3(backbone: DinoV3Backbone, images: torch.Tensor, layer: int = -1) -> DinoV3Trace:
-    """Run all blocks of a DINOv3 once, keeping the final tokens and block ``layer``'s q/k/v.
-
-    The same module calls as :meth:`DinoV3Backbone.extract_many` (same token assembly, same
-    q/k/v projection and rotation, fp32 without TF32), written out over the model's modules: no
-    hook is registered, so none can be left behind.
-
-    Args:
-        backbone: a built DINOv3 backbone.
-        images: (B, 3, H, W) normalised and padded (H, W multiples of 16).
-        layer: block to trace, negative from the end.
-    """
-    model = backbone.model
-    index = backbone.layer_index(layer)
-    npt = backbone.num_prefix_tokens
-    images = images.to(backbone.device, torch.float32)
-    traced: tuple[torch.Tensor, ...] | None = None
-    scale = 0.0
-    with torch.inference_mode(), strict_fp32():
-        x, rope = backbone.tokens(images)
-        grid_hw = (int(images.shape[-2]) // backbone.patch_size, int(images.shape[-1]) // backbone.patch_size)
-        for i, block in enumerate(model.blocks):
-            if i == index:
-                attn = block.attn
-                q, k, v = project_qkv(attn, block.norm1(x))
-                traced = (q, k, v, rotate_patch_tokens(q, rope, npt, attn.rotate_half),
-                          rotate_patch_tokens(k, rope, npt, attn.rotate_half))
-                # timm's fused path calls scaled_dot_product_attention without a scale, i.e.
-                # 1/sqrt(head_dim), whatever attn.scale says; the unfused path uses attn.scale.
-                scale = float(q.shape[-1] ** -0.5) if getattr(attn, "fused_attn", False) else float(attn.scale)
-            x = block(x, rope=rope)
-        final = model.norm(x)
-    assert traced is not None
-    q, k, v, q_rot, k_rot = traced
-    return DinoV3Trace(
-        final=final.float(), prenorm=x.float(), q=q, k=k, v=v, q_rot=q_rot, k_rot=k_rot, scale=scale,
-        layer=index, num_prefix_tokens=npt, num_registers=backbone.num_registers,
-        has_class_token=model.cls_token is not None, grid_hw=grid_hw, rope=backbone.rope,
-    )
 
 
 def patch_token_norms(
@@ -539,107 +365,3 @@ def pca_rgb(features: torch.Tensor, grid_hw: tuple[int, int]) -> tuple[np.ndarra
     span = hi - lo
     scaled = torch.where(span > 0, (scores - lo) / torch.where(span > 0, span, 1), torch.full_like(scores, 0.5))
     return scaled.clamp(0, 1).reshape(rows, cols, 3).numpy(), ratios.numpy()
-
-
-# --- LOST internals ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LostMaps:
-    """LOST's intermediate results on the patch grid (numpy, CPU).
-
-    Attributes:
-        degree: (rows, cols) int64, positive similarities of each patch.
-        inverse_degree: (rows, cols) float32, ``1 / (1 + degree)``: finite for isolated patches
-            and ordered exactly as LOST's seed order (higher = earlier).
-        potentials: (rows, cols) bool, the ``k_patches`` lowest-degree patches (stable order).
-        similars: (rows, cols) bool, the potentials positively correlated with the seed.
-        expansion: (rows, cols) float32, the signed expansion map.
-        mask: (rows, cols) bool, the seed's 4-connected component of ``expansion > 0``.
-        seed_rc: (row, col) of the seed.
-        box: (x1, y1, x2, y2) in patch units, max exclusive.
-        seed_in_mask: False in the degenerate case (see :func:`lostreg.lost.lost`).
-    """
-
-    degree: np.ndarray
-    inverse_degree: np.ndarray
-    potentials: np.ndarray
-    similars: np.ndarray
-    expansion: np.ndarray
-    mask: np.ndarray
-    seed_rc: tuple[int, int]
-    box: tuple[int, int, int, int]
-    seed_in_mask: bool
-
-
-def lost_maps(result: LostResult, k_patches: int) -> LostMaps:
-    """Grid maps of a :class:`LostResult` (``k_patches`` as given to :func:`lostreg.lost.lost`)."""
-    rows, cols = (int(v) for v in result.mask.shape)
-    degree = result.degree.reshape(rows, cols).numpy()
-    order = torch.sort(result.degree, stable=True).indices[: min(int(k_patches), rows * cols)]
-    potentials = np.zeros(rows * cols, dtype=bool)
-    potentials[order.numpy()] = True
-    similars = np.zeros(rows * cols, dtype=bool)
-    similars[result.similars.numpy()] = True
-    return LostMaps(
-        degree=degree,
-        inverse_degree=(1.0 / (1.0 + degree)).astype(np.float32),
-        potentials=potentials.reshape(rows, cols),
-        similars=similars.reshape(rows, cols),
-        expansion=result.expansion.numpy(),
-        mask=result.mask.numpy().astype(bool),
-        seed_rc=result.seed_rc,
-        box=result.box,
-        seed_in_mask=result.seed_in_mask,
-    )
-
-
-# --- TokenCut internals ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TokenCutMaps:
-    """TokenCut's intermediate results on the patch grid (numpy, CPU).
-
-    Attributes:
-        eigenvector: (rows, cols) float64, the Fiedler vector ``x`` of ``(D - W) x = λ D x``,
-            D-normalised and signed as the reference returns it (the seed's side is ``x > mean``);
-            all zeros when ``degenerate``.
-        threshold: ``mean(x)``, the split point of the bipartition (0.0 when ``degenerate``).
-        bipartition: (rows, cols) bool, the seed's side of the split (every component of it).
-        mask: (rows, cols) bool, the 4-connected component of ``bipartition`` holding the seed.
-        seed_rc: (row, col) of the seed (first index of ``max |x|``).
-        box: (x1, y1, x2, y2) in patch units, max exclusive.
-        degenerate: the spectrum gave no unique Fiedler vector (see :mod:`lostreg.tokencut`):
-            the fixed whole-grid result was returned.
-        eigenvalues: ``(λ2, λ3)`` of the normalised problem, ascending.
-    """
-
-    eigenvector: np.ndarray
-    threshold: float
-    bipartition: np.ndarray
-    mask: np.ndarray
-    seed_rc: tuple[int, int]
-    box: tuple[int, int, int, int]
-    degenerate: bool
-    eigenvalues: tuple[float, float]
-
-    @property
-    def spectral_gap(self) -> float:
-        """``λ3 - λ2``: how well separated the Fiedler vector is (the degeneracy test reads it)."""
-        return self.eigenvalues[1] - self.eigenvalues[0]
-
-
-def tokencut_maps(result: TokenCutResult) -> TokenCutMaps:
-    """Grid maps of a :class:`~lostreg.tokencut.TokenCutResult` (numpy, CPU)."""
-    eigenvector = result.eigenvector.detach().to("cpu", torch.float64).numpy()
-    return TokenCutMaps(
-        eigenvector=eigenvector,
-        threshold=float(eigenvector.mean()),
-        bipartition=result.bipartition.detach().cpu().numpy().astype(bool),
-        mask=result.mask.detach().cpu().numpy().astype(bool),
-        seed_rc=result.seed_rc,
-        box=tuple(int(v) for v in result.box),  # type: ignore[arg-type]
-        degenerate=bool(result.degenerate),
-        eigenvalues=(float(result.eigenvalues[0]), float(result.eigenvalues[1])),
-    )

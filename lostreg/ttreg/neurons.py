@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from lostreg.io.atomic import atomic_write_text
 from lostreg.ttreg.hidden import mlp_hidden_dim, mlp_kind
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -215,11 +216,7 @@ class RegisterNeurons:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`dumps` to ``path`` atomically (a temporary file, then a rename)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.dumps(), encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return atomic_write_text(path, self.dumps())
 
     @classmethod
     def from_json(cls, data: Any, source: str = "<json>") -> "RegisterNeurons":
