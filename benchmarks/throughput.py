@@ -2,7 +2,7 @@
 """Whole-process throughput of LOST on VOC-sized images: a reference-style loop, ``lostreg eval``, the backbone floor.
 
 Three ways of running LOST over the same generated images, with the same random-init backbone,
-in fp32 with TF32 off, each measured as a **separate process from start to exit** (interpreter
+in fp32 with TF32 off by default, each measured as a **separate process from start to exit** (interpreter
 start-up, imports, model build and exit included, because that is what a user waits for):
 
 (a) ``reference``: a loop written the way valeoai/LOST runs (our own code, from its behaviour):
@@ -11,9 +11,12 @@ start-up, imports, model build and exit included, because that is what a user wa
     image, the box mapped to pixels. Nothing else (no ground truth, no CorLoc).
 (b) ``eval``: ``python -m lostreg eval ... weights=random dataset=voc07 --no-progress`` into a
     fresh run directory: read stage in worker processes, size-grouped batches, LOST, CorLoc,
-    ``preds.jsonl`` / ``metrics.json`` written.
+    ``preds.jsonl`` / ``metrics.json`` written. ``--method tokencut`` runs TokenCut here instead.
 (c) ``floor``: the same read stage and size-grouped batches as (b), then only
     :meth:`TimmViTBackbone.extract` to the last block's qkv; no LOST, nothing written.
+
+``--precision tf32|bf16`` sets the forward's numerics of (b) and (c); (a) stays the fp32
+reference, so the (a) vs (b) line then counts the boxes that the lower precision changed.
 
 The driver (this script without ``_worker``) generates the images once (cached in ``--data``),
 runs each measured process with ``subprocess`` and a wall clock, samples ``nvidia-smi`` in a
@@ -54,8 +57,13 @@ REPO = Path(__file__).resolve().parents[1]
 VOC_SIZES: tuple[tuple[int, int], ...] = ((500, 375), (375, 500), (500, 333), (353, 500))
 #: Bumped whenever the generated images would change, so that a stale cache is regenerated.
 GENERATOR_VERSION = 1
-#: Precisions this benchmark can run. Only fp32 (TF32 off, the spec's) for now; the lead adds bf16.
-PRECISIONS: tuple[str, ...] = ("fp32",)
+#: Precisions of the backbone forward in (b) and (c): lostreg.precision.PRECISIONS (a test keeps
+#: the two equal; the library is not imported here so that ``--help`` stays instant). (a) is the
+#: reference and always runs fp32 with TF32 off, so at tf32 / bf16 (a) vs (b) counts the boxes
+#: the lower precision changed.
+PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16")
+#: Discovery methods of (b) (lostreg.protocol.METHODS). (a) is always LOST and (c) has no method.
+METHODS: tuple[str, ...] = ("lost", "tokencut")
 VARIANTS: dict[str, str] = {
     "a": "reference-style loop (batch 1, hook)",
     "b": "lostreg eval (whole CLI)",
@@ -260,6 +268,8 @@ def worker_reference(args: argparse.Namespace) -> int:
 def worker_floor(args: argparse.Namespace) -> int:
     """(c) The read stage and size-grouped batches of ``lostreg eval``, then only the backbone.
 
+    The forward runs at ``--precision``, as (b)'s does.
+
     Uses the library's own pieces (``iterate_prepared`` with its packed uint8 batches, the
     ``DevicePrefetcher``, normalisation on the device, ``extract``) so that the floor moves when
     they get faster. No per-batch sync: the device may run behind the host, as fast as the
@@ -292,7 +302,7 @@ def worker_floor(args: argparse.Namespace) -> int:
         failed += len(batch.failed)
         for group in batch.groups:
             prepared = [it.prepared for it in group.items]
-            backbone.extract(batch_images(prepared, device, group.packed), "k", -1)
+            backbone.extract(batch_images(prepared, device, group.packed), "k", -1, precision=args.precision)
             images += len(group.items)
     _sync(device)
     loop_s = time.perf_counter() - loop_start
@@ -505,12 +515,13 @@ def _hydra_value(value: str) -> str:
 
 
 def eval_overrides(opts: argparse.Namespace, split: str, device: str, batch_size: int, run_dir: Path) -> list[str]:
-    """The ``lostreg eval`` overrides of (b) for ``split``."""
+    """The ``lostreg eval`` overrides of (b) for ``split`` (``--precision`` and ``--method`` included)."""
     group = (REPO / "configs" / "backbone" / f"{opts.backbone}.yaml").is_file()
     backbone = f"backbone={opts.backbone}" if group else f"backbone.name={_hydra_value(opts.backbone)}"
     return [backbone, "weights=random", "dataset=voc07", f"dataset.root={_hydra_value(str(opts.data))}",
             f"dataset.split={split}", f"batch_size={batch_size}", f"num_workers={opts.num_workers}",
-            f"device={device}", f"run_dir={_hydra_value(str(run_dir))}"]
+            f"device={device}", f"run_dir={_hydra_value(str(run_dir))}", f"precision={opts.precision}",
+            f"method={opts.method}"]
 
 
 def worker_command(kind: str, *extra: str) -> list[str]:
@@ -709,7 +720,8 @@ def markdown_report(opts: argparse.Namespace, device: str, batch_size: int, mach
     if m.get("gpu_name"):
         gpu = f"{m['gpu_name']} ({m['gpu_memory_gib']} GiB, driver {m['nvidia_driver'] or '?'})"
     lines = [
-        f"### lostreg throughput: {opts.backbone}, random weights, {opts.precision} (TF32 off), device {device}",
+        f"### lostreg throughput: {opts.backbone}, random weights, {_precision_words(opts.precision)}, "
+        f"method {opts.method}, device {device}",
         "",
         f"- machine: CPU {m['cpu_model']}, {m['cpu_usable']} usable of {m['cpu_count']} logical CPUs, "
         f"{m['memory_gib']} GiB RAM; GPU: {gpu}",
@@ -764,7 +776,12 @@ def markdown_report(opts: argparse.Namespace, device: str, batch_size: int, mach
     lines += ["", "(a) compute = forward + LOST; (b) compute = backbone + LOST + scoring (metrics.json `compute_s`), "
               "its backbone column is (c)'s (~: estimate); (c) compute = backbone only."]
     if agreement:
-        lines += ["", f"- boxes (a) vs (b), same images: {_agreement(agreement)}"]
+        what = ("same images" if opts.precision == "fp32"
+                else f"same images, (a) fp32 vs (b) {opts.precision}: the differing boxes are the ones "
+                     f"{opts.precision} changed")
+        lines += ["", f"- boxes (a) vs (b), {what}: {_agreement(agreement)}"]
+    elif opts.method != "lost" and "a" in ok and "b" in ok:
+        lines += ["", f"- boxes (a) vs (b) not compared: (a) is LOST, (b) is {opts.method}"]
     if identity:
         lines += ["", f"Identity check (lostreg eval on the first {identity['images']} images):"]
         for key, value in identity.items():
@@ -773,6 +790,11 @@ def markdown_report(opts: argparse.Namespace, device: str, batch_size: int, mach
             elif key.endswith("_error"):
                 lines.append(f"- {key}: {value}")
     return "\n".join(lines)
+
+
+def _precision_words(precision: str) -> str:
+    return {"fp32": "fp32 (TF32 off)", "tf32": "tf32 (TF32 matmuls and convolutions)",
+            "bf16": "bf16 (autocast; LOST in fp32)"}.get(precision, precision)
 
 
 def _agreement(c: dict[str, Any]) -> str:
@@ -799,12 +821,6 @@ def _positive(value: str) -> int:
     return number
 
 
-def _precision_arg(value: str) -> str:
-    if value not in PRECISIONS:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not supported yet: this benchmark measures {', '.join(PRECISIONS)} only "
-            "(true fp32, TF32 off, as lostreg computes LOST); other precisions come with the library's support")
-    return value
 
 
 def _skip_arg(value: str) -> frozenset[str]:
@@ -822,7 +838,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="benchmarks/throughput.py",
         description=(
             "Whole-process images/second of LOST on generated VOC-sized images with a random-init backbone, "
-            "fp32 with TF32 off. Each of (a) a reference-style loop (batch 1, qkv hook, LOST per image), "
+            "fp32 with TF32 off unless --precision says otherwise. Each of (a) a reference-style loop (batch 1, qkv hook, LOST per image), "
             "(b) `python -m lostreg eval` and (c) the backbone-only floor (same read stage and size-grouped "
             "batches as (b), extract() only) runs as its own process; its wall time from start to exit "
             "(start-up, imports, model build included) gives img/s. Prints a markdown table with the machine."),
@@ -851,9 +867,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeat", type=_positive, default=1,
                         help="run each process K times, interleaved a,b,c,a,b,c...; the table shows median and min "
                              "wall time (default: %(default)s)")
-    parser.add_argument("--precision", type=_precision_arg, default="fp32",
-                        help=f"numeric precision; only {', '.join(PRECISIONS)} for now, others are refused "
-                             "(default: fp32)")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="numerics of the backbone forward in (b) and (c): fp32 (TF32 off, exact, the "
+                             "spec's), tf32 or bf16 (autocast); (a) stays fp32, so (a) vs (b) then counts the "
+                             "boxes the precision changed (default: %(default)s)")
+    parser.add_argument("--method", default="lost", choices=METHODS,
+                        help="discovery method of (b): lost or tokencut; (a) is always the LOST reference "
+                             "loop and (c) has no method, so with tokencut (b)/(c) is TokenCut's share of "
+                             "the backbone floor (default: %(default)s)")
     parser.add_argument("--skip", type=_skip_arg, default=frozenset(), metavar="a,b,c",
                         help="variants not to run, comma-separated (e.g. --skip a)")
     parser.add_argument("--check-identity", action="store_true",
@@ -918,7 +939,7 @@ def run_benchmark(opts: argparse.Namespace) -> int:
         agreement = None
         a_ok = [r for r in results.get("a", []) if r.ok]
         b_ok = [r for r in results.get("b", []) if r.ok]
-        if a_ok and b_ok:
+        if a_ok and b_ok and opts.method == "lost":  # (a) is LOST: TokenCut's boxes are not comparable
             ids = [p.stem for p in split_paths(opts.data, split)]
             agreement = compare_boxes(read_boxes(Path(a_ok[0].extra["preds"])),
                                       read_boxes(Path(b_ok[0].extra["run_dir"]) / "preds.jsonl"), ids)
@@ -932,6 +953,7 @@ def run_benchmark(opts: argparse.Namespace) -> int:
                 "machine": machine, "device": device, "load_average": load,
                 "settings": {"images": opts.images, "batch_size": batch_size, "num_workers": opts.num_workers,
                              "repeat": opts.repeat, "backbone": opts.backbone, "precision": opts.precision,
+                             "method": opts.method,
                              "data": str(opts.data), "skip": sorted(opts.skip), "sizes": VOC_SIZES},
                 "runs": [r.as_dict() for v in variants for r in results[v]],
                 "summary": table, "agreement_a_vs_b": agreement, "identity": identity,

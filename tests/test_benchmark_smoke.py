@@ -27,21 +27,40 @@ def test_help_lists_every_option() -> None:
     done = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     for option in ("--device", "--images", "--data", "--backbone", "--batch-size", "--num-workers", "--repeat",
-                   "--precision", "--skip", "--check-identity", "--json"):
+                   "--precision", "--method", "--skip", "--check-identity", "--json"):
         assert option in done.stdout
 
 
-def test_only_fp32_is_accepted_for_now(capsys: pytest.CaptureFixture[str]) -> None:
-    parser = _benchmark().build_parser()
-    assert parser.parse_args(["--precision", "fp32"]).precision == "fp32"
-    with pytest.raises(SystemExit) as refused:
-        parser.parse_args(["--precision", "bf16"])
-    assert refused.value.code == 2
-    err = capsys.readouterr().err
-    assert "--precision" in err and "'bf16' is not supported yet" in err and "fp32" in err
+def test_precisions_and_methods_are_the_librarys() -> None:
+    # The script keeps its own copies (its module level must not import lostreg): they must not drift.
+    from lostreg.precision import PRECISIONS
+    from lostreg.protocol import METHODS
+
+    bench = _benchmark()
+    assert bench.PRECISIONS == tuple(PRECISIONS)
+    assert bench.METHODS == tuple(METHODS)
+    parser = bench.build_parser()
+    for precision in PRECISIONS:
+        assert parser.parse_args(["--precision", precision]).precision == precision
+    assert parser.parse_args([]).precision == "fp32" and parser.parse_args([]).method == "lost"
 
 
-@pytest.mark.parametrize("argv", [["--skip", "a,d"], ["--device", "tpu"], ["--images", "0"]])
+def test_eval_overrides_carry_precision_and_method(tmp_path: Path) -> None:
+    bench = _benchmark()
+    opts = bench.build_parser().parse_args(["--precision", "bf16", "--method", "tokencut", "--num-workers", "1",
+                                            "--data", str(tmp_path / "data dir")])
+    overrides = bench.eval_overrides(opts, "bench_8", "cpu", 4, tmp_path / "run")
+    assert "precision=bf16" in overrides and "method=tokencut" in overrides
+    assert f"dataset.root='{tmp_path / 'data dir'}'" in overrides  # quoted: the path has a space
+    # Hydra accepts them: the composed config has the values the benchmark asked for.
+    from lostreg.config import compose_config
+
+    cfg = compose_config(overrides)
+    assert cfg.precision == "bf16" and cfg.method == "tokencut" and cfg.batch_size == 4
+
+
+@pytest.mark.parametrize("argv", [["--skip", "a,d"], ["--device", "tpu"], ["--images", "0"],
+                                  ["--precision", "fp16"], ["--method", "ncut"]])
 def test_bad_values_are_refused(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as refused:
         _benchmark().build_parser().parse_args(argv)
