@@ -81,8 +81,12 @@ class Discovery:
         return self.result
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON record printed by ``lostreg discover`` (plain Python types)."""
-        return {
+        """The JSON record printed by ``lostreg discover`` (plain Python types).
+
+        TokenCut's records also hold ``degenerate`` (its spectrum gave no reliable split; the
+        box is then the spec's deterministic fallback), as eval's ``preds.jsonl`` lines do.
+        """
+        record: dict[str, Any] = {
             "image": self.image,
             "width": self.width,
             "height": self.height,
@@ -90,6 +94,9 @@ class Discovery:
             "seed_rc": list(self.seed_rc),
             "backbone": self.backbone,
         }
+        if hasattr(self.result, "degenerate"):
+            record["degenerate"] = bool(self.result.degenerate)
+        return record
 
 
 class ObjectDiscoverer:

@@ -280,3 +280,20 @@ def test_console_script_with_random_vit_on_a_real_photo(tmp_path: Path) -> None:
     assert 0 <= x1 < x2 <= 500 and 0 <= y1 < y2 <= 381
     assert record["backbone"] == "dinov2_vits14_reg"
     assert "RANDOM weights" in proc.stderr
+
+
+def test_tokencut_records_say_whether_the_spectrum_was_degenerate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A flat image gives identical patch features: a complete graph, the spec's degenerate case.
+    write(tmp_path / "flat.png", np.full((64, 96, 3), 128, np.uint8))
+    write(tmp_path / "scene.png", scene(160, 96, (32, 16, 96, 64)))
+    code, records, err = run_cli(capsys, str(tmp_path), "--backbone", "pixels", "--method", "tokencut")
+    assert code == 0, err
+    by_name = {Path(r["image"]).name: r for r in records}
+    assert by_name["flat.png"]["degenerate"] is True
+    assert by_name["scene.png"]["degenerate"] is False
+    assert by_name["scene.png"]["box_xyxy"] == [32, 16, 96, 64]
+    # LOST's records have no such field.
+    code, records, err = run_cli(capsys, str(tmp_path / "scene.png"), "--backbone", "pixels")
+    assert code == 0 and "degenerate" not in records[0]

@@ -1,7 +1,8 @@
 """``lostreg discover``: the main object's box for images, folders, globs or the bundled samples.
 
 stdout: one JSON object per image (``image``, ``width``, ``height``, ``box_xyxy`` in original
-pixels with exclusive max, ``seed_rc``, ``backbone``). stderr: progress and one line per
+pixels with exclusive max, ``seed_rc``, ``backbone``; with ``--method tokencut`` also
+``degenerate``). stderr: progress and one line per
 problem. Exit code 0 when every image succeeded, 1 when any failed, 2 when nothing could run.
 """
 
