@@ -319,10 +319,12 @@ def test_other_datasets_get_columns_only_when_present(tmp_path: Path, capsys: py
     make_run(tmp_path, "coco", "dino", "coco", 44.0, overrides=("max_size=null",))
     make_run(tmp_path, "folder", "dino", "folder", None, overrides=("max_size=null",))  # no ground truth
     _, out, _ = compare(capsys, str(tmp_path / "*"))
-    header, rows, _ = parse_markdown(out)
+    header, rows, notes = parse_markdown(out)
     assert header[-3:] == ["COCO ours", "folder ours", "published source"]
     row = rows[("LOST", "dino_vits16", "default")]
     assert (row["COCO ours"], row["folder ours"], row["VOC07 ours"]) == ("44.00", "n/a", "60.00")
+    # n/a is explained where the table shows one (and only there: see the voc-only table above).
+    assert any("n/a: the run has no CorLoc" in n for n in notes)
 
 
 def test_duplicate_cell_keeps_more_images_and_warns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

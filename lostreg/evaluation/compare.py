@@ -298,8 +298,9 @@ def table_text(table: Table) -> TableText:
     defaults = "; ".join(DEFAULT_PROTOCOL_NOTES.get(m, m) for m in methods)
     notes = [f"protocol {DEFAULT_PROTOCOL_TEXT}: the method's default protocol ({defaults}), {DEFAULT_DATA_NOTE}; "
              "otherwise only the departures from it are named.",
-             "ours: CorLoc in percent (hits / images evaluated), two decimals; - not run; n/a: the run has no "
-             "CorLoc (a dataset without ground truth, such as a folder of images, or no image done yet)."]
+             "ours: CorLoc in percent (hits / images evaluated), two decimals; - not run"
+             + ("; n/a: the run has no CorLoc (a dataset without ground truth, such as a folder of images, "
+                "or no image done yet)." if any(c.startswith("n/a") for cells in rows for c in cells) else ".")]
     notes += footnotes
     if any(row.is_random for row in table.rows):
         notes.append(RANDOM_NOTE + ".")
