@@ -22,6 +22,12 @@ def test_every_subpackage_is_listed_in_pyproject() -> None:
         for p in package_dir.rglob("__init__.py")
         if p.parent != package_dir
     }
+    # Data-only folders (the report's CSS and JS) ship as packages too.
+    found |= {
+        "lostreg." + ".".join(d.relative_to(package_dir).parts)
+        for d in package_dir.rglob("*")
+        if d.is_dir() and d.name != "__pycache__" and not (d / "__init__.py").exists()
+    }
     # configs/ (installed as lostreg.configs) and its config-group folders hold only yaml.
     configs = {"lostreg.configs"} | {
         f"lostreg.configs.{p.name}" for p in (ROOT / "configs").iterdir() if p.is_dir() and p.name != "__pycache__"
