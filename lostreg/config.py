@@ -29,6 +29,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from lostreg.datasets.voc import DEFAULT_VOC_SPLIT
+from lostreg.errors import ConfigError
 from lostreg.protocol import PRECISIONS, DiscoveryProtocol, FeatureConfig, LostConfig, ProtocolError, TokenCutConfig
 
 __all__ = [
@@ -231,10 +232,6 @@ _register_schema()
 OmegaConf.register_new_resolver("lostreg_protocol_dir", _protocol_dir, replace=True)
 OmegaConf.register_new_resolver("lostreg_dataset_dir", _dataset_dir, replace=True)
 OmegaConf.register_new_resolver("lostreg_backbone_dir", _backbone_dir, replace=True)
-
-
-class ConfigError(ValueError):
-    """An override that does not compose (unknown key or option, wrong type, bad syntax, missing value)."""
 
 
 def _one_line(err: BaseException) -> str:

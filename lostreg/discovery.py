@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from lostreg.backbones import Backbone
 from lostreg.boxes import patch_box_to_pixels, rescale_box_xyxy
+from lostreg.errors import ConfigError
 from lostreg.io.images import load_image_rgb
 from lostreg.lost import LostResult
 from lostreg.methods import MethodResult, run_method
@@ -123,7 +124,7 @@ class ObjectDiscoverer:
         protocol.validate()
         backbone.check_feature_key(protocol.features.key)
         if max_size is not None and (isinstance(max_size, bool) or max_size < 1):
-            raise ValueError(f"max_size must be a positive number of pixels or None, got {max_size!r}")
+            raise ConfigError(f"max_size must be a positive number of pixels or None, got {max_size!r}")
         self.backbone = backbone
         self.protocol = protocol
         self.max_size = max_size

@@ -27,6 +27,7 @@ from typing import Sequence
 
 import torch
 
+from lostreg.errors import LostregError
 from lostreg.lost_tiles import MAX_STEP_BYTES, available_memory_bytes
 from lostreg.preprocess import downscaled_hw
 from lostreg.protocol import DiscoveryProtocol
@@ -42,7 +43,7 @@ _TOKENCUT_MATRICES = 6
 USABLE_SHARE = 0.9
 
 
-class InsufficientMemoryError(ValueError):
+class InsufficientMemoryError(LostregError, ValueError):
     """A run whose largest image would not fit in memory (one line; a user error, exit code 2)."""
 
 

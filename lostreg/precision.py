@@ -16,6 +16,7 @@ from typing import Iterator
 
 import torch
 
+from lostreg.errors import ConfigError
 from lostreg.protocol import PRECISIONS
 
 
@@ -97,7 +98,7 @@ def allow_tf32() -> Iterator[None]:
 def check_precision(precision: str) -> str:
     """Return ``precision`` if it is one of :data:`PRECISIONS`; else a one-line ValueError."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     return precision
 
 

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lostreg.errors import LostregError
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -38,7 +40,7 @@ IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
-class ImageTooSmallError(ValueError):
+class ImageTooSmallError(LostregError, ValueError):
     """The image is smaller than one patch in height or width, so it has no patch grid."""
 
 

@@ -24,6 +24,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, NamedTuple
 
+from lostreg.errors import ConfigError
+
 __all__ = [
     "FEATURE_KINDS",
     "METHODS",
@@ -56,7 +58,7 @@ PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16")
 EIG_SOLVERS: tuple[str, ...] = ("scipy", "torch64", "torch32")
 
 
-class ProtocolError(ValueError):
+class ProtocolError(ConfigError):
     """A protocol value out of its range or choices; ``str(err)`` names the setting and what is allowed."""
 
 

@@ -35,6 +35,7 @@ from typing import IO, Any, Callable, Iterable, Iterator, Mapping
 
 import yaml
 
+from lostreg.errors import LostregError
 from lostreg.io.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 __all__ = [
@@ -71,7 +72,7 @@ METRICS_FILE = "metrics.json"
 LOCK_FILE = ".lock"
 
 
-class RunError(ValueError):
+class RunError(LostregError, ValueError):
     """A run directory that cannot be read; ``str(err)`` is one line naming the path."""
 
 
@@ -79,11 +80,11 @@ class RunNotFoundError(RunError, FileNotFoundError):
     """The folder is not a run directory (no ``config.yaml`` / ``preds.jsonl`` as asked)."""
 
 
-class RunConfigMismatch(RuntimeError):
+class RunConfigMismatch(LostregError, RuntimeError):
     """The run directory holds results of another configuration."""
 
 
-class RunLockedError(RuntimeError):
+class RunLockedError(LostregError, RuntimeError):
     """Another process is writing to the run directory."""
 
 

@@ -69,3 +69,23 @@ def test_protocol_flags_are_shared_by_every_discovering_command(capsys: pytest.C
         out = capsys.readouterr().out
         assert all(flag in out for flag in ("--which", "--layer", "--l2-normalize", "--k-patches", "--gram-bias",
                                             "--method")), command
+
+
+def test_user_errors_are_one_line_and_debug_shows_their_traceback(
+        tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("LOSTREG_DEBUG", "0")  # restored (unset) after the test, though --debug sets it
+    argv = ["discover", str(tmp_path / "x.jpg"), "--backbone", "pixels", "--batch-size", "0"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "lostreg: error: --batch-size must be >= 1, got 0"
+    assert main(["--debug", *argv]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and err.strip().endswith("--batch-size must be >= 1, got 0")
+
+
+def test_only_lostreg_errors_are_user_errors() -> None:
+    from lostreg.cli.common import user_errors
+    from lostreg.errors import LostregError
+
+    assert user_errors() == (LostregError,)
+    assert not issubclass(ValueError, user_errors()) and not issubclass(KeyError, user_errors())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from lostreg.errors import ConfigError
 from lostreg.backbones.registry import (
     ALIASES,
     BUILDERS,
@@ -60,16 +61,16 @@ def resolve_device(device: "str | torch.device | None" = "auto") -> "torch.devic
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {str(device)!r}") from None
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {str(device)!r}") from None
     if dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {str(device)!r}")
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {str(device)!r}")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {str(device)!r} requested but CUDA is not available on this machine")
+            raise ConfigError(f"device {str(device)!r} requested but CUDA is not available on this machine")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise ConfigError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {str(device)!r} requested but MPS is not available on this machine")
+        raise ConfigError(f"device {str(device)!r} requested but MPS is not available on this machine")
     return dev
 
 
@@ -97,7 +98,7 @@ def build_backbone(
         ValueError: ``rope`` is not ``pre``/``post``, or ``post`` for a backbone without RoPE; a bad device.
     """
     if rope not in ("pre", "post"):
-        raise ValueError(f"features.rope must be pre or post, got {rope!r}")
+        raise ConfigError(f"features.rope must be pre or post, got {rope!r}")
     for module in BUILDER_MODULES:
         importlib.import_module(module)
     spec = resolve_backbone(name)

@@ -7,6 +7,7 @@ from typing import Sequence
 
 import torch
 
+from lostreg.errors import ConfigError
 from lostreg.backbones.registry import BackboneSpec
 from lostreg.protocol import FEATURE_KINDS, OUTPUT_NORMS, FeatureKey, FeatureKind
 
@@ -18,7 +19,7 @@ def refuse_rope_option(rope: str) -> None:
         ValueError: one line, naming the setting.
     """
     if rope != "pre":
-        raise ValueError(f"features.rope={rope} applies only to RoPE backbones (dinov3)")
+        raise ConfigError(f"features.rope={rope} applies only to RoPE backbones (dinov3)")
 
 
 class Backbone(abc.ABC):
@@ -98,7 +99,7 @@ class Backbone(abc.ABC):
         """
         n = self.num_layers
         if isinstance(layer, bool) or not isinstance(layer, int) or not -n <= layer < n:
-            raise ValueError(f"{self.name} has {n} blocks; layer must be in [{-n}, {n - 1}], got {layer!r}")
+            raise ConfigError(f"{self.name} has {n} blocks; layer must be in [{-n}, {n - 1}], got {layer!r}")
         return layer % n
 
     def check_feature_key(self, key: FeatureKey) -> None:
@@ -106,15 +107,15 @@ class Backbone(abc.ABC):
         if key == OUTPUT_NORMS:
             return  # every backbone has output tokens
         if key.which not in FEATURE_KINDS:
-            raise ValueError(f"features.which must be one of q, k, v; got {key.which!r}")
+            raise ConfigError(f"features.which must be one of q, k, v; got {key.which!r}")
         if not self.has_attention and key.which != "k":
-            raise ValueError(f"{self.name} has no attention layers: features.which must be k, got {key.which!r}")
+            raise ConfigError(f"{self.name} has no attention layers: features.which must be k, got {key.which!r}")
         try:
             self.layer_index(key.layer)
-        except ValueError:
+        except ConfigError:
             n = self.num_layers
             blocks = f"{n} block" + ("s" if n != 1 else "")
-            raise ValueError(f"features.layer must be in [{-n}, {n - 1}] ({self.name} has {blocks}), "
+            raise ConfigError(f"features.layer must be in [{-n}, {n - 1}] ({self.name} has {blocks}), "
                              f"got {key.layer!r}") from None
 
     def extract(self, images: torch.Tensor, which: FeatureKind = "k", layer: int = -1,

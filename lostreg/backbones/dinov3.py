@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lostreg.errors import ConfigError
 from lostreg.backbones.base import Backbone, FeatureKey
 from lostreg.protocol import OUTPUT_NORMS, RopeMode
 from lostreg.backbones.registry import BackboneSpec, register_builder
@@ -98,7 +99,7 @@ class DinoV3Backbone(Backbone):
         rope: RopeMode = "pre",
     ) -> None:
         if rope not in get_args(RopeMode):
-            raise ValueError(f"features.rope must be pre or post, got {rope!r}")
+            raise ConfigError(f"features.rope must be pre or post, got {rope!r}")
         _check_supported(model, spec.name)
         self.spec = spec
         self.model = model.to(device).eval()
@@ -346,7 +347,7 @@ def _check_supported(model: nn.Module, name: str) -> None:
                 problem = "its attention leaves a different number of prefix tokens unrotated"
                 break
     if problem:
-        raise ValueError(f"{name}: not a DINOv3-layout timm model ({problem})")
+        raise ConfigError(f"{name}: not a DINOv3-layout timm model ({problem})")
 
 
 def _qkvb_twin(timm_name: str) -> str | None:
@@ -444,11 +445,11 @@ def build_timm_eva(
     from timm.models.eva import checkpoint_filter_fn
 
     if rope not in get_args(RopeMode):
-        raise ValueError(f"features.rope must be pre or post, got {rope!r}")
+        raise ConfigError(f"features.rope must be pre or post, got {rope!r}")
     assert spec.timm_name is not None
     arch = spec.timm_name.split(".")[0]
     if not timm.is_model(arch):
-        raise ValueError(
+        raise ConfigError(
             f"{spec.name}: timm {timm.__version__} has no model {arch}; DINOv3 needs a timm release "
             "that ships it (lostreg is tested with timm 1.0.31)"
         )

@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from lostreg.errors import ConfigError
 from lostreg.backbones.base import Backbone, FeatureKey, refuse_rope_option
 from lostreg.backbones.registry import BackboneSpec, register_builder
 from lostreg.precision import check_precision
@@ -82,5 +83,5 @@ def build_pixels(
     """The weight-free baseline; ``weights`` must not name a file and ``rope`` must be ``"pre"``."""
     refuse_rope_option(rope)
     if weights not in (None, "pretrained", "random"):
-        raise ValueError("the pixels backbone has no weights: do not pass --weights")
+        raise ConfigError("the pixels backbone has no weights: do not pass --weights")
     return PixelBackbone(spec, device)

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Callable
 
+from lostreg.errors import LostregError
+
 if TYPE_CHECKING:  # pragma: no cover
     from lostreg.backbones.base import Backbone
 
@@ -34,7 +36,7 @@ class PosEmbedInterp(str, Enum):
     NONE_ROPE = "none (rope)"
 
 
-class UnknownBackboneError(ValueError):
+class UnknownBackboneError(LostregError, ValueError):
     """Raised for a backbone name that is neither registered nor a timm ViT."""
 
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from torch import nn
 
+from lostreg.errors import ConfigError
 from lostreg.backbones.base import Backbone, FeatureKey, FeatureKind, refuse_rope_option
 from lostreg.backbones.pos_embed import resize_patch_pos_embed
 from lostreg.backbones.registry import BackboneSpec, register_builder
@@ -76,7 +77,7 @@ class TimmViTBackbone(Backbone):
     def patch_size(self) -> int:
         ph, pw = self.model.patch_embed.patch_size
         if ph != pw:
-            raise ValueError(f"{self.name}: non-square patches {ph}x{pw} are not supported")
+            raise ConfigError(f"{self.name}: non-square patches {ph}x{pw} are not supported")
         return int(ph)
 
     @property
@@ -258,7 +259,7 @@ def _check_supported(model: nn.Module, name: str) -> None:
     if not all(hasattr(model, a) for a in needed) or not all(
         hasattr(b, "norm1") and hasattr(getattr(b, "attn", None), "qkv") for b in model.blocks
     ):
-        raise ValueError(
+        raise ConfigError(
             f"{name}: not a timm VisionTransformer with a fused qkv projection in every block; "
             "LOST needs blocks[i].attn.qkv"
         )

@@ -27,12 +27,14 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from lostreg.errors import LostregError
 
-class WeightsError(RuntimeError):
+
+class WeightsError(LostregError, RuntimeError):
     """A weights file that cannot be read, or does not fit the architecture. One-line message."""
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(LostregError, RuntimeError):
     """Pretrained weights are neither cached nor downloadable (e.g. offline)."""
 
 

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
+from lostreg.errors import ConfigError
 from lostreg.cli.common import DEFAULT_MAX_SIZE, build_backbone_loudly, user_errors
 from lostreg.cli.common import error as _error
 from lostreg.ttreg.defaults import DEFAULT_DETECT_LAYER, DEFAULT_TOP_K
@@ -122,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         backbone = build_backbone_loudly(args.backbone, args.weights, args.device)
         if not isinstance(backbone, TimmViTBackbone):
-            raise ValueError(f"{backbone.name} has no transformer blocks: register neurons need a timm ViT backbone")
+            raise ConfigError(f"{backbone.name} has no transformer blocks: register neurons need a timm ViT backbone")
         # Bad layer numbers fail here, before any image is read.
         for flag, layer in (("--detect-layer", args.detect_layer), ("--highest-layer", args.highest_layer),
                             ("--lowest-layer", args.lowest_layer)):
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
                 try:
                     backbone.layer_index(layer)
                 except ValueError as err:
-                    raise ValueError(f"{flag}: {err}") from None
+                    raise ConfigError(f"{flag}: {err}") from None
     except user_errors() as err:
         _error(str(err))
         return 2

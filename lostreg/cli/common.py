@@ -10,6 +10,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
+from lostreg.errors import ConfigError, LostregError, debug_enabled
 from lostreg.protocol import (
     EIG_SOLVERS,
     FEATURE_KINDS,
@@ -41,6 +42,16 @@ def error(message: object) -> None:
         print(text, file=sys.stderr)
 
 
+def report_user_error(err: BaseException, text: str | None = None) -> None:
+    """A user error as one ``lostreg: error:`` line (``text``, default ``str(err)``); with ``--debug`` /
+    ``LOSTREG_DEBUG=1`` its traceback first."""
+    if debug_enabled():
+        import traceback
+
+        traceback.print_exception(err, file=sys.stderr)
+    error(err if text is None else text)
+
+
 def warning(message: object) -> None:
     """Print ``lostreg: warning: <message>`` on stderr."""
     print(f"lostreg: warning: {message}", file=sys.stderr)
@@ -49,16 +60,10 @@ def warning(message: object) -> None:
 def user_errors() -> tuple[type[Exception], ...]:
     """Errors caused by the command line or the files it names: one line, exit code 2.
 
-    A function, not a constant, so that the modules defining them load only when a command runs.
+    Only lostreg's own error types (:class:`lostreg.errors.LostregError`); anything else is a bug
+    and surfaces with its traceback (exit code 1).
     """
-    from lostreg.backbones import UnknownBackboneError, WeightsError, WeightsUnavailableError
-    from lostreg.config import ConfigError
-    from lostreg.datasets import DatasetLayoutError
-    from lostreg.memory import InsufficientMemoryError
-    from lostreg.rundir import RunConfigMismatch, RunError, RunLockedError
-
-    return (ConfigError, DatasetLayoutError, InsufficientMemoryError, ProtocolError, RunConfigMismatch, RunError,
-            RunLockedError, UnknownBackboneError, WeightsError, WeightsUnavailableError, ValueError, KeyError)
+    return (LostregError,)
 
 
 def protocol_parent_parser() -> argparse.ArgumentParser:

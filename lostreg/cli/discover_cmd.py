@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from lostreg.samples import SAMPLES
+from lostreg.errors import ConfigError
 from lostreg.cli.common import (
     DEFAULT_MAX_SIZE,
     add_precision_argument,
@@ -23,6 +24,7 @@ from lostreg.cli.common import (
     error,
     protocol_from_args,
     protocol_parent_parser,
+    report_user_error,
     user_errors,
 )
 
@@ -115,13 +117,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         protocol = protocol_from_args(args)
         if args.max_size < 0:
-            raise ValueError(f"--max-size must be >= 0 (0 = native resolution), got {args.max_size}")
+            raise ConfigError(f"--max-size must be >= 0 (0 = native resolution), got {args.max_size}")
         if args.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+            raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
         if args.output is not None and args.output.exists() and not args.output.is_dir():
-            raise ValueError(f"--output {args.output}: exists and is not a folder; --output takes a folder")
+            raise ConfigError(f"--output {args.output}: exists and is not a folder; --output takes a folder")
     except errors as err:
-        error(err)
+        report_user_error(err)
         return 2
     paths, problems = collect_image_paths(args.paths, recursive=args.recursive) if args.paths else ([], [])
     for problem in problems:
@@ -140,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         discoverer = ObjectDiscoverer(backbone, protocol, max_size=args.max_size or None,
                                      precision=args.precision)
     except errors as err:
-        error(as_flag(str(err)))
+        report_user_error(err, as_flag(str(err)))
         return 2
 
     results_file = None

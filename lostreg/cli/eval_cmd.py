@@ -15,7 +15,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from lostreg.cli.common import build_backbone_loudly, error, user_errors
+from lostreg.cli.common import build_backbone_loudly, error, report_user_error, user_errors
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         runs = expand_sweeps(args.overrides) if args.multirun else [list(args.overrides)]
         configs = [compose_config(overrides) for overrides in runs]
     except errors as err:
-        error(err)
+        report_user_error(err)
         return 2
     if args.cfg:
         from omegaconf import OmegaConf
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
                   "run the same command again to resume", file=sys.stderr)
             return 130
         except errors as err:
-            error(err)
+            report_user_error(err)
             status = 2
             continue
         run_dirs.append(Path(cfg.run_dir))

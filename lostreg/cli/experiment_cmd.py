@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lostreg.cli.common import build_backbone_loudly, error, user_errors
+from lostreg.cli.common import build_backbone_loudly, error, report_user_error, user_errors
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         experiment = Experiment.prepare(args.name, list(args.arguments))
     except errors as err:
-        error(err)
+        report_user_error(err)
         return 2
 
     def build_loudly(name: str, weights: str, device: str):  # type: ignore[no-untyped-def]
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 130
     except errors as err:
-        error(err)
+        report_user_error(err)
         return 2
     sys.stdout.write(outcome["table"])
     for path in outcome["files"]:

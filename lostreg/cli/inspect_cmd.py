@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lostreg.samples import SAMPLES
+from lostreg.errors import ConfigError
 from lostreg.cli.common import (
     DEFAULT_MAX_SIZE,
     as_flag,
@@ -33,6 +34,7 @@ from lostreg.cli.common import (
     error,
     protocol_from_args,
     protocol_parent_parser,
+    report_user_error,
     user_errors,
 )
 from lostreg.protocol import DiscoveryProtocol, FeatureConfig
@@ -123,18 +125,18 @@ def parse_weights(text: str, names: list[str]) -> dict[str, str]:
             continue
         if "=" not in item:
             if default is not None:
-                raise ValueError(f"--weights: two defaults ({default!r}, {item!r}); name the backbone: NAME=VALUE")
+                raise ConfigError(f"--weights: two defaults ({default!r}, {item!r}); name the backbone: NAME=VALUE")
             default = item
             continue
         key, value = (s.strip() for s in item.split("=", 1))
         try:
             canonical = resolve_backbone(key).name
         except UnknownBackboneError:
-            raise ValueError(f"--weights: {key!r} is not a backbone name (expected NAME=VALUE items)") from None
+            raise ConfigError(f"--weights: {key!r} is not a backbone name (expected NAME=VALUE items)") from None
         if canonical not in names:
-            raise ValueError(f"--weights: {key!r} is not among the inspected backbones ({', '.join(names)})")
+            raise ConfigError(f"--weights: {key!r} is not among the inspected backbones ({', '.join(names)})")
         if not value:
-            raise ValueError(f"--weights: no value for {key!r}")
+            raise ConfigError(f"--weights: no value for {key!r}")
         chosen[canonical] = value
     return {name: chosen.get(name, default or "pretrained") for name in names}
 
@@ -181,17 +183,17 @@ def run(args: argparse.Namespace) -> int:
         threshold = NormThreshold.parse(args.norm_threshold)
         protocol = protocol_from_args(args)
         if args.max_size < 0:
-            raise ValueError(f"--max-size must be >= 0, got {args.max_size}")
+            raise ConfigError(f"--max-size must be >= 0, got {args.max_size}")
         names = backbone_names(args.backbone, args.compare)
         weights = parse_weights(args.weights, names)
     except errors as err:
-        error(err)
+        report_user_error(err)
         return 2
 
     try:
         image = _load_image(args.image)
     except ImageReadError as err:
-        error(err)
+        report_user_error(err)
         return 1
 
     try:
@@ -205,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
         for backbone, used, _ in plans:
             backbone.check_feature_key(used.features.key)
     except errors as err:
-        error(as_flag(str(err)))
+        report_user_error(err, as_flag(str(err)))
         return 2
 
     max_size = args.max_size or None

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Sequence
 
 from lostreg import __version__
+from lostreg.cli.common import report_user_error
+from lostreg.errors import LostregError
 
 #: name -> (module under lostreg.cli with ``add_arguments(parser)`` and ``run(args) -> int``, help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -48,6 +51,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         description="Unsupervised object discovery (LOST) with DINO, DINOv2 and DINOv2+registers.",
     )
     parser.add_argument("--version", action="version", version=f"lostreg {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of user errors too (also LOSTREG_DEBUG=1); bugs always show theirs")
     # The metavar lists the commands, so a bare `lostreg` shows them in its usage error.
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
     sub.required = True
@@ -78,11 +83,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = _chosen_command(argv)
     # With no valid command, build the light parser: argparse then prints the command list.
     args = build_parser(command or "").parse_args(argv)
+    if args.debug:
+        os.environ["LOSTREG_DEBUG"] = "1"  # commands (and their worker processes) read it
     try:
         return int(args._run(args))
     except KeyboardInterrupt:
         print("lostreg: interrupted", file=sys.stderr)
         return 130
+    except LostregError as err:
+        # A user error a command did not handle itself: one line (the traceback with --debug).
+        # Anything else is a bug and leaves with its traceback, exit code 1.
+        report_user_error(err)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

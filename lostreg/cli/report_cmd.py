@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lostreg.cli.common import error, warning
+from lostreg.cli.common import error, report_user_error, warning
 
 #: Defaults of lostreg.report.html / lostreg.report.gallery (checked equal by tests/test_cli.py),
 #: repeated so that --help does not import PIL and the page builder.
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
     except (RunError, ReportError) as err:
-        error(err)
+        report_user_error(err)
         return 2
     if report.unreadable:
         image_id, reason = report.unreadable[0]

@@ -16,7 +16,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from lostreg.cli.common import build_backbone_loudly, error, user_errors
+from lostreg.cli.common import build_backbone_loudly, error, report_user_error, user_errors
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
             digest = grid.digest(cfg.max_size or None, str(cfg.precision))
             cfg.run_dir = str(Path(str(cfg.run_dir)).parent / f"sweep_{digest}")
     except errors as err:
-        error(err)
+        report_user_error(err)
         return 2
     if args.cfg:
         print(OmegaConf.to_yaml(cfg, resolve=True))
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
               "run the same command again to resume", file=sys.stderr)
         return 130
     except errors as err:
-        error(err)
+        report_user_error(err)
         return 2
     print(f"{len(results)} configurations, {job.grid and len(job.grid.feature_keys)} feature sets from one "
           f"backbone pass per batch", file=sys.stderr)

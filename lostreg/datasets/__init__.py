@@ -37,6 +37,7 @@ from lostreg.datasets.coco20k import (
 )
 from lostreg.datasets.folder import IMAGE_EXTENSIONS, FolderDataset
 from lostreg.datasets.voc import VOCDataset, parse_voc_xml
+from lostreg.errors import ConfigError, UnknownNameError
 
 __all__ = [
     "ANNOTATION_PROBLEMS",
@@ -91,7 +92,7 @@ def build_dataset(name: str, **kwargs: Any) -> ImageDataset:
     if key in ("voc07", "voc12"):
         year = "2007" if key == "voc07" else "2012"
         if "year" in kwargs and str(kwargs.pop("year")) != year:
-            raise ValueError(f"dataset {name!r} is VOC{year}; do not pass another year")
+            raise ConfigError(f"dataset {name!r} is VOC{year}; do not pass another year")
         return VOCDataset(year=year, **kwargs)
     if key == "coco20k":
         return Coco20kDataset(**kwargs)
@@ -99,7 +100,7 @@ def build_dataset(name: str, **kwargs: Any) -> ImageDataset:
         return CocoDataset(**kwargs)
     if key == "folder":
         return FolderDataset(**kwargs)
-    raise KeyError(f"unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)}")
+    raise UnknownNameError(f"unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)}")
 
 
 def _image_problem(image_id: str | None, path: Path, full: bool) -> DatasetProblem | None:
@@ -183,7 +184,7 @@ def check_dataset(
         ValueError: ``expected_count`` is negative.
     """
     if expected_count is not None and int(expected_count) < 0:
-        raise ValueError(f"dataset.expected_count must be a number of images >= 0, or null; got {expected_count}")
+        raise ConfigError(f"dataset.expected_count must be a number of images >= 0, or null; got {expected_count}")
     key = name.lower()
     build_kwargs = dict(kwargs)
     if key != "folder":  # folders have no annotation to be lenient about

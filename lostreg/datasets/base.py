@@ -16,6 +16,8 @@ from typing import Any, overload
 
 import numpy as np
 
+from lostreg.errors import LostregError
+
 __all__ = [
     "ANNOTATION_PROBLEMS",
     "AnnotationError",
@@ -206,7 +208,7 @@ def describe_layout(name: str) -> str:
     return tree
 
 
-class DatasetLayoutError(Exception):
+class DatasetLayoutError(LostregError):
     """A dataset file or folder is missing or malformed.
 
     ``str(err)`` is one line naming the offending path, then the expected layout tree.

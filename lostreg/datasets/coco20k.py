@@ -20,6 +20,7 @@ from typing import Any
 
 from lostreg.datasets.base import DatasetLayoutError, describe_layout
 from lostreg.datasets.coco import CocoDataset, load_coco_json
+from lostreg.errors import LostregError
 from lostreg.io.atomic import atomic_write_bytes
 
 __all__ = [
@@ -46,7 +47,7 @@ _LINE_RE = re.compile(r"train2014/COCO_train2014_(\d{12})\.jpg")
 _SUBSET_FORMAT = 1
 
 
-class FileListDownloadError(RuntimeError):
+class FileListDownloadError(LostregError, RuntimeError):
     """The COCO20k file list could not be downloaded or did not verify."""
 
 

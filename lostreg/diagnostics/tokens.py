@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from lostreg.artifacts import DEFAULT_MAD_K, MAD_TO_SIGMA
+from lostreg.errors import ConfigError
 from lostreg.precision import strict_fp32
 
 __all__ = [
@@ -121,9 +122,9 @@ class NormThreshold:
                 return cls("mad", k)
             value = float(text)
         except ValueError:
-            raise ValueError(f"norm threshold must be 'mad', 'mad:K' (K >= 0) or a positive number, got {text!r}") from None
+            raise ConfigError(f"norm threshold must be 'mad', 'mad:K' (K >= 0) or a positive number, got {text!r}") from None
         if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"norm threshold must be a positive number, got {text!r}")
+            raise ConfigError(f"norm threshold must be a positive number, got {text!r}")
         return cls("absolute", value)
 
     def __str__(self) -> str:

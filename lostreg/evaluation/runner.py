@@ -36,6 +36,7 @@ from lostreg.config import dataset_kwargs, protocol_from_config, run_identity, v
 from lostreg.datasets import build_dataset
 from lostreg.datasets.base import ImageDataset, ImageRecord
 from lostreg.discovery import Discovery, ObjectDiscoverer
+from lostreg.errors import ConfigError
 from lostreg.evaluation.distributed import DistEnv, shard
 from lostreg.evaluation.evaluators import default_evaluators
 from lostreg.evaluation.loading import DevicePrefetcher, LoadedBatch, iterate_prepared
@@ -169,7 +170,7 @@ def with_test_time_registers(backbone: Backbone, path: str) -> Backbone:
     from lostreg.ttreg import RegisterNeurons, apply_test_time_registers
 
     if not isinstance(backbone, TimmViTBackbone):
-        raise ValueError(f"ttreg: test-time registers need a timm ViT backbone, not {backbone.name}")
+        raise ConfigError(f"ttreg: test-time registers need a timm ViT backbone, not {backbone.name}")
     return apply_test_time_registers(backbone, RegisterNeurons.load(path), source=path)
 
 

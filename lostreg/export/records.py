@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lostreg.boxes import xyxy_to_xywh
+from lostreg.errors import LostregError
 from lostreg.io.atomic import atomic_write_text
 
 CATEGORY_NAME = "object"
@@ -25,7 +26,7 @@ FAILED_HEADER = "# image_id\timage\terror  (images LOST failed on: no label was 
 Record = Mapping[str, Any]
 
 
-class ExportError(ValueError):
+class ExportError(LostregError, ValueError):
     """The records cannot be written as asked (image outside the root, two images with one stem, ...)."""
 
 

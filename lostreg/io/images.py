@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from lostreg.errors import LostregError
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageReadError",
@@ -46,7 +48,7 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
 _WIDE_INT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 
 
-class ImageReadError(Exception):
+class ImageReadError(LostregError):
     """An image (or an input naming images) could not be read.
 
     Attributes:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lostreg.errors import LostregError
 from lostreg.evaluation.runs import RunSummary, load_runs
 from lostreg.rundir import PREDS_FILE, RunDir, RunError, RunNotFoundError
 
@@ -19,7 +20,7 @@ _LOCATION_KEYS = frozenset({"root", "filelist_path", "cache_dir", "annotation_js
 # this package stays free of hydra): it never changes which images or boxes a run has.
 _NOT_DATASET_IDENTITY = _LOCATION_KEYS | {"expected_count"}
 
-class ReportError(ValueError):
+class ReportError(LostregError, ValueError):
     """Runs that cannot go in one report; ``str(err)`` is one line."""
 
 

@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from lostreg.backbones.vit import TimmViTBackbone
 from lostreg.diagnostics.tokens import DEFAULT_MAD_K, NormThreshold, robust_threshold
+from lostreg.errors import ConfigError, LostregError
 from lostreg.precision import strict_fp32
 from lostreg.ttreg.hidden import hidden_activation_hook
 from lostreg.ttreg.neurons import ModelIdentity, RegisterNeurons, RegisterUnit
@@ -48,7 +49,7 @@ from lostreg.ttreg.neurons import ModelIdentity, RegisterNeurons, RegisterUnit
 from lostreg.ttreg.defaults import DEFAULT_DETECT_LAYER, DEFAULT_STD_K, DEFAULT_TOP_K
 
 
-class NoOutliersError(ValueError):
+class NoOutliersError(LostregError, ValueError):
     """No calibration image had an outlier token, so no unit can be scored."""
 
 
@@ -84,12 +85,12 @@ class OutlierRule:
             except ValueError:
                 k = float("nan")
             if not math.isfinite(k) or k < 0:
-                raise ValueError(f"threshold 'meanstd:K' needs K >= 0, got {text!r}")
+                raise ConfigError(f"threshold 'meanstd:K' needs K >= 0, got {text!r}")
             return cls("mean_std", k)
         try:
             rule = NormThreshold.parse(clean)
         except ValueError:
-            raise ValueError(
+            raise ConfigError(
                 f"threshold must be 'mad', 'mad:K', 'mean3std', 'meanstd:K' or a positive norm such as 150, got {text!r}"
             ) from None
         return cls(rule.kind, rule.value)
@@ -177,9 +178,9 @@ class UnitScores:
 
 def _check_backbone(backbone: TimmViTBackbone) -> None:
     if not isinstance(backbone, TimmViTBackbone):
-        raise ValueError(f"{getattr(backbone, 'name', backbone)}: register neurons need a timm ViT backbone")
+        raise ConfigError(f"{getattr(backbone, 'name', backbone)}: register neurons need a timm ViT backbone")
     if backbone.test_time_registers is not None:
-        raise ValueError(f"{backbone.name}: calibrate the plain model, not one already running test-time registers")
+        raise ConfigError(f"{backbone.name}: calibrate the plain model, not one already running test-time registers")
 
 
 def score_units(
@@ -216,7 +217,7 @@ def score_units(
     lo = 0 if lowest_layer is None else backbone.layer_index(lowest_layer)
     hi = backbone.num_layers - 1 if highest_layer is None else backbone.layer_index(highest_layer)
     if lo > hi:
-        raise ValueError(f"lowest_layer (block {lo}) is above highest_layer (block {hi})")
+        raise ConfigError(f"lowest_layer (block {lo}) is above highest_layer (block {hi})")
     blocks = backbone.model.blocks
     width = int(blocks[lo].mlp.fc2.in_features)
     totals = torch.zeros(hi - lo + 1, width, dtype=torch.float64)
@@ -334,7 +335,7 @@ def calibrate(
         ValueError, NoOutliersError: as for :func:`score_units`; ``top_k < 1``.
     """
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+        raise ConfigError(f"top_k must be an integer >= 1, got {top_k!r}")
     _check_backbone(backbone)
     scores = score_units(
         backbone, batches, detect_layer=detect_layer, threshold=threshold, lowest_layer=lowest_layer,

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from lostreg.errors import LostregError
 from lostreg.io.atomic import atomic_write_text
 from lostreg.ttreg.hidden import mlp_hidden_dim, mlp_kind
 
@@ -53,7 +54,7 @@ VERSION = 1
 SCORE_DIGITS = 7
 
 
-class NeuronFileError(ValueError):
+class NeuronFileError(LostregError, ValueError):
     """A register-neuron file that cannot be read, is malformed, or belongs to another model.
 
     Its message is one line that starts with the file's path.
