@@ -6,9 +6,12 @@ does what ``hydra.main`` would otherwise do (run directory, config dump) in the 
 
 The schema is registered in hydra's ConfigStore, so every value is typed (``lost.k_patches=abc``
 and ``dataset.no_hard=maybe`` are refused, naming the key) and unknown keys are refused. Defaults
-live in one place each: the discovery protocol's in :mod:`lostreg.protocol` (the schema nodes
-for ``method``, ``features`` and ``lost`` are derived from those dataclasses), the execution
-settings and datasets' in the nodes below. ``configs/*.yaml`` only pick config-group options.
+live in one place each: the discovery protocol's in :mod:`lostreg.knobs` and the method
+registrations (:mod:`lostreg.methods`): the schema nodes for ``features``, one section per
+registered method (``lost``, ``tokencut``, ...) and the sweep axes (``sweep.<setting>``) are
+derived from those dataclasses, so a newly registered method gets its section and axes without an
+edit here. The execution settings and datasets' defaults are in the nodes below.
+``configs/*.yaml`` only pick config-group options.
 """
 
 from __future__ import annotations
@@ -30,11 +33,12 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from lostreg.datasets.voc import DEFAULT_VOC_SPLIT
 from lostreg.errors import ConfigError
-from lostreg.protocol import PRECISIONS, DiscoveryProtocol, FeatureConfig, LostConfig, ProtocolError, TokenCutConfig
+from lostreg.knobs import knob_fields
+from lostreg.methods import registered_methods
+from lostreg.protocol import PRECISIONS, DiscoveryProtocol, FeatureConfig, ProtocolError
 
 __all__ = [
     "CONFIG_MODULE",
-    "RESULT_KEYS",
     "ConfigError",
     "compose_config",
     "dataset_kwargs",
@@ -42,6 +46,8 @@ __all__ = [
     "protocol_from_config",
     "dataset_identity",
     "result_affecting",
+    "result_keys",
+    "sweep_axes",
     "run_identity",
     "validate_execution",
     "weights_identity",
@@ -49,17 +55,19 @@ __all__ = [
 
 CONFIG_MODULE = "lostreg.configs"
 
-#: Config sections that can change a prediction. A run directory refuses to mix results
-#: whose values here differ; device, batch_size, num_workers and run_dir may change freely.
-RESULT_KEYS = ("backbone", "dataset", "weights", "ttreg", "method", "lost", "tokencut", "features", "max_size",
-               "precision")
+def result_keys() -> tuple[str, ...]:
+    """Config sections that can change a prediction (one section per registered method). A run
+    directory refuses to mix results whose values here differ; device, batch_size, num_workers
+    and run_dir may change freely."""
+    return ("backbone", "dataset", "weights", "ttreg", "method", *registered_methods(), "features", "max_size",
+            "precision")
 
 
 def _schema_node(cls: type) -> type:
     """A mutable dataclass with the fields, types and defaults of the frozen protocol class ``cls``.
 
     Hydra merges overrides into its nodes, which a frozen dataclass forbids; deriving the node
-    keeps the protocol's defaults in :mod:`lostreg.protocol` only.
+    keeps the protocol's defaults in :mod:`lostreg.knobs` and the method registrations only.
     """
     hints = typing.get_type_hints(cls)
     return dataclasses.make_dataclass(
@@ -68,8 +76,20 @@ def _schema_node(cls: type) -> type:
 
 
 FeatureNode = _schema_node(FeatureConfig)
-LostNode = _schema_node(LostConfig)
-TokenCutNode = _schema_node(TokenCutConfig)
+
+
+def sweep_axes() -> dict[str, tuple[str, type]]:
+    """Every setting a sweep can vary: ``{name: (section, type)}``, the features' first, then each
+    registered method's (names are unique across sections: :func:`lostreg.methods.register_method`)."""
+    axes = {f.name: ("features", hint) for f, hint in _hinted(FeatureConfig)}
+    for name, spec in registered_methods().items():
+        axes.update({f.name: (name, hint) for f, hint in _hinted(spec.config)})
+    return axes
+
+
+def _hinted(cls: type) -> list[tuple[dataclasses.Field, type]]:
+    hints = typing.get_type_hints(cls)
+    return [(f, hints[f.name]) for f in knob_fields(cls)]
 
 
 @dataclass
@@ -125,70 +145,78 @@ class FolderNode:
     expected_count: Optional[int] = None
 
 
-@dataclass
-class SweepNode:
-    """``lostreg sweep``: lists of values to try (null = the single value of ``features.*`` / ``lost.*``).
+def _sweep_node() -> type:
+    """``lostreg sweep``'s grid: ``sweep.<setting>``, a list of values per setting of :func:`sweep_axes`
+    (null = the single value of ``features.*`` / ``<method>.*``). Every combination is one
+    configuration; one backbone pass per batch gives every (which, layer) feature set they need
+    (:mod:`lostreg.evaluation.sweep`)."""
+    return dataclasses.make_dataclass(
+        "SweepNode", [(name, Optional[List[hint]], field(default=None))  # type: ignore[valid-type]
+                      for name, (_, hint) in sweep_axes().items()])
 
-    Every combination is one configuration; one backbone pass per batch gives every
-    (which, layer) feature set they need (:mod:`lostreg.evaluation.sweep`).
+
+#: The default run directory (see :func:`run_identity`): it names what changes results (dataset
+#: variant, backbone and weights, protocol, max_size, precision), so re-running a command resumes it.
+DEFAULT_RUN_DIR = ("outputs/${lostreg_dataset_dir:${dataset}}/${lostreg_backbone_dir:${backbone.name},${weights},"
+                   "${ttreg}}/${lostreg_protocol_dir:}")
+
+
+def _eval_node() -> type:
+    """The whole ``lostreg eval`` config, with one settings section per registered method (after ``features``).
+
+    Built from the method registry, so it is made anew when a method is registered at run time.
+    Group options fill ``backbone`` and ``dataset``.
     """
+    nodes = {name: _schema_node(spec.config) for name, spec in registered_methods().items()}
+    methods = [(name, node, field(default_factory=node)) for name, node in nodes.items()]
+    return dataclasses.make_dataclass("EvalNode", [
+        ("backbone", BackboneNode, field(default_factory=BackboneNode)),
+        ("dataset", Any, field(default=MISSING)),
+        #: pretrained (timm hub, cached) | random (pipeline tests only) | path to a checkpoint
+        ("weights", str, field(default="pretrained")),
+        #: a register-neuron file (`lostreg calibrate`): run the backbone with one test-time register
+        ("ttreg", Optional[str], field(default=None)),
+        ("method", str, field(default=DiscoveryProtocol().method)),
+        ("features", FeatureNode, field(default_factory=FeatureNode)),
+        *methods,
+        #: downscale images whose longer side exceeds this (null or 0 = native resolution, the protocol)
+        ("max_size", Optional[int], field(default=None)),
+        #: the backbone forward's numerics: fp32 (exact, default) | tf32 | bf16; discovery is always fp32
+        ("precision", str, field(default="fp32")),
+        # Execution: none of these can change a box, so a run may be resumed with other values.
+        ("device", str, field(default="auto")),
+        ("batch_size", int, field(default=8)),
+        ("num_workers", int, field(default=2)),
+        #: only the first N images of the dataset (a smoke test); the same run directory completes later
+        ("limit", Optional[int], field(default=None)),
+        #: start afresh: delete the run directory's predictions, metrics and config first
+        ("overwrite", bool, field(default=False)),
+        #: ``lostreg sweep`` only: the grid of protocol values to try
+        ("sweep", Any, field(default_factory=_sweep_node())),
+        #: ``lostreg sweep`` only: pick the configuration on this dataset's sweep (a dataset name, or a
+        #: sweep run directory) and report it, fixed, beside this dataset's own best
+        ("select_on", Optional[str], field(default=None)),
+        ("run_dir", str, field(default=DEFAULT_RUN_DIR)),
+    ])
 
-    which: Optional[List[str]] = None
-    layer: Optional[List[int]] = None
-    l2_normalize: Optional[List[bool]] = None
-    gram_bias: Optional[List[float]] = None
-    k_patches: Optional[List[int]] = None
 
-    def is_set(self) -> bool:
-        return any(getattr(self, f.name) is not None for f in dataclasses.fields(self))
-
-
-@dataclass
-class EvalNode:
-    """The whole ``lostreg eval`` config. Group options fill ``backbone`` and ``dataset``."""
-
-    backbone: BackboneNode = field(default_factory=BackboneNode)
-    dataset: Any = MISSING
-    #: pretrained (timm hub, cached) | random (pipeline tests only) | path to a checkpoint
-    weights: str = "pretrained"
-    #: a register-neuron file (`lostreg calibrate`): run the backbone with one test-time register
-    ttreg: Optional[str] = None
-    method: str = DiscoveryProtocol.method
-    features: FeatureNode = field(default_factory=FeatureNode)  # type: ignore[valid-type]
-    lost: LostNode = field(default_factory=LostNode)  # type: ignore[valid-type]
-    tokencut: TokenCutNode = field(default_factory=TokenCutNode)  # type: ignore[valid-type]
-    #: downscale images whose longer side exceeds this (null or 0 = native resolution, the protocol)
-    max_size: Optional[int] = None
-    #: the backbone forward's numerics: fp32 (exact, default) | tf32 | bf16; discovery is always fp32
-    precision: str = "fp32"
-    # Execution: none of these can change a box, so a run may be resumed with other values.
-    device: str = "auto"
-    batch_size: int = 8
-    num_workers: int = 2
-    #: only the first N images of the dataset (a smoke test); the same run directory completes later
-    limit: Optional[int] = None
-    #: start afresh: delete the run directory's predictions, metrics and config first
-    overwrite: bool = False
-    #: ``lostreg sweep`` only: the grid of protocol values to try
-    sweep: SweepNode = field(default_factory=SweepNode)
-    #: ``lostreg sweep`` only: pick the configuration on this dataset's sweep (a dataset name, or a
-    #: sweep run directory) and report it, fixed, beside this dataset's own best
-    select_on: Optional[str] = None
-    # Deterministic, so that re-running the same command resumes the same run; it names what
-    # changes results (dataset variant, backbone and weights, protocol, max_size), see run_identity.
-    run_dir: str = ("outputs/${lostreg_dataset_dir:${dataset}}/${lostreg_backbone_dir:${backbone.name},${weights},"
-                    "${ttreg}}/"
-                    "${lostreg_protocol_dir:${method},${features},${lost},${tokencut},${max_size},${precision}}")
+_registered_for: tuple[str, ...] | None = None
 
 
 def _register_schema() -> None:
+    """(Re)register the schema in hydra's ConfigStore when the set of registered methods changed."""
+    global _registered_for
+    methods = tuple(registered_methods())
+    if methods == _registered_for:
+        return
     # Under schema/, not in the dataset group itself, so they never show up as dataset options.
     store = ConfigStore.instance()
-    store.store(group="schema", name="eval", node=EvalNode)
+    store.store(group="schema", name="eval", node=_eval_node())
     store.store(group="schema/dataset", name="voc", node=VocNode)
     store.store(group="schema/dataset", name="coco20k", node=Coco20kNode)
     store.store(group="schema/dataset", name="coco", node=CocoNode)
     store.store(group="schema/dataset", name="folder", node=FolderNode)
+    _registered_for = methods
 
 
 #: Dataset settings that only say where the files are (the same data may live elsewhere).
@@ -198,12 +226,16 @@ LOCATION_KEYS = ("root", "filelist_path", "cache_dir", "annotation_json", "image
 CHECK_ONLY_DATASET_KEYS = ("expected_count",)
 
 
-def _protocol_dir(method: str, features: DictConfig, lost: DictConfig, tokencut: DictConfig,
-                  max_size: int | None, precision: str) -> str:
-    """Run-directory name of a protocol: ``k_layer-1_k100_bias0.0`` (see :attr:`DiscoveryProtocol.name`),
-    plus ``_max1024`` when images are downscaled and ``_bf16`` / ``_tf32`` for a faster forward."""
-    sections = {"method": method, "features": features, "lost": lost, "tokencut": tokencut}
-    name = DiscoveryProtocol.from_mapping(sections).name
+def _protocol_dir(*, _root_: DictConfig) -> str:
+    """Run-directory name of the config's protocol: ``k_layer-1_k100_bias0.0`` (see
+    :attr:`DiscoveryProtocol.name`), plus ``_max1024`` when images are downscaled and ``_bf16`` /
+    ``_tf32`` for a faster forward. Reads the root config (every method's section)."""
+    methods = registered_methods()
+    if str(_root_.get("method")) not in methods:
+        return str(_root_.get("method"))  # protocol validation reports the unknown method, one line
+    sections = {key: _root_.get(key) for key in ("method", "features", *methods)}
+    name = DiscoveryProtocol.from_mapping(OmegaConf.to_container(OmegaConf.create(sections), resolve=True)).name
+    max_size, precision = _root_.get("max_size"), _root_.get("precision")
     return name + (f"_max{max_size}" if max_size else "") + ("" if precision == "fp32" else f"_{precision}")
 
 
@@ -251,6 +283,7 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "config") -
     Raises:
         ConfigError: with hydra's one-line reason.
     """
+    _register_schema()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
@@ -285,7 +318,7 @@ def result_affecting(cfg: DictConfig) -> dict[str, Any]:
     """The part of a config that can change predictions, as plain resolved data."""
     container = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(container, dict)
-    return {key: container.get(key) for key in RESULT_KEYS}
+    return {key: container.get(key) for key in result_keys()}
 
 
 def _real_path(value: Any) -> str | None:

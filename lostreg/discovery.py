@@ -1,4 +1,4 @@
-"""Object discovery on images: preprocess -> backbone features -> LOST -> pixel box.
+"""Object discovery on images: preprocess -> backbone features -> discovery method -> pixel box.
 
 The stages are separate calls so that dataset runs can batch and cache them:
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -73,6 +73,8 @@ class Discovery:
     backbone: str
     result: MethodResult = field(repr=False)
     processed_hw: tuple[int, int]
+    #: what the method adds to a prediction line (:attr:`lostreg.methods.MethodSpec.record_fields`)
+    record_fields: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def lost(self) -> LostResult:
@@ -84,8 +86,9 @@ class Discovery:
     def to_json(self) -> dict[str, Any]:
         """The JSON record printed by ``lostreg discover`` (plain Python types).
 
-        TokenCut's records also hold ``degenerate`` (its spectrum gave no reliable split; the
-        box is then the spec's deterministic fallback), as eval's ``preds.jsonl`` lines do.
+        A method's own fields follow (:attr:`lostreg.methods.MethodSpec.record_fields`; TokenCut's
+        ``degenerate``: its spectrum gave no reliable split, the box is the spec's fixed fallback),
+        as in eval's ``preds.jsonl`` lines.
         """
         record: dict[str, Any] = {
             "image": self.image,
@@ -95,8 +98,7 @@ class Discovery:
             "seed_rc": list(self.seed_rc),
             "backbone": self.backbone,
         }
-        if hasattr(self.result, "degenerate"):
-            record["degenerate"] = bool(self.result.degenerate)
+        record.update(self.record_fields)
         return record
 
 
@@ -155,18 +157,15 @@ class ObjectDiscoverer:
         if not items:
             return []
         images = batch_images(items, self.backbone.device, packed)
-        keys = self.feature_keys
-        features = self.backbone.extract_many(images, keys, precision=self.precision)
-        return self.locate_batch(items, features[keys[0]], features.get(OUTPUT_NORMS))
+        features = self.backbone.extract_many(images, self.feature_keys, precision=self.precision)
+        return self.locate_features(items, features)
 
     @property
     def feature_keys(self) -> list[FeatureKey]:
-        """What the backbone must return: the protocol's features, and the output norms when the
-        method excludes high-norm outliers."""
-        keys = [self.protocol.features.key]
-        if self.protocol.method == "lost" and self.protocol.lost.exclude_outliers:
-            keys.append(OUTPUT_NORMS)
-        return keys
+        """What the backbone must return: the protocol's features, then what the method needs besides
+        (:attr:`lostreg.methods.MethodSpec.extra_keys`, e.g. the output norms for artifact-aware LOST)."""
+        extra = self.protocol.spec.extra_keys(self.protocol.method_knobs)
+        return list(dict.fromkeys([self.protocol.features.key, *extra]))
 
     def discover(self, image_rgb: np.ndarray, name: str = "<array>") -> Discovery:
         """Main object of one (H, W, 3) uint8 RGB image."""
@@ -199,9 +198,25 @@ class ObjectDiscoverer:
             output_norms: (B, rows*cols, 1) output-token norms (:data:`~lostreg.protocol.OUTPUT_NORMS`),
                 needed by ``lost.exclude_outliers``.
         """
+        found = {self.protocol.features.key: features}
+        if output_norms is not None:
+            found[OUTPUT_NORMS] = output_norms
+        return self.locate_features(items, found)
+
+    def locate_features(self, items: Sequence[PreparedImage],
+                        features: Mapping[FeatureKey, torch.Tensor]) -> list[Discovery]:
+        """The method on the feature sets one backbone pass gave a batch of same-grid images.
+
+        Args:
+            items: the prepared images, all of one padded size.
+            features: ``{key: (B, rows*cols, D) float}`` holding at least :attr:`feature_keys`
+                (a sweep's pass may hold more); normalised here if the protocol says so.
+        """
         grid_hw = items[0].grid_hw
-        results = run_method(self.protocol, features_for_method(features, self.protocol.features), grid_hw,
-                             output_norms)
+        key = self.protocol.features.key
+        extras = {k: v for k, v in features.items() if k != key}
+        results = run_method(self.protocol, features_for_method(features[key], self.protocol.features), grid_hw,
+                             extras)
         return [self._discovery(item, result) for item, result in zip(items, results)]
 
     def _discovery(self, item: PreparedImage, result: MethodResult) -> Discovery:
@@ -223,4 +238,5 @@ class ObjectDiscoverer:
             backbone=self.backbone.name,
             result=result,
             processed_hw=processed_hw,
+            record_fields=self.protocol.spec.record_fields(result),
         )

@@ -23,14 +23,18 @@ The behaviour follows the lostreg LOST specification, section 3 (reference: vale
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 import scipy.ndimage
 import torch
 
+from lostreg.artifacts import outlier_mask
+from lostreg.knobs import OUTPUT_NORMS, FeatureKey
 from lostreg.lost_tiles import auto_chunk_rows, lost_tensors
+from lostreg.methods.lost import LostConfig
 
-__all__ = ["LostResult", "lost", "lost_batch"]
+__all__ = ["LostResult", "lost", "lost_batch", "run_lost"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -165,8 +169,8 @@ def _seed_component(expansion: np.ndarray, seed: int) -> tuple[np.ndarray, bool]
 def lost_batch(
     features: torch.Tensor,
     grid_hw: tuple[int, int],
-    k_patches: int = 100,
-    gram_bias: float = 0.0,
+    k_patches: int = LostConfig.k_patches,
+    gram_bias: float = LostConfig.gram_bias,
     *,
     chunk_size: int | None = None,
     excluded: torch.Tensor | None = None,
@@ -260,8 +264,8 @@ def lost_batch(
 def lost(
     features: torch.Tensor,
     grid_hw: tuple[int, int],
-    k_patches: int = 100,
-    gram_bias: float = 0.0,
+    k_patches: int = LostConfig.k_patches,
+    gram_bias: float = LostConfig.gram_bias,
     *,
     chunk_size: int | None = None,
     excluded: torch.Tensor | None = None,
@@ -311,3 +315,22 @@ def lost(
         chunk_size=chunk_size,
         excluded=excluded,
     )[0]
+
+
+def run_lost(config: LostConfig, features: torch.Tensor, grid_hw: tuple[int, int],
+             extras: Mapping[FeatureKey, torch.Tensor]) -> list[LostResult]:
+    """LOST as a registered method (:mod:`lostreg.methods.lost`): :func:`lost_batch` with ``config``.
+
+    Args:
+        config: k, the Gram bias, and whether high-norm outliers are excluded.
+        features: (B, rows*cols, D) float patch features of same-grid images, row-major.
+        grid_hw: ``(rows, cols)``.
+        extras: with ``config.exclude_outliers``, :data:`~lostreg.knobs.OUTPUT_NORMS`: (B, rows*cols, 1)
+            norms of the output tokens, whose outliers (:func:`lostreg.artifacts.outlier_mask`) are excluded.
+    """
+    excluded = None
+    if config.exclude_outliers:
+        if OUTPUT_NORMS not in extras:
+            raise ValueError("lost.exclude_outliers needs the output tokens' norms")
+        excluded = outlier_mask(extras[OUTPUT_NORMS])
+    return lost_batch(features, grid_hw, k_patches=config.k_patches, gram_bias=config.gram_bias, excluded=excluded)

@@ -13,8 +13,9 @@ random ViT-S/16 and the pixels baseline; see ``benchmarks/README.md``):
 
 * backbone: ``B * T * D * 4 bytes * 24`` (the residual stream, the qkv and MLP activations of
   one block and their temporaries) plus a fixed ``1 GiB`` of working space;
-* LOST: one Gram step (at most 256 MiB) plus ``O(N)`` per image;
-* TokenCut: ``B * 6 * N^2 * 8 bytes`` (the float64 graph, Laplacian, eigenvectors, workspace).
+* the method: its registration's estimate (:attr:`lostreg.methods.MethodSpec.memory_bytes`): for
+  LOST one Gram step (at most 256 MiB) plus ``O(N)`` per image; for TokenCut ``B * 6 * N^2 * 8
+  bytes`` (the float64 graph, Laplacian, eigenvectors, workspace).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Sequence
 import torch
 
 from lostreg.errors import LostregError
-from lostreg.lost_tiles import MAX_STEP_BYTES, available_memory_bytes
+from lostreg.lost_tiles import available_memory_bytes
 from lostreg.preprocess import downscaled_hw
 from lostreg.protocol import DiscoveryProtocol
 
@@ -38,7 +39,6 @@ GIB = 2**30
 #: Activation bytes per token and channel in one block's forward, with temporaries (measured x ~1.5).
 _BACKBONE_FACTOR = 24 * 4
 _BACKBONE_FIXED = 1 * GIB
-_TOKENCUT_MATRICES = 6
 #: Use at most this share of the available memory (the OS, other processes, fragmentation).
 USABLE_SHARE = 0.9
 
@@ -74,10 +74,7 @@ def estimate_batch_bytes(protocol: DiscoveryProtocol, patches: int, batch: int, 
     """
     tokens = patches + tokens_extra
     backbone = batch * tokens * width * _BACKBONE_FACTOR + _BACKBONE_FIXED
-    if protocol.method == "tokencut":
-        method = batch * _TOKENCUT_MATRICES * patches * patches * 8
-    else:
-        method = min(MAX_STEP_BYTES, batch * patches * 4 * 128) + batch * patches * 64
+    method = protocol.spec.memory_bytes(protocol.method_knobs, patches, batch)
     return MemoryEstimate(patches, batch, int(backbone), int(method))
 
 

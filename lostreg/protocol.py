@@ -1,18 +1,17 @@
 """The discovery protocol, defined once: which features feed the method, and the method's knobs.
 
-Everything that decides a box besides the image, the backbone and its weights is here, as
-plain frozen dataclasses whose field defaults are THE defaults of lostreg (the LOST paper's
-protocol: raw keys of the last block, k = 100, no Gram bias):
-
-* :class:`FeatureConfig` — what the backbone hands over: ``which`` (q, k or v of the attention's
-  qkv projection), ``layer`` (block, negative from the end), ``l2_normalize`` (per patch).
-* :class:`LostConfig` — LOST's own knobs: ``k_patches``, ``gram_bias``.
-* :class:`TokenCutConfig` — TokenCut's knobs: ``tau``, ``eps``, ``eig`` (the eigen-solver).
-* :class:`DiscoveryProtocol` — ``method`` (``lost`` or ``tokencut``) plus the sections above.
+Everything that decides a box besides the image, the backbone and its weights is here:
+``method`` (a registered discovery method, :mod:`lostreg.methods`), ``features``
+(:class:`~lostreg.knobs.FeatureConfig`: q, k or v of which block, L2-normalised or not) and one
+settings section per registered method (``lost``: :class:`~lostreg.methods.lost.LostConfig`,
+``tokencut``: :class:`~lostreg.methods.tokencut.TokenCutConfig`, ...), whose field defaults are
+THE defaults of lostreg (the LOST paper's protocol: raw keys of the last block, k = 100, no Gram
+bias).
 
 The hydra schema (:mod:`lostreg.config`), the argparse flags of every command
-(:func:`lostreg.cli.common.protocol_parent_parser`), the run-directory names, the comparison
-table and the published-number matching all read these classes; none repeats a default.
+(:func:`lostreg.cli.common.protocol_parent_parser`), the sweep axes, the run-directory names, the
+comparison table and the published-number matching all read these declarations; none repeats a
+default, and none names a method: what differs between methods is in their registrations.
 
 This module imports nothing heavy (no torch), so light commands can use it.
 """
@@ -20,18 +19,31 @@ This module imports nothing heavy (no torch), so light commands can use it.
 from __future__ import annotations
 
 import dataclasses
-import math
-from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, NamedTuple
+from typing import Any, Iterator, Mapping
 
-from lostreg.errors import ConfigError
+from lostreg.knobs import (
+    FEATURE_KINDS,
+    OUTPUT_NORMS,
+    FeatureConfig,
+    FeatureKey,
+    FeatureKind,
+    ProtocolError,
+    RopeMode,
+    identity_of,
+    knob_fields,
+    knob_label,
+    knobs_from_mapping,
+)
+from lostreg.methods import DEFAULT_METHOD, MethodSpec, get_method, method_names, registered_methods
+from lostreg.methods.lost import LostConfig
+from lostreg.methods.tokencut import EIG_SOLVERS, TokenCutConfig
 
 __all__ = [
+    "EIG_SOLVERS",
     "FEATURE_KINDS",
     "METHODS",
     "OUTPUT_NORMS",
     "PRECISIONS",
-    "EIG_SOLVERS",
     "DiscoveryProtocol",
     "FeatureConfig",
     "FeatureKey",
@@ -43,139 +55,117 @@ __all__ = [
     "describe_protocol",
 ]
 
-FeatureKind = Literal["q", "k", "v"]
-#: Whether a rotary-embedding backbone's q/k features are taken before or after the rotation.
-RopeMode = Literal["pre", "post"]
-#: The slices of an attention qkv projection, in channel order.
-FEATURE_KINDS: tuple[str, ...] = ("q", "k", "v")
-#: Discovery methods lostreg runs (``method=`` in configs, ``--method`` on the command line).
-METHODS: tuple[str, ...] = ("lost", "tokencut")
 #: The backbone forward's numerics (``precision=``, ``--precision``; :mod:`lostreg.precision`):
 #: ``fp32`` exact (default), ``tf32`` and ``bf16`` faster on GPUs. It can change a box, so it is
 #: part of a run's identity, but it is not a knob of the method.
 PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16")
-#: TokenCut's eigen-solvers (:mod:`lostreg.tokencut`): the reference call, float64 and float32 torch.
-EIG_SOLVERS: tuple[str, ...] = ("scipy", "torch64", "torch32")
 
 
-class ProtocolError(ConfigError):
-    """A protocol value out of its range or choices; ``str(err)`` names the setting and what is allowed."""
+def __getattr__(name: str) -> Any:
+    # METHODS follows the registry (a method registered at run time is listed too).
+    if name == "METHODS":
+        return method_names()
+    raise AttributeError(f"module 'lostreg.protocol' has no attribute {name!r}")
 
 
-class FeatureKey(NamedTuple):
-    """One feature set a backbone can return: ``which`` of block ``layer`` (negative from the end)."""
-
-    which: FeatureKind = "k"
-    layer: int = -1
-
-
-#: The norms of the final output patch tokens (after the model's last norm), asked of a backbone
-#: beside its features: ``(B, rows*cols, 1)`` float32 (artifact-aware LOST's outlier rule).
-OUTPUT_NORMS = FeatureKey("norms", -1)  # type: ignore[arg-type]
-
-
-def _check_int(value: Any, key: str, minimum: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ProtocolError(f"{key} must be an integer, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ProtocolError(f"{key} must be >= {minimum}, got {value}")
-
-
-@dataclass(frozen=True)
-class FeatureConfig:
-    """Which backbone features feed discovery.
-
-    Attributes:
-        which: ``q``, ``k`` or ``v`` of block ``layer``'s attention qkv projection (bias included,
-            heads concatenated, no scaling).
-        layer: block index, negative from the end (-1 = last block). Its range depends on the
-            backbone and is checked when the backbone is known (:meth:`Backbone.check_feature_key`).
-        l2_normalize: divide each patch feature by its L2 norm first (the Gram matrix becomes
-            cosine similarities), as in the public-checkpoint protocol of spec section 6.
-    """
-
-    which: str = "k"
-    layer: int = -1
-    l2_normalize: bool = False
-
-    def validate(self) -> None:
-        """Raise :class:`ProtocolError` for a value no backbone accepts."""
-        if self.which not in FEATURE_KINDS:
-            raise ProtocolError(f"features.which must be one of {', '.join(FEATURE_KINDS)}; got {self.which!r}")
-        _check_int(self.layer, "features.layer")
-        if not isinstance(self.l2_normalize, bool):
-            raise ProtocolError(f"features.l2_normalize must be true or false, got {self.l2_normalize!r}")
-
-    @property
-    def key(self) -> FeatureKey:
-        """The backbone feature set this config asks for."""
-        return FeatureKey(self.which, self.layer)  # type: ignore[arg-type]
-
-
-@dataclass(frozen=True)
-class LostConfig:
-    """LOST's knobs (spec section 3).
-
-    Attributes:
-        k_patches: how many lowest-degree patches may join the seed's similars (>= 1).
-        gram_bias: added to every Gram entry before any threshold; 0 reproduces the reference.
-        exclude_outliers: artifact-aware LOST (a lostreg extension): high-norm output tokens
-            (:func:`lostreg.artifacts.outlier_mask` on the final tokens' norms) can be neither the
-            seed nor a potential; degrees and the expansion still count every patch.
-    """
-
-    k_patches: int = 100
-    gram_bias: float = 0.0
-    exclude_outliers: bool = False
-
-    def validate(self) -> None:
-        """Raise :class:`ProtocolError` for a value out of range."""
-        _check_int(self.k_patches, "lost.k_patches", minimum=1)
-        if isinstance(self.gram_bias, bool) or not isinstance(self.gram_bias, (int, float)) \
-                or not math.isfinite(self.gram_bias):
-            raise ProtocolError(f"lost.gram_bias must be a finite number, got {self.gram_bias!r}")
-        if not isinstance(self.exclude_outliers, bool):
-            raise ProtocolError(f"lost.exclude_outliers must be true or false, got {self.exclude_outliers!r}")
-
-
-@dataclass(frozen=True)
-class TokenCutConfig:
-    """TokenCut's knobs (spec tokencut.md; Wang et al. 2022 defaults).
-
-    Attributes:
-        tau: cosine threshold of the binary graph (``W = 1`` where cosine > tau, else ``eps``).
-        eps: weight of the non-edges (> 0: the graph stays connected).
-        eig: eigen-solver: ``scipy`` (the reference's call, CPU), ``torch64`` (default, batched on
-            the device), ``torch32`` (faster, 98.6% box parity on the spec's graphs).
-    """
-
-    tau: float = 0.2
-    eps: float = 1e-5
-    eig: str = "torch64"
-
-    def validate(self) -> None:
-        """Raise :class:`ProtocolError` for a value out of range."""
-        if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not math.isfinite(self.tau):
-            raise ProtocolError(f"tokencut.tau must be a finite number, got {self.tau!r}")
-        if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not self.eps > 0 \
-                or not math.isfinite(self.eps):
-            raise ProtocolError(f"tokencut.eps must be a finite number > 0, got {self.eps!r}")
-        if self.eig not in EIG_SOLVERS:
-            raise ProtocolError(f"tokencut.eig must be one of {', '.join(EIG_SOLVERS)}; got {self.eig!r}")
-
-
-@dataclass(frozen=True)
 class DiscoveryProtocol:
     """Everything that turns backbone features into a box: the method, its features and its knobs.
 
-    Each method reads its own section (``lost`` or ``tokencut``); the other's knobs are kept but
-    play no part (and are left out of names and comparisons).
+    ``DiscoveryProtocol(method="tokencut", features=FeatureConfig("q"), tokencut=TokenCutConfig(tau=0.3))``:
+    one keyword per registered method holds that method's settings (missing ones take their
+    defaults). Each method reads its own section; the others' are kept but play no part (and are
+    left out of names, identities and comparisons). Immutable, hashable, compared by value.
     """
 
-    method: str = "lost"
-    features: FeatureConfig = field(default_factory=FeatureConfig)
-    lost: LostConfig = field(default_factory=LostConfig)
-    tokencut: TokenCutConfig = field(default_factory=TokenCutConfig)
+    __slots__ = ("_method", "_features", "_sections")
+
+    def __init__(self, method: str = DEFAULT_METHOD, features: FeatureConfig | None = None, **sections: Any) -> None:
+        specs = registered_methods()
+        unknown = sorted(set(sections) - set(specs))
+        if unknown:
+            raise TypeError(f"DiscoveryProtocol got settings of unknown method(s) {unknown}; "
+                            f"registered: {', '.join(specs)}")
+        object.__setattr__(self, "_method", method)
+        object.__setattr__(self, "_features", FeatureConfig() if features is None else features)
+        object.__setattr__(self, "_sections", {name: sections.get(name) or spec.config()
+                                               for name, spec in specs.items()})
+
+    # -- fields --------------------------------------------------------------------------
+
+    @property
+    def method(self) -> str:
+        """The discovery method's registered name (``lost``, ``tokencut``)."""
+        return self._method
+
+    @property
+    def features(self) -> FeatureConfig:
+        """Which backbone features feed the method."""
+        return self._features
+
+    @property
+    def spec(self) -> MethodSpec:
+        """The method's registration (raises ``UnknownNameError`` for an unregistered name)."""
+        return get_method(self._method)
+
+    @property
+    def method_knobs(self) -> Any:
+        """The chosen method's settings (e.g. a :class:`LostConfig`)."""
+        return self.section(self._method)
+
+    def section(self, name: str) -> Any:
+        """The settings of method ``name`` held by this protocol."""
+        try:
+            return self._sections[name]
+        except KeyError:
+            raise AttributeError(f"no settings section {name!r}") from None
+
+    def sections(self) -> Iterator[tuple[str, Any]]:
+        """``(method name, its settings)`` for every registered method, registration order."""
+        return iter(self._sections.items())
+
+    def __getattr__(self, name: str) -> Any:
+        # protocol.lost, protocol.tokencut: a method's section under the method's name.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        sections = object.__getattribute__(self, "_sections")
+        if name in sections:
+            return sections[name]
+        raise AttributeError(f"'DiscoveryProtocol' has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self._method, self._features, tuple(sorted(self._sections.items())))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DiscoveryProtocol) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        sections = ", ".join(f"{name}={config!r}" for name, config in self._sections.items())
+        return f"DiscoveryProtocol(method={self._method!r}, features={self._features!r}, {sections})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (self._method, self._features, dict(self._sections)))
+
+    def replace(self, method: str | None = None, features: FeatureConfig | None = None,
+                **sections: Any) -> "DiscoveryProtocol":
+        """A copy with some fields replaced (``protocol.replace(features=..., lost=...)``)."""
+        merged = {**self._sections, **sections}
+        return DiscoveryProtocol(self._method if method is None else method,
+                                 self._features if features is None else features, **merged)
+
+    def with_knobs(self, features: Mapping[str, Any] | None = None,
+                   knobs: Mapping[str, Any] | None = None) -> "DiscoveryProtocol":
+        """A copy with some feature settings and some of the chosen method's settings changed, by name."""
+        features_new = dataclasses.replace(self._features, **dict(features or {}))
+        knobs_new = dataclasses.replace(self.method_knobs, **dict(knobs or {}))
+        return self.replace(features=features_new, **{self._method: knobs_new})
+
+    # -- checks and conversions ----------------------------------------------------------
 
     def validate(self) -> "DiscoveryProtocol":
         """Check every value; return ``self`` so calls chain.
@@ -183,107 +173,111 @@ class DiscoveryProtocol:
         Raises:
             ProtocolError: one line naming the setting and the allowed values.
         """
-        if self.method not in METHODS:
-            raise ProtocolError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
-        self.features.validate()
-        self.lost.validate()
-        self.tokencut.validate()
+        if self._method not in registered_methods():
+            raise ProtocolError(f"method must be one of {', '.join(method_names())}; got {self._method!r}")
+        self._features.validate()
+        for config in self._sections.values():
+            config.validate()
         return self
 
     def knobs(self) -> dict[str, Any]:
-        """The chosen method's own knobs, e.g. ``{"k_patches": 100, "gram_bias": 0.0}`` for LOST."""
-        return dataclasses.asdict(getattr(self, self.method))
+        """The chosen method's own knobs, e.g. ``{"k_patches": 100, "gram_bias": 0.0, ...}`` for LOST."""
+        return dataclasses.asdict(self.method_knobs)
 
     def identity(self) -> dict[str, Any]:
         """What can change a box: the method, the features and the chosen method's knobs only.
 
-        Knobs at their defaults that earlier versions did not have (``exclude_outliers``) are left
-        out, so run directories of those versions keep their identity.
+        Knobs declared ``omit_at_default`` (added after run directories existed, e.g.
+        ``exclude_outliers``) are left out at their default, so those directories keep their identity.
         """
-        knobs = self.knobs()
-        if self.method == "lost" and not knobs.get("exclude_outliers"):
-            knobs.pop("exclude_outliers", None)
-        return {"method": self.method, "features": dataclasses.asdict(self.features), self.method: knobs}
+        return {"method": self._method, "features": dataclasses.asdict(self._features),
+                self._method: identity_of(self.method_knobs)}
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain nested dict (``{"method", "features": {...}, "lost": {...}}``) for JSON summaries."""
-        return dataclasses.asdict(self)
+        """Plain nested dict (``{"method", "features": {...}, "lost": {...}, ...}``) for JSON summaries."""
+        return {"method": self._method, "features": dataclasses.asdict(self._features),
+                **{name: dataclasses.asdict(config) for name, config in self._sections.items()}}
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> "DiscoveryProtocol":
-        """Build from a mapping shaped like the eval config (``method``, ``features``, ``lost``).
+    def from_mapping(cls, data: Mapping[str, Any], typed: bool = False) -> "DiscoveryProtocol":
+        """Build from a mapping shaped like the eval config (``method``, ``features``, ``lost``, ...).
 
-        Missing sections or keys take the defaults (older run directories lack ``method`` and
-        ``features.l2_normalize``); unknown keys are an error. Values are not validated here.
+        Missing sections or keys take the defaults (older run directories lack ``method``,
+        ``features.l2_normalize`` and the ``tokencut`` section); unknown keys are an error.
+        Values are not range-checked here (:meth:`validate` does).
+
+        Args:
+            data: the config (other keys are ignored).
+            typed: refuse values of another type than declared (reading a run directory's file).
 
         Raises:
-            ProtocolError: an unknown key.
+            ProtocolError: an unknown key, or (``typed``) a mistyped value.
         """
-        def build(kind: type, section: str) -> Any:
-            values = dict(data.get(section) or {})
-            names = {f.name for f in dataclasses.fields(kind)}
-            unknown = sorted(set(values) - names)
-            if unknown:
-                raise ProtocolError(f"unknown setting {section}.{unknown[0]} (known: {', '.join(sorted(names))})")
-            return kind(**values)
+        features = knobs_from_mapping(FeatureConfig, data.get("features"), "features", typed)
+        sections = {name: knobs_from_mapping(spec.config, data.get(name), name, typed)
+                    for name, spec in registered_methods().items()}
+        return cls(method=str(data.get("method", DEFAULT_METHOD)), features=features, **sections)
 
-        method = data.get("method", cls.method)
-        return cls(method=str(method), features=build(FeatureConfig, "features"), lost=build(LostConfig, "lost"),
-                   tokencut=build(TokenCutConfig, "tokencut"))
+    # -- words -----------------------------------------------------------------------------
 
     @property
     def name(self) -> str:
         """Directory-name form, e.g. ``k_layer-1_k100_bias0.0`` (``_l2`` appended when normalised).
 
-        The LOST method's name keeps the form of earlier lostreg versions, so their run
-        directories are found again by the same command.
+        Each method names itself (:attr:`MethodSpec.dir_name`); LOST keeps the form of the first
+        lostreg versions, so their run directories are found again by the same command.
         """
-        f, lost, cut = self.features, self.lost, self.tokencut
-        if self.method == "tokencut":
-            default = TokenCutConfig()
-            text = f"tokencut_{f.which}_layer{f.layer}_tau{float(cut.tau)}"
-            text += "" if cut.eps == default.eps else f"_eps{cut.eps:g}"
-            text += "" if cut.eig == default.eig else f"_{cut.eig}"
-        else:
-            text = f"{f.which}_layer{f.layer}_k{lost.k_patches}_bias{float(lost.gram_bias)}"
-            text += "_xo" if lost.exclude_outliers else ""
-        return text + ("_l2" if f.l2_normalize else "")
+        return self.spec.dir_name(self._features, self.method_knobs) + ("_l2" if self._features.l2_normalize else "")
 
     def departures(self) -> list[str]:
-        """How this protocol differs from the default one, e.g. ``["which=q", "layer=-2"]``."""
-        default = DiscoveryProtocol()
-        parts = []
-        if self.method != default.method:
-            parts.append(f"method={self.method}")
-        if self.features.which != default.features.which:
-            parts.append(f"which={self.features.which}")
-        if self.features.layer != default.features.layer:
-            parts.append(f"layer={self.features.layer}")
-        if self.method == "lost":
-            if self.lost.k_patches != default.lost.k_patches:
-                parts.append(f"k={self.lost.k_patches}")
-            if self.lost.gram_bias != default.lost.gram_bias:
-                parts.append(f"bias={self.lost.gram_bias:g}")
-            if self.lost.exclude_outliers:
-                parts.append("exclude_outliers")
+        """How this protocol differs from its method's defaults, e.g. ``["which=q", "layer=-2", "k=50"]``.
+
+        Order: the method (when not the default one), the features' which and layer, the method's
+        knobs, then ``l2``. Booleans are named alone (``exclude_outliers``), floats with ``:g``.
+        """
+        parts = [] if self._method == DEFAULT_METHOD else [f"method={self._method}"]
+        default_features = FeatureConfig()
+        feature_parts = _changed(self._features, default_features)
+        parts += [p for p in feature_parts if p != knob_label(_field(FeatureConfig, "l2_normalize"))]
+        parts += _changed(self.method_knobs, self.spec.config())
+        return parts + [p for p in feature_parts if p == knob_label(_field(FeatureConfig, "l2_normalize"))]
+
+
+def _rebuild(method: str, features: FeatureConfig, sections: dict[str, Any]) -> DiscoveryProtocol:
+    return DiscoveryProtocol(method, features, **{k: v for k, v in sections.items() if k in registered_methods()})
+
+
+def _field(cls: type, name: str) -> dataclasses.Field:
+    return next(f for f in knob_fields(cls) if f.name == name)
+
+
+def _changed(config: Any, default: Any) -> list[str]:
+    """``["k=50", "exclude_outliers"]``: the settings of ``config`` that differ from ``default``."""
+    parts = []
+    for f in knob_fields(config):
+        value = getattr(config, f.name)
+        if value == getattr(default, f.name):
+            continue
+        label = knob_label(f)
+        if isinstance(value, bool):
+            parts.append(label)
+        elif isinstance(value, float):
+            parts.append(f"{label}={value:g}")
         else:
-            parts += [f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
-                      for name, value in self.knobs().items() if value != getattr(TokenCutConfig(), name)]
-        if self.features.l2_normalize != default.features.l2_normalize:
-            parts.append("l2")
-        return parts
+            parts.append(f"{label}={value}")
+    return parts
 
 
 _KIND_WORDS = {"q": "queries", "k": "keys", "v": "values"}
 
 
+def describe_features(features: FeatureConfig) -> str:
+    """The features in words, e.g. ``raw keys of the last layer``."""
+    layer = "the last layer" if features.layer == -1 else f"layer {features.layer}"
+    return f"{'L2-normalised' if features.l2_normalize else 'raw'} {_KIND_WORDS.get(features.which, features.which)} " \
+           f"of {layer}"
+
+
 def describe_protocol(protocol: DiscoveryProtocol) -> str:
     """The protocol in words, e.g. ``raw keys of the last layer, k=100, Gram bias 0``."""
-    f = protocol.features
-    layer = "the last layer" if f.layer == -1 else f"layer {f.layer}"
-    text = f"{'L2-normalised' if f.l2_normalize else 'raw'} {_KIND_WORDS.get(f.which, f.which)} of {layer}"
-    if protocol.method == "tokencut":
-        cut = protocol.tokencut
-        return f"TokenCut on {text}, tau={cut.tau:g}, eps={cut.eps:g}, eig={cut.eig}"
-    text = f"{text}, k={protocol.lost.k_patches}, Gram bias {protocol.lost.gram_bias:g}"
-    return text + (", high-norm outliers excluded" if protocol.lost.exclude_outliers else "")
+    return protocol.spec.describe(describe_features(protocol.features), protocol.method_knobs)

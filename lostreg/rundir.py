@@ -7,7 +7,8 @@ Layout of a run directory:
 
 * ``config.yaml``  the composed config, resolved: the run's identity (written once).
 * ``run.json``     ``{"sessions": [...]}``, one entry per session (command, versions, git state,
-  device, timings, whether it was interrupted).
+  device, timings, whether it was interrupted or stopped by an error), written when the session
+  starts and completed when it ends, so a killed session is recorded too (``ended`` stays null).
 * ``preds.jsonl``  one JSON line per image, appended and flushed per batch (:class:`PredictionStore`).
 * ``metrics.json`` what the evaluators computed over every line of ``preds.jsonl``.
 * ``.lock``        advisory lock held by the one process that appends to the directory; it holds
@@ -25,10 +26,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import queue
 import socket
+import subprocess
 import sys
 import threading
+import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator, Mapping
@@ -54,10 +59,14 @@ __all__ = [
     "RunError",
     "RunLockedError",
     "RunNotFoundError",
+    "Session",
+    "SessionTimer",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
     "config_differences",
+    "environment_versions",
+    "git_state",
 ]
 
 CONFIG_FILE = "config.yaml"
@@ -211,6 +220,91 @@ class PredictionWriter:
             self._queue.put(None)
             self._thread.join()
         self._raise()
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+@dataclass
+class SessionTimer:
+    """Where a session's time went: waiting for the read stage, computing, and the images done."""
+
+    load_wait_s: float = 0.0
+    compute_s: float = 0.0
+    images: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def as_dict(self) -> dict[str, float]:
+        """``wall_s``, ``load_wait_s``, ``compute_s``, ``images``, ``images_per_s`` (rounded to ms)."""
+        wall = time.monotonic() - self.started
+        return {
+            "wall_s": round(wall, 3),
+            "load_wait_s": round(self.load_wait_s, 3),
+            "compute_s": round(self.compute_s, 3),
+            "images": self.images,
+            "images_per_s": round(self.images / wall, 3) if wall > 0 else 0.0,
+        }
+
+
+def environment_versions() -> dict[str, str | None]:
+    """Versions of what computes the results (lostreg, Python, torch and its CUDA, timm, numpy, OS).
+
+    Imports torch and timm (call it from a session, not at import time).
+    """
+    import numpy as np
+    import timm
+    import torch
+
+    from lostreg import __version__
+
+    return {
+        "lostreg": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "timm": timm.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def git_state() -> dict[str, Any] | None:
+    """``{"commit", "dirty"}`` of the lostreg source tree, or None (an installed wheel, or no git)."""
+    source = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": bool(dirty)}
+
+
+class Session:
+    """One session's entry in ``run.json``: written when it starts, completed when it ends.
+
+    Made by :meth:`RunDir.begin_session`. :attr:`timer` counts the session's time and images.
+    """
+
+    def __init__(self, run_dir: "RunDir", index: int, record: dict[str, Any]) -> None:
+        self.run_dir = run_dir
+        self.index = index
+        self.record = record
+        self.timer = SessionTimer()
+
+    def end(self, interrupted: bool = False, error: BaseException | None = None, **fields: Any) -> None:
+        """Complete the entry: ``ended``, ``timings``, ``interrupted``, and ``error`` (one line) when a
+        bug stopped the session; ``fields`` are added (e.g. ``resumed_with``)."""
+        self.record.update(fields)
+        self.record.update(ended=_now(), timings=self.timer.as_dict(), interrupted=interrupted)
+        if error is not None:
+            self.record["error"] = f"{type(error).__name__}: {' '.join(str(error).split())}"
+        self.run_dir._write_session(self.index, self.record)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 # --------------------------------------------------------------------------- the directory
@@ -457,9 +551,28 @@ class RunDir:
         atomic_write_json(self.metrics_path, dict(metrics))
 
     def append_session(self, session: Mapping[str, Any]) -> None:
-        """Add one session to ``run.json`` (atomically)."""
+        """Add one (finished) session to ``run.json`` (atomically)."""
         info = self.read_run_info()
         info["sessions"].append(dict(session))
+        atomic_write_json(self.info_path, info)
+
+    def begin_session(self, command: str | None = None, **fields: Any) -> Session:
+        """Record a session starting now in ``run.json`` (started, command, versions, git state, ``fields``)
+        and return it; :meth:`Session.end` completes the entry. The caller holds :meth:`lock`."""
+        record = {"started": _now(), "command": command or " ".join(sys.argv), **fields,
+                  "versions": environment_versions(), "git": git_state(), "ended": None}
+        info = self.read_run_info()
+        info["sessions"].append(record)
+        atomic_write_json(self.info_path, info)
+        return Session(self, len(info["sessions"]) - 1, record)
+
+    def _write_session(self, index: int, record: Mapping[str, Any]) -> None:
+        info = self.read_run_info()
+        sessions = info["sessions"]
+        if index < len(sessions):
+            sessions[index] = dict(record)
+        else:  # run.json was cleared meanwhile (overwrite by another tool): keep this session anyway
+            sessions.append(dict(record))
         atomic_write_json(self.info_path, info)
 
 

@@ -109,7 +109,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from numbers import Real
-from typing import Literal
+from typing import Mapping
 
 import numpy as np
 import scipy.linalg
@@ -117,6 +117,8 @@ import scipy.ndimage
 import torch
 import torch.nn.functional as F
 
+from lostreg.knobs import FeatureKey
+from lostreg.methods.tokencut import EIG_SOLVERS, EigSolver, TokenCutConfig
 from lostreg.precision import strict_fp32
 
 __all__ = [
@@ -124,12 +126,10 @@ __all__ = [
     "EIG_SOLVERS",
     "EigSolver",
     "TokenCutResult",
+    "run_tokencut",
     "tokencut",
     "tokencut_batch",
 ]
-
-EigSolver = Literal["scipy", "torch64", "torch32"]
-EIG_SOLVERS: tuple[str, ...] = ("scipy", "torch64", "torch32")
 
 #: Relative spectral gap ``(λ3 - λ2) / max(λ3, 1e-12)`` at or below which an image is
 #: flagged degenerate (spec 5.3).
@@ -504,9 +504,9 @@ def _run(
 def tokencut(
     features: torch.Tensor,
     grid_hw: tuple[int, int],
-    tau: float = 0.2,
-    eps: float = 1e-5,
-    eig: EigSolver = "torch64",
+    tau: float = TokenCutConfig.tau,
+    eps: float = TokenCutConfig.eps,
+    eig: EigSolver = TokenCutConfig.eig,  # type: ignore[assignment]
 ) -> TokenCutResult:
     """Localise one object with TokenCut.
 
@@ -542,9 +542,9 @@ def tokencut(
 def tokencut_batch(
     features: torch.Tensor,
     grid_hw: tuple[int, int],
-    tau: float = 0.2,
-    eps: float = 1e-5,
-    eig: EigSolver = "torch64",
+    tau: float = TokenCutConfig.tau,
+    eps: float = TokenCutConfig.eps,
+    eig: EigSolver = TokenCutConfig.eig,  # type: ignore[assignment]
 ) -> list[TokenCutResult]:
     """TokenCut on a batch of images that share one patch grid.
 
@@ -573,3 +573,16 @@ def tokencut_batch(
     if feats.shape[0] == 0:
         return []
     return _run(feats, rows, cols, tau, eps, eig)
+
+
+def run_tokencut(config: TokenCutConfig, features: torch.Tensor, grid_hw: tuple[int, int],
+                 extras: Mapping[FeatureKey, torch.Tensor]) -> list[TokenCutResult]:
+    """TokenCut as a registered method (:mod:`lostreg.methods.tokencut`): :func:`tokencut_batch` with ``config``.
+
+    Args:
+        config: tau, eps and the eigen-solver.
+        features: (B, rows*cols, D) float patch features of same-grid images, row-major.
+        grid_hw: ``(rows, cols)``.
+        extras: unused (TokenCut needs no other feature set).
+    """
+    return tokencut_batch(features, grid_hw, tau=config.tau, eps=config.eps, eig=config.eig)  # type: ignore[arg-type]

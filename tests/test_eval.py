@@ -15,6 +15,7 @@ import pytest
 import synthetic
 from lostreg.cli.main import main
 from lostreg.evaluation import runner
+from lostreg.evaluation.engine import DiscoveryEngine
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -192,7 +193,7 @@ def test_keyboard_interrupt_then_resume_equals_uninterrupted(
             "batch_size=2", "num_workers=0"]
     assert main(args + [f"run_dir={tmp_path / 'full'}"]) == 0
 
-    real = runner._discover_items
+    real = DiscoveryEngine.process  # one call per loader batch
     calls = {"n": 0}
 
     def interrupt_on_third(*a, **k):  # type: ignore[no-untyped-def]
@@ -201,13 +202,13 @@ def test_keyboard_interrupt_then_resume_equals_uninterrupted(
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(runner, "_discover_items", interrupt_on_third)
+    monkeypatch.setattr(DiscoveryEngine, "process", interrupt_on_third)
     assert main(args + [f"run_dir={tmp_path / 'cut'}"]) == 130
     assert "run the same command again to resume" in capsys.readouterr().err
     partial = read_preds(tmp_path / "cut")
     assert 0 < len(partial) < 12
     assert json.loads((tmp_path / "cut" / "metrics.json").read_text())["complete"] is False
-    monkeypatch.setattr(runner, "_discover_items", real)
+    monkeypatch.setattr(DiscoveryEngine, "process", real)
     assert main(args + [f"run_dir={tmp_path / 'cut'}"]) == 0
     assert sorted_lines(tmp_path / "cut") == sorted_lines(tmp_path / "full")
     assert metrics_without_timings(tmp_path / "cut") == metrics_without_timings(tmp_path / "full")

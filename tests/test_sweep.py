@@ -12,7 +12,7 @@ import pytest
 import synthetic
 from lostreg.cli.main import main
 from lostreg.config import compose_config, protocol_from_config
-from lostreg.evaluation import sweep as sweep_mod
+from lostreg.evaluation.engine import DiscoveryEngine
 from lostreg.evaluation.sweep import SweepGrid
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -83,7 +83,7 @@ def test_table_best_first_and_csv(swept: Path, capsys: pytest.CaptureFixture[str
 def test_interrupt_then_resume_equals_uninterrupted(swept: Path, voc: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    real = sweep_mod.SweepJob._discover
+    real = DiscoveryEngine.process  # one call per loader batch
     calls = {"n": 0}
 
     def interrupt_on_second(self, *a, **k):  # type: ignore[no-untyped-def]
@@ -92,7 +92,7 @@ def test_interrupt_then_resume_equals_uninterrupted(swept: Path, voc: Path, tmp_
             raise KeyboardInterrupt
         return real(self, *a, **k)
 
-    monkeypatch.setattr(sweep_mod.SweepJob, "_discover", interrupt_on_second)
+    monkeypatch.setattr(DiscoveryEngine, "process", interrupt_on_second)
     cut = tmp_path / "cut"
     assert main(["sweep", *base(voc), *GRID, f"run_dir={cut}"]) == 130
     partial = lines_of(cut / "configs" / "k_layer-1_k100_bias0.0")
@@ -100,7 +100,7 @@ def test_interrupt_then_resume_equals_uninterrupted(swept: Path, voc: Path, tmp_
     # A configuration that lost its last batch (as after a kill) is completed for that one only.
     victim = cut / "configs" / "q_layer-1_k100_bias0.0" / "preds.jsonl"
     victim.write_text("".join(victim.read_text().splitlines(keepends=True)[:-1]))
-    monkeypatch.setattr(sweep_mod.SweepJob, "_discover", real)
+    monkeypatch.setattr(DiscoveryEngine, "process", real)
     assert main(["sweep", *base(voc), *GRID, f"run_dir={cut}"]) == 0
     for sub in (swept / "configs").iterdir():
         assert lines_of(cut / "configs" / sub.name) == lines_of(sub)

@@ -10,27 +10,16 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from lostreg.errors import ConfigError, LostregError, debug_enabled
-from lostreg.protocol import (
-    EIG_SOLVERS,
-    FEATURE_KINDS,
-    METHODS,
-    PRECISIONS,
-    DiscoveryProtocol,
-    FeatureConfig,
-    LostConfig,
-    ProtocolError,
-    TokenCutConfig,
-)
+from lostreg.errors import LostregError, debug_enabled
+from lostreg.knobs import FeatureConfig, ProtocolError, flag_of, knob_choices, knob_fields, knob_help, knob_type
+from lostreg.methods import DEFAULT_METHOD, registered_methods
+from lostreg.protocol import PRECISIONS, DiscoveryProtocol
 
 if TYPE_CHECKING:  # pragma: no cover
     from lostreg.backbones import Backbone
 
 #: Longer-side limit of user images for discover / inspect / export --images (0 = native).
 DEFAULT_MAX_SIZE = 1024
-
-_DEFAULT = DiscoveryProtocol()
-
 
 def error(message: object) -> None:
     """Print ``lostreg: error: <message>`` on stderr (through tqdm when loaded, so bars stay intact)."""
@@ -66,33 +55,36 @@ def user_errors() -> tuple[type[Exception], ...]:
     return (LostregError,)
 
 
+def _protocol_sections() -> list[tuple[str, type]]:
+    """``(config section, settings dataclass)``: the features, then every registered method's."""
+    return [("features", FeatureConfig), *((name, spec.config) for name, spec in registered_methods().items())]
+
+
 def protocol_parent_parser() -> argparse.ArgumentParser:
     """The discovery-protocol flags, declared once for every command that runs discovery.
 
-    Use as ``parents=[protocol_parent_parser()]``; defaults come from :mod:`lostreg.protocol`.
+    Use as ``parents=[protocol_parent_parser()]``. Every flag is derived from a settings field
+    (:mod:`lostreg.knobs`): ``--which``, ``--layer``, ``--l2-normalize``, then each registered
+    method's (``--k-patches``, ``--tau``, ...), with the field's default, help and choices.
     """
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("discovery protocol (defaults: the LOST paper's)")
-    group.add_argument("--method", choices=METHODS, default=_DEFAULT.method,
-                       help=f"discovery method (default {_DEFAULT.method})")
-    group.add_argument("--which", choices=FEATURE_KINDS, default=FeatureConfig.which,
-                       help=f"attention features: q, k or v of the qkv projection (default {FeatureConfig.which})")
-    group.add_argument("--layer", type=int, default=FeatureConfig.layer,
-                       help=f"block index, negative from the end (default {FeatureConfig.layer})")
-    group.add_argument("--l2-normalize", action="store_true", default=FeatureConfig.l2_normalize,
-                       help="L2-normalise each patch feature first (cosine Gram matrix)")
-    group.add_argument("--k-patches", type=int, default=LostConfig.k_patches,
-                       help=f"LOST k: lowest-degree patches that may join the seed (default {LostConfig.k_patches})")
-    group.add_argument("--gram-bias", type=float, default=LostConfig.gram_bias,
-                       help=f"LOST: added to the Gram matrix (default {LostConfig.gram_bias:g})")
-    group.add_argument("--exclude-outliers", action="store_true", default=LostConfig.exclude_outliers,
-                       help="LOST: high-norm output tokens (artifacts) can be neither the seed nor a potential")
-    group.add_argument("--tau", type=float, default=TokenCutConfig.tau,
-                       help=f"TokenCut: cosine threshold of the graph (default {TokenCutConfig.tau:g})")
-    group.add_argument("--eps", type=float, default=TokenCutConfig.eps,
-                       help=f"TokenCut: weight of non-edges (default {TokenCutConfig.eps:g})")
-    group.add_argument("--eig", choices=EIG_SOLVERS, default=TokenCutConfig.eig,
-                       help=f"TokenCut: eigen-solver (default {TokenCutConfig.eig}; scipy = the reference's call)")
+    methods = registered_methods()
+    group.add_argument("--method", choices=tuple(methods), default=DEFAULT_METHOD,
+                       help=f"discovery method (default {DEFAULT_METHOD}): "
+                            + "; ".join(f"{name}: {spec.summary}" for name, spec in methods.items() if spec.summary))
+    for section, cls in _protocol_sections():
+        label = "" if section == "features" else f"{methods[section].label}: "
+        for field in knob_fields(cls):
+            flag, default, help_text = flag_of(field), field.default, knob_help(field)
+            if not help_text.startswith(label):
+                help_text = label + help_text
+            if isinstance(default, bool):
+                action = argparse.BooleanOptionalAction if default else "store_true"
+                group.add_argument(flag, dest=field.name, action=action, default=default, help=help_text)
+            else:
+                group.add_argument(flag, dest=field.name, type=knob_type(cls, field.name), default=default,
+                                   choices=knob_choices(field), help=help_text)
     return parser
 
 
@@ -109,14 +101,10 @@ def protocol_from_args(args: argparse.Namespace) -> DiscoveryProtocol:
     Raises:
         ProtocolError: a value out of range, named as its command-line flag.
     """
-    protocol = DiscoveryProtocol(
-        method=args.method,
-        features=FeatureConfig(which=args.which, layer=args.layer, l2_normalize=args.l2_normalize),
-        lost=LostConfig(k_patches=args.k_patches, gram_bias=args.gram_bias, exclude_outliers=args.exclude_outliers),
-        tokencut=TokenCutConfig(tau=args.tau, eps=args.eps, eig=args.eig),
-    )
+    values = {section: {f.name: getattr(args, f.name) for f in knob_fields(cls)}
+              for section, cls in _protocol_sections()}
     try:
-        return protocol.validate()
+        return DiscoveryProtocol.from_mapping({"method": args.method, **values}).validate()
     except ProtocolError as err:
         raise ProtocolError(as_flag(str(err))) from None
 
@@ -124,28 +112,26 @@ def protocol_from_args(args: argparse.Namespace) -> DiscoveryProtocol:
 def protocol_overrides(args: argparse.Namespace) -> list[str]:
     """The hydra overrides (``lost.k_patches=50``) of the protocol flags that differ from the defaults."""
     protocol = protocol_from_args(args)
-    out = []
-    if protocol.method != _DEFAULT.method:
-        out.append(f"method={protocol.method}")
-    for section in ("features", "lost", "tokencut"):
-        ours, default = getattr(protocol, section), getattr(_DEFAULT, section)
-        for name, value in vars(ours).items():
-            if value != getattr(default, name):
-                out.append(f"{section}.{name}={str(value).lower() if isinstance(value, bool) else value}")
+    default = DiscoveryProtocol()
+    out = [] if protocol.method == default.method else [f"method={protocol.method}"]
+    for section, cls in _protocol_sections():
+        ours = protocol.features if section == "features" else protocol.section(section)
+        for field in knob_fields(cls):
+            value = getattr(ours, field.name)
+            if value != field.default:
+                out.append(f"{section}.{field.name}={str(value).lower() if isinstance(value, bool) else value}")
     return out
-
-
-_FLAGS = {"features.which": "--which", "features.layer": "--layer", "features.l2_normalize": "--l2-normalize",
-          "lost.k_patches": "--k-patches", "lost.gram_bias": "--gram-bias", "method": "--method",
-          "lost.exclude_outliers": "--exclude-outliers",
-          "tokencut.tau": "--tau", "tokencut.eps": "--eps", "tokencut.eig": "--eig"}
 
 
 def as_flag(message: str) -> str:
     """A protocol error message worded with the command-line flag (``--layer ...``, not ``features.layer ...``)."""
-    for key, flag in _FLAGS.items():
-        if message.startswith(key + " "):
-            return flag + message[len(key):]
+    for section, cls in _protocol_sections():
+        for field in knob_fields(cls):
+            key = f"{section}.{field.name}"
+            if message.startswith(key + " "):
+                return flag_of(field) + message[len(key):]
+    if message.startswith("method "):
+        return "--method" + message[len("method"):]
     return message
 
 

@@ -2,8 +2,12 @@
 
 stdout: one JSON object per image (``image``, ``width``, ``height``, ``box_xyxy`` in original
 pixels with exclusive max, ``seed_rc``, ``backbone``; with ``--method tokencut`` also
-``degenerate``). stderr: progress and one line per
-problem. Exit code 0 when every image succeeded, 1 when any failed, 2 when nothing could run.
+``degenerate``). stderr: progress and one line per problem. Exit code 0 when every image succeeded,
+1 when any failed, 2 when nothing could run; a bug stops with its traceback (exit code 1).
+
+The discovery itself is the engine's (:mod:`lostreg.evaluation.engine`), as for ``lostreg eval``;
+this module reads the inputs (files, globs, bundled samples) in this process and writes the records
+and pictures.
 """
 
 from __future__ import annotations
@@ -14,8 +18,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from lostreg.samples import SAMPLES
-from lostreg.errors import ConfigError
 from lostreg.cli.common import (
     DEFAULT_MAX_SIZE,
     add_precision_argument,
@@ -27,10 +29,14 @@ from lostreg.cli.common import (
     report_user_error,
     user_errors,
 )
+from lostreg.errors import ConfigError
+from lostreg.samples import SAMPLES
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
+    from lostreg.evaluation.engine import DiscoveryEngine
+    from lostreg.evaluation.loading import LoadedBatch
 
 
 def parents() -> list[argparse.ArgumentParser]:
@@ -102,13 +108,7 @@ def _remove_stale_pictures(output: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from lostreg.discovery import ObjectDiscoverer
-    from lostreg.io.images import ImageReadError, collect_image_paths
-    from lostreg.memory import InsufficientMemoryError, check_fits
-    from lostreg.preprocess import ImageTooSmallError
-    from lostreg.viz.draw import draw_discovery, save_png
+    from lostreg.evaluation.engine import DiscoveryEngine
 
     errors = user_errors()
     if not args.paths and not args.samples:
@@ -125,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
     except errors as err:
         report_user_error(err)
         return 2
+    from lostreg.io.images import collect_image_paths
+
     paths, problems = collect_image_paths(args.paths, recursive=args.recursive) if args.paths else ([], [])
     for problem in problems:
         error(str(problem))
@@ -139,88 +141,148 @@ def run(args: argparse.Namespace) -> int:
             from lostreg.evaluation.runner import with_test_time_registers
 
             backbone = with_test_time_registers(backbone, args.ttreg)
-        discoverer = ObjectDiscoverer(backbone, protocol, max_size=args.max_size or None,
-                                     precision=args.precision)
+        engine = DiscoveryEngine(backbone, [protocol], max_size=args.max_size or None, precision=args.precision)
     except errors as err:
         report_user_error(err, as_flag(str(err)))
         return 2
 
-    results_file = None
-    if args.output is not None:
-        args.output.mkdir(parents=True, exist_ok=True)
-        _remove_stale_pictures(args.output)
-        results_file = (args.output / RESULTS_FILE).open("w", encoding="utf-8")
-    used_names: set[str] = set()
-    failed = 0
-
-    def record_failure(name: str, message: str) -> None:
-        nonlocal failed
-        error(message)
-        failed += 1
-        if results_file:
-            results_file.write(json.dumps({"image": name, "error": message}) + "\n")
-            results_file.flush()
-
-    def emit(name: str, image: "np.ndarray", found) -> None:  # type: ignore[no-untyped-def]
-        record = found.to_json()
-        tqdm.write(json.dumps(record), file=sys.stdout)
-        sys.stdout.flush()
-        if results_file is not None:
-            record["png"] = _png_name(name, used_names)
-            label = found.backbone + (" (RANDOM weights)" if backbone.is_random else "")
-            picture = draw_discovery(image, found.box_xyxy, found.seed_box_xyxy, label=label)
-            save_png(picture, args.output / record["png"])
-            results_file.write(json.dumps(record) + "\n")
-            results_file.flush()
-
-    def flush(pending: list) -> None:  # type: ignore[type-arg]
-        """Discover a run of consecutive same-size images in one pass; retry one by one on failure."""
-        try:
-            found = discoverer.discover_batch([prepared for _, _, prepared in pending])
-        except Exception:  # e.g. CUDA out of memory: find the image at fault, record it, go on
-            for name, image, prepared in pending:
-                try:
-                    emit(name, image, discoverer.discover_batch([prepared])[0])
-                except Exception as err:  # noqa: BLE001 - recorded, the others go on
-                    record_failure(name, f"{name}: {type(err).__name__}: {err}")
-            return
-        for (name, image, _), one in zip(pending, found):
-            emit(name, image, one)
-
+    sink = _DiscoverSink(args, backbone.is_random, total=len(sources) + len(problems))
     try:
-        for problem in problems:  # inputs that named no image: recorded like failed images
-            if results_file:
-                results_file.write(json.dumps({"image": problem.path, "error": str(problem)}) + "\n")
-        pending: list = []  # type: ignore[type-arg]
-        bar = tqdm(sources, desc="discover", unit="img", disable=args.no_progress or len(sources) < 2,
-                   file=sys.stderr)
-        for name, load in bar:
+        sink.record_problems(problems)
+        reader = _ReadStage(sources, engine, args.batch_size, args.max_size or None, keep_images=sink.draws)
+        engine.run(reader.batches(), lambda batch, outcomes: sink.emit(outcomes[0], reader))
+    finally:
+        sink.close()
+    return sink.finish()
+
+
+class _ReadStage:
+    """``discover``'s read stage: each input decoded and prepared in this process, checked against the
+    memory, and consecutive images of one padded size packed into one batch (up to ``--batch-size``).
+
+    Inputs that cannot be read, are smaller than a patch or too large for this machine become failed
+    items of the batch (recorded, the others go on); nothing else is caught.
+    """
+
+    def __init__(self, sources: list[Source], engine: "DiscoveryEngine", batch_size: int, max_size: int | None,
+                 keep_images: bool) -> None:
+        self.sources = sources
+        self.engine = engine
+        self.batch_size = batch_size
+        self.max_size = max_size
+        self.keep_images = keep_images
+        #: decoded originals by input index, kept only to draw the pictures (popped when drawn)
+        self.images: dict[int, "np.ndarray"] = {}
+
+    def batches(self) -> "Iterator[LoadedBatch]":
+        from tqdm import tqdm
+
+        from lostreg.datasets.base import ImageRecord
+        from lostreg.evaluation.loading import LoadedBatch, LoadedItem, PackedGroup
+        from lostreg.io.images import ImageReadError
+        from lostreg.memory import InsufficientMemoryError, check_fits
+        from lostreg.preprocess import ImageTooSmallError, pack_uint8
+
+        backbone = self.engine.backbone
+        failed: list[LoadedItem] = []
+        pending: list[LoadedItem] = []
+
+        def flush() -> "LoadedBatch":
+            group = [PackedGroup(list(pending), pack_uint8([it.prepared.pixels for it in pending],  # type: ignore
+                                                           pending[0].prepared.padded_hw))] if pending else []
+            batch = LoadedBatch(list(failed), group)
+            failed.clear()
+            pending.clear()
+            return batch
+
+        bar = tqdm(self.sources, desc="discover", unit="img", disable=len(self.sources) < 2, file=sys.stderr)
+        for index, (name, load) in enumerate(bar):
+            record = ImageRecord(image_id=name, path=Path(name), width=None, height=None)  # no ground truth
             try:
                 image = load()
-                prepared = discoverer.prepare(image, name)
+                prepared = self.engine.preparer(image, name)
+                # A photo too large for this machine at this --max-size: its own error, not an OOM kill.
+                check_fits([(name, prepared.original_hw)], [], self.engine.protocols[0], backbone.patch_size,
+                           backbone.token_width, 1, self.max_size, backbone.device)
             except ImageReadError as err:
-                record_failure(name, str(err))
+                failed.append(LoadedItem(index, record, None, str(err)))
                 continue
             except ImageTooSmallError as err:
-                record_failure(name, f"{name}: {err}")
+                failed.append(LoadedItem(index, record, None, f"{name}: {err}"))
                 continue
-            try:  # a photo too large for this machine at this --max-size: its own error, not an OOM kill
-                check_fits([(name, prepared.original_hw)], [], protocol, backbone.patch_size, backbone.token_width,
-                           1, args.max_size or None, backbone.device)
             except InsufficientMemoryError as err:
-                record_failure(name, str(err).replace("max_size=", "--max-size "))
+                failed.append(LoadedItem(index, record, None, str(err).replace("max_size=", "--max-size ")))
                 continue
-            if pending and (len(pending) == args.batch_size
-                            or prepared.padded_hw != pending[0][2].padded_hw):
-                flush(pending)
-                pending = []
-            pending.append((name, image, prepared))
-        if pending:
-            flush(pending)
-    finally:
-        if results_file:
-            results_file.close()
-    failed += len(problems)
-    if failed:
-        error(f"{failed} of {len(sources) + len(problems)} inputs failed")
-    return 1 if failed else 0
+            if pending and (len(pending) == self.batch_size or prepared.padded_hw != pending[0].prepared.padded_hw):
+                yield flush()
+            if self.keep_images:
+                self.images[index] = image
+            pending.append(LoadedItem(index, record, prepared, None))
+        if pending or failed:
+            yield flush()
+
+
+class _DiscoverSink:
+    """Where ``discover``'s outcomes go: one JSON line per image on stdout, and with ``--output`` one
+    picture per image and ``discoveries.jsonl`` (failures recorded there too)."""
+
+    def __init__(self, args: argparse.Namespace, random_weights: bool, total: int) -> None:
+        self.output: Path | None = args.output
+        self.random_weights = random_weights
+        self.total = total
+        self.failed = 0
+        self.used_names: set[str] = set()
+        self.results_file = None
+        if self.output is not None:
+            self.output.mkdir(parents=True, exist_ok=True)
+            _remove_stale_pictures(self.output)
+            self.results_file = (self.output / RESULTS_FILE).open("w", encoding="utf-8")
+
+    @property
+    def draws(self) -> bool:
+        return self.output is not None
+
+    def record_problems(self, problems: list) -> None:  # type: ignore[type-arg]
+        """Inputs that named no image: recorded like failed images."""
+        for problem in problems:
+            self._write({"image": problem.path, "error": str(problem)})
+        self.failed += len(problems)
+
+    def emit(self, outcomes: list, reader: _ReadStage) -> None:  # type: ignore[type-arg]
+        from tqdm import tqdm
+
+        from lostreg.viz.draw import draw_discovery, save_png
+
+        for outcome in outcomes:
+            name = outcome.record.image_id
+            if outcome.discovery is None:
+                error(outcome.error)
+                self.failed += 1
+                self._write({"image": name, "error": outcome.error})
+                continue
+            found = outcome.discovery
+            record = found.to_json()
+            tqdm.write(json.dumps(record), file=sys.stdout)
+            sys.stdout.flush()
+            if self.output is not None:
+                record["png"] = _png_name(name, self.used_names)
+                image = reader.images.pop(outcome.index)
+                label = found.backbone + (" (RANDOM weights)" if self.random_weights else "")
+                save_png(draw_discovery(image, found.box_xyxy, found.seed_box_xyxy, label=label),
+                         self.output / record["png"])
+                self._write(record)
+
+    def _write(self, record: dict) -> None:  # type: ignore[type-arg]
+        if self.results_file is not None:
+            self.results_file.write(json.dumps(record) + "\n")
+            self.results_file.flush()
+
+    def close(self) -> None:
+        if self.results_file is not None:
+            self.results_file.close()
+
+    def finish(self) -> int:
+        """Exit code: 0 when every input succeeded, 1 when any failed."""
+        if self.failed:
+            error(f"{self.failed} of {self.total} inputs failed")
+        return 1 if self.failed else 0

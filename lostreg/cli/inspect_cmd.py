@@ -159,7 +159,7 @@ def _protocol_for(backbone: "Backbone", protocol: DiscoveryProtocol) -> tuple[Di
     if backbone.has_attention or (protocol.features.which, protocol.features.layer) == (default.which, default.layer):
         return protocol, None
     features = FeatureConfig(l2_normalize=protocol.features.l2_normalize)
-    return dataclasses.replace(protocol, features=features), \
+    return protocol.replace(features=features), \
         f"{backbone.name} has no layers: --which/--layer do not apply"
 
 

@@ -25,6 +25,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
 from lostreg.diagnostics.inspection import Inspection
+from lostreg.methods import method_label
 
 __all__ = [
     "attention_figure",
@@ -49,7 +50,6 @@ BIPARTITION_CMAP = ListedColormap([BIPARTITION_COLOUR])
 RANDOM_NOTE = "RANDOM weights: these maps are meaningless (pipeline test)"
 DEGENERATE_NOTE = ("DEGENERATE spectrum: no unique Fiedler vector (λ3 - λ2 at most 1e-6 λ3, or a graph "
                    "without structure); the whole image is returned as the box")
-METHOD_NAMES = {"lost": "LOST", "tokencut": "TokenCut"}
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
@@ -481,7 +481,7 @@ METHOD_COMPARISON_ROWS = {"lost": ("inverse degree", "expansion + mask"),
 def comparison_rows(methods: Sequence[str]) -> tuple[str, ...]:
     """Row titles of :func:`comparison_figure` for columns running ``methods`` (all LOST: :data:`COMPARISON_ROWS`)."""
     unique = list(dict.fromkeys(methods))
-    name = " / ".join(METHOD_NAMES.get(m, m) for m in unique)
+    name = " / ".join(method_label(m) for m in unique)
     internals = [" / ".join(METHOD_COMPARISON_ROWS[m][i] for m in unique) for i in range(2)]
     return (f"{name} box + seed", *COMPARISON_ROWS[1:5], *internals)
 

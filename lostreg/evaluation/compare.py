@@ -7,7 +7,7 @@ protocol, column groups = datasets), :func:`to_markdown` and :func:`to_csv` rend
 Layout: the first column names the discovery method (``LOST``, ``TokenCut``; the CSV has the
 config value ``lost`` / ``tokencut``), then the backbone, then the protocol as departures from
 *that method's* defaults (``default``, ``k=50``, ``tau=0.3 eig=scipy``). Rows are grouped by
-method (in :data:`lostreg.protocol.METHODS` order), then backbone, default protocol first.
+method (in registration order, :func:`lostreg.methods.method_names`), then backbone, default protocol first.
 A published number stands only beside runs of its own method, backbone and protocol
 (:func:`lostreg.evaluation.published.published_match`); published rows without a run of ours
 follow, for the methods the table has runs of.
@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lostreg.evaluation.published import (
-    METHOD_LABELS,
     PUBLIC_CHECKPOINT_NOTE,
     PUBLISHED,
     PUBLISHED_DATASETS,
@@ -44,11 +43,11 @@ from lostreg.evaluation.runs import (
     load_runs,
 )
 from lostreg.datasets import PUBLISHED_SIZES
-from lostreg.protocol import METHODS, DiscoveryProtocol, describe_protocol
+from lostreg.methods import DEFAULT_METHOD, method_names
+from lostreg.protocol import DiscoveryProtocol, describe_protocol
 
 __all__ = [
     "DATASET_LABELS",
-    "METHOD_LABELS",
     "Row",
     "RunError",
     "RunSummary",
@@ -77,8 +76,6 @@ def _default_note(method: str) -> str:
     return text if text.startswith(label) else f"{label} on {text}"
 
 
-#: Each method's default protocol in words (the ``default`` of the protocol column).
-DEFAULT_PROTOCOL_NOTES = {method: _default_note(method) for method in METHODS}
 DEFAULT_DATA_NOTE = "native resolution, pretrained weights (the papers' protocol)"
 RANDOM_NOTE = "RANDOM weights: randomly initialised backbone, a pipeline test only; its CorLoc is meaningless"
 
@@ -100,7 +97,7 @@ class Row:
     protocol: str
     runs: dict[str, RunSummary] = field(default_factory=dict)
     published: PublishedResult | None = None
-    method: str = "lost"
+    method: str = DEFAULT_METHOD
 
     @property
     def method_label(self) -> str:
@@ -195,7 +192,8 @@ def build_table(runs: Iterable[RunSummary], include_published: bool = True) -> T
 
 
 def _method_order(method: str) -> int:
-    return METHODS.index(method) if method in METHODS else len(METHODS)
+    methods = method_names()
+    return methods.index(method) if method in methods else len(methods)
 
 
 # ------------------------------------------------------------------------------ rendering
@@ -294,8 +292,8 @@ def table_text(table: Table) -> TableText:
             cells.append(f"[{sources.index(row.published.source) + 1}]" if row.published is not None else "")
         rows.append(cells)
 
-    methods = sorted({row.method for row in table.rows}, key=_method_order) or ["lost"]
-    defaults = "; ".join(DEFAULT_PROTOCOL_NOTES.get(m, m) for m in methods)
+    methods = sorted({row.method for row in table.rows}, key=_method_order) or [DEFAULT_METHOD]
+    defaults = "; ".join(_default_note(m) if m in method_names() else m for m in methods)
     notes = [f"protocol {DEFAULT_PROTOCOL_TEXT}: the method's default protocol ({defaults}), {DEFAULT_DATA_NOTE}; "
              "otherwise only the departures from it are named.",
              "ours: CorLoc in percent (hits / images evaluated), two decimals; - not run"

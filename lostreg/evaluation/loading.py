@@ -52,8 +52,8 @@ class PreparedImages(Dataset):
             return LoadedItem(index, record, None, str(err))
         except ImageTooSmallError as err:
             return LoadedItem(index, record, None, f"{record.path}: {err}")
-        except Exception as err:  # anything else about one image must not stop the run
-            return LoadedItem(index, record, None, f"{record.path}: {type(err).__name__}: {err}")
+        # Anything else is a bug (load_image_rgb turns every decoding problem into ImageReadError):
+        # it stops the run with its traceback.
         return LoadedItem(index, record, prepared, None)
 
 
@@ -100,6 +100,11 @@ class LoadedBatch:
 
     failed: list[LoadedItem] = field(default_factory=list)
     groups: list[PackedGroup] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        """Images in the batch, failed ones included."""
+        return len(self.failed) + sum(len(g.items) for g in self.groups)
 
     def pin_memory(self) -> "LoadedBatch":
         """Called by the DataLoader's pin-memory thread: page-locked buffers copy to CUDA asynchronously."""

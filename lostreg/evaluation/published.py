@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lostreg.protocol import DiscoveryProtocol, FeatureConfig, LostConfig, TokenCutConfig
+from lostreg.knobs import follows_reference
+from lostreg.methods import DEFAULT_METHOD, method_label
+from lostreg.methods.tokencut import REFERENCE_SOLVERS
+from lostreg.protocol import DiscoveryProtocol, FeatureConfig, LostConfig
 
 __all__ = [
     "BACKBONE_TO_PUBLISHED",
-    "METHOD_LABELS",
     "PUBLISHED",
     "PUBLISHED_DATASETS",
     "PUBLIC_CHECKPOINT_NOTE",
@@ -34,9 +36,6 @@ __all__ = [
     "published_sweep_for",
     "published_match",
 ]
-
-#: How each discovery method (``DiscoveryProtocol.method``) is named in tables and figures.
-METHOD_LABELS: dict[str, str] = {"lost": "LOST", "tokencut": "TokenCut"}
 
 #: Dataset names (as in ``configs/dataset``) that the published tables report.
 PUBLISHED_DATASETS = ("voc07", "voc12", "coco20k")
@@ -54,7 +53,7 @@ SOURCE_TOKENCUT = ("TokenCut README and paper (Wang et al., \"Self-Supervised Tr
 #: reference's box on 629/630 of the spec's graphs (the miss: a seed near-tie that only the same
 #: LAPACK call reproduces). ``torch32`` is an opt-in approximation (box parity 98.6%): another
 #: numerical protocol, so no published number is shown beside it.
-TOKENCUT_REFERENCE_SOLVERS: tuple[str, ...] = ("scipy", "torch64")
+TOKENCUT_REFERENCE_SOLVERS: tuple[str, ...] = REFERENCE_SOLVERS
 TOKENCUT_SOLVER_NOTE = (
     "Published TokenCut numbers are shown beside TokenCut runs with eig=scipy (the reference's own "
     "eigen-solver call) or eig=torch64 (the default: float64, the reference's box on 629/630 synthetic "
@@ -88,6 +87,9 @@ class PublishedResult:
         coco20k: CorLoc in percent on COCO20k.
         lostreg_method: The lostreg discovery method of the row (``DiscoveryProtocol.method``):
             only runs of this method are compared with it.
+        free_knobs: settings of that method the source leaves unpublished (any value of them
+            matches the row); every other setting must have a value of the reference
+            implementation (:func:`lostreg.knobs.follows_reference`).
     """
 
     key: str
@@ -98,7 +100,8 @@ class PublishedResult:
     voc07: float
     voc12: float
     coco20k: float
-    lostreg_method: str = "lost"
+    lostreg_method: str = DEFAULT_METHOD
+    free_knobs: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -120,9 +123,9 @@ PUBLISHED: tuple[PublishedResult, ...] = (
     PublishedResult("lost_dino_vits8", "LOST (DINO)", "ViT-S/8", _LOST_PROTOCOL, SOURCE_LOST, 55.5, 57.0, 49.5),
     PublishedResult("lost_dino_vitb16", "LOST (DINO)", "ViT-B/16", _LOST_PROTOCOL, SOURCE_LOST, 60.1, 63.3, 50.0),
     PublishedResult("registers_t3_dinov2", "LOST (DINOv2)", "ViT-L/14", _T3_PROTOCOL, SOURCE_REGISTERS,
-                    35.3, 40.2, 26.9),
+                    35.3, 40.2, 26.9, free_knobs=("gram_bias",)),
     PublishedResult("registers_t3_dinov2_reg", "LOST (DINOv2+reg)", "ViT-L/14", _T3_PROTOCOL, SOURCE_REGISTERS,
-                    55.4, 60.0, 42.0),
+                    55.4, 60.0, 42.0, free_knobs=("gram_bias",)),
     PublishedResult("public_sweep_dinov2", "LOST (DINOv2, public checkpoint)", "ViT-L/14", _SWEEP_PROTOCOL,
                     SOURCE_PUBLIC_SWEEP, 32.2, 36.8, 25.4),
     PublishedResult("public_sweep_dinov2_reg", "LOST (DINOv2+reg, public checkpoint)", "ViT-L/14", _SWEEP_PROTOCOL,
@@ -160,11 +163,6 @@ TOKENCUT_BACKBONE_TO_PUBLISHED: dict[str, str] = {
 _BACKBONE_MAPS: dict[str, dict[str, str]] = {"lost": BACKBONE_TO_PUBLISHED, "tokencut": TOKENCUT_BACKBONE_TO_PUBLISHED}
 
 
-def method_label(method: str) -> str:
-    """``"LOST"`` for ``"lost"``, ``"TokenCut"`` for ``"tokencut"``; an unknown method as given."""
-    return METHOD_LABELS.get(method, method)
-
-
 def published_by_key(key: str) -> PublishedResult:
     """The published row with ``key`` (``KeyError`` if none)."""
     for result in PUBLISHED:
@@ -191,11 +189,11 @@ def published_match(
 
     * pretrained weights, keys of the last layer, no ``features.l2_normalize`` (no published
       row uses that fixed setting; TokenCut normalises its features itself either way);
-    * ``lost``: ``k_patches=100``; no Gram bias for the LOST paper's rows, any bias for the
-      registers paper's Table 3 rows (their bias value is unpublished);
-    * ``tokencut``: ``tau=0.2``, ``eps=1e-5`` (the reference's defaults) and an eigen-solver in
-      :data:`TOKENCUT_REFERENCE_SOLVERS` (``scipy``, the reference's call, or ``torch64``; not the
-      float32 ``torch32``).
+    * the method's settings have the reference implementation's values
+      (:func:`lostreg.knobs.follows_reference`: their defaults, and for TokenCut's eigen-solver
+      ``scipy``, the reference's call, or ``torch64``, not the float32 ``torch32``), except the
+      row's :attr:`~PublishedResult.free_knobs`: LOST's ``k_patches=100`` with no Gram bias for the
+      LOST paper's rows, any bias for the registers paper's Table 3 rows (their value is unpublished).
 
     Args:
         backbone: lostreg backbone name, e.g. ``"dino_vits16"``.
@@ -210,17 +208,8 @@ def published_match(
     if key is None or weights != "pretrained" or protocol.features != paper_features:
         return None
     result = published_by_key(key)
-    if protocol.method == "lost":
-        paper_lost = LostConfig()
-        if protocol.lost.k_patches != paper_lost.k_patches or protocol.lost.exclude_outliers:
-            return None  # artifact-aware LOST is a lostreg extension: no published row
-        if result.source == SOURCE_LOST and protocol.lost.gram_bias != paper_lost.gram_bias:
-            return None
-        return result
-    cut, paper_cut = protocol.tokencut, TokenCutConfig()
-    if (cut.tau, cut.eps) != (paper_cut.tau, paper_cut.eps) or cut.eig not in TOKENCUT_REFERENCE_SOLVERS:
-        return None
-    return result
+    # artifact-aware LOST (exclude_outliers) and torch32 are not the reference's values: no row.
+    return result if follows_reference(protocol.method_knobs, result.free_knobs) else None
 
 
 def published_for(

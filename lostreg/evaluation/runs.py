@@ -19,7 +19,8 @@ from lostreg.backbones.registry import is_weight_free
 from lostreg.datasets import PUBLISHED_SIZES
 from lostreg.datasets.voc import DEFAULT_VOC_SPLIT
 from lostreg.evaluation.published import PublishedResult, method_label, published_match, published_sweep_for
-from lostreg.protocol import DiscoveryProtocol, FeatureConfig, LostConfig, ProtocolError, TokenCutConfig
+from lostreg.methods import DEFAULT_METHOD
+from lostreg.protocol import DiscoveryProtocol, ProtocolError
 from lostreg.rundir import CONFIG_FILE, METRICS_FILE, RunDir, RunError
 
 __all__ = ["DEFAULT_PROTOCOL_TEXT", "RunError", "RunSummary", "load_run", "load_run_rows", "load_runs"]
@@ -201,25 +202,13 @@ def _typed(value: Any, kind: type, key: str, source: Path, optional: bool = Fals
 
 def _protocol(config: Mapping[str, Any], source: Path) -> DiscoveryProtocol:
     """The run's protocol, every value typed; what older files lack (method, l2_normalize, the
-    tokencut section) takes the defaults, which were the only behaviour then."""
-    for key in ("lost.k_patches", "lost.gram_bias", "features.which", "features.layer"):
-        _select(config, key, source)  # older files may lack method / l2_normalize / tokencut, never these
+    sections of methods added later) takes the defaults, which were the only behaviour then."""
+    for key in ("features.which", "features.layer", str(config.get("method", DEFAULT_METHOD))):
+        _select(config, key, source)  # every lostreg version wrote these (the run's method section too)
     try:
-        read = DiscoveryProtocol.from_mapping(config)
+        return DiscoveryProtocol.from_mapping(config, typed=True)
     except ProtocolError as err:
         raise RunError(f"{source}: {err}") from None
-    features = FeatureConfig(
-        which=str(read.features.which),
-        layer=_typed(read.features.layer, int, "features.layer", source),
-        l2_normalize=_typed(read.features.l2_normalize, bool, "features.l2_normalize", source),
-    )
-    lost = LostConfig(k_patches=_typed(read.lost.k_patches, int, "lost.k_patches", source),
-                      gram_bias=_typed(read.lost.gram_bias, float, "lost.gram_bias", source),
-                      exclude_outliers=_typed(read.lost.exclude_outliers, bool, "lost.exclude_outliers", source))
-    tokencut = TokenCutConfig(tau=_typed(read.tokencut.tau, float, "tokencut.tau", source),
-                              eps=_typed(read.tokencut.eps, float, "tokencut.eps", source),
-                              eig=_typed(read.tokencut.eig, str, "tokencut.eig", source))
-    return DiscoveryProtocol(method=str(read.method), features=features, lost=lost, tokencut=tokencut)
 
 
 def load_run(run_dir: str | Path) -> RunSummary:

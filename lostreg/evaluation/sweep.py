@@ -31,55 +31,44 @@ number. ``select_on=voc07`` picks the configuration on another dataset's sweep o
 from __future__ import annotations
 
 import csv
-import dataclasses
 import hashlib
 import io
 import itertools
 import json
 import sys
-import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
 from lostreg.backbones import Backbone
-from lostreg.config import ConfigError, run_identity
-from lostreg.datasets.base import ImageDataset, ImageRecord
-from lostreg.discovery import ObjectDiscoverer
-from lostreg.evaluation.evaluators import DatasetEvaluators, default_evaluators
-from lostreg.evaluation.loading import DevicePrefetcher, LoadedBatch, iterate_prepared
-from lostreg.evaluation.runner import (
-    BackboneBuilder,
-    _git_state,
-    _Timer,
-    _versions,
-    build_parts,
-    check_memory,
-    prediction_record,
-)
+from lostreg.config import ConfigError, run_identity, sweep_axes
+from lostreg.datasets.base import ImageDataset
+from lostreg.evaluation.engine import DiscoveryEngine
+from lostreg.evaluation.runner import BackboneBuilder, DatasetSession, RunTarget, build_parts, check_memory
 from lostreg.io.atomic import atomic_write_text
-from lostreg.preprocess import batch_images
-from lostreg.protocol import OUTPUT_NORMS, DiscoveryProtocol, FeatureConfig, FeatureKey, LostConfig
-from lostreg.rundir import SWEEP_CSV, PredictionStore, PredictionWriter, RunDir, RunError
+from lostreg.knobs import FeatureConfig, knob_fields
+from lostreg.protocol import DiscoveryProtocol, FeatureKey
+from lostreg.rundir import SWEEP_CSV, RunDir, RunError
 
 __all__ = ["SweepGrid", "SweepJob", "SweepResult", "select_on_dir", "sweep_identity", "sweep_table_markdown"]
 
-SWEEP_COLUMNS = ("which", "layer", "l2_normalize", "gram_bias", "k_patches", "corloc", "hits", "total")
+#: Columns after the settings in ``sweep.csv`` and the table.
+RESULT_COLUMNS = ("corloc", "hits", "total")
 OPTIMISTIC_NOTE = ("The best configuration is chosen on the data it is scored on: an optimistic (oracle) "
                    "number. A configuration chosen on other data (select_on=) is the honest one.")
 
 
 @dataclass(frozen=True)
 class SweepGrid:
-    """The configurations of a sweep, in grid order (which, layer, l2_normalize, gram_bias, k_patches).
+    """The configurations of a sweep, in grid order (the settings of :attr:`lists`, last varying fastest).
 
     Attributes:
         configurations: one validated :class:`DiscoveryProtocol` per combination (no duplicates).
-        lists: the swept values per setting, as resolved (for identity and the file).
+        lists: the values per setting, in column order: the features' settings, the method's table
+            knobs (:attr:`lostreg.methods.MethodSpec.table_knobs`), then any other knob of the method
+            the grid varies. A setting not swept holds the base protocol's single value.
     """
 
     configurations: tuple[DiscoveryProtocol, ...]
@@ -90,37 +79,43 @@ class SweepGrid:
         """Expand ``cfg.sweep`` around ``base`` (a missing list is base's single value).
 
         Raises:
-            ConfigError: an empty list; ProtocolError: a value out of range (validated per configuration).
+            ConfigError: an empty list, or a setting of another method than ``base.method``;
+            ProtocolError: a value out of range (validated per configuration).
         """
         sweep = OmegaConf.to_container(cfg.sweep, resolve=True)
         assert isinstance(sweep, dict)
-        single = {"which": base.features.which, "layer": base.features.layer,
-                  "l2_normalize": base.features.l2_normalize, "gram_bias": base.lost.gram_bias,
-                  "k_patches": base.lost.k_patches}
-        lists: dict[str, list[Any]] = {}
-        for key, value in single.items():
-            values = sweep.get(key)
-            if values is not None and not values:
-                raise ConfigError(f"sweep.{key} is an empty list; give values or leave it out")
-            lists[key] = list(dict.fromkeys(values)) if values is not None else [value]
-        if base.method != "lost" and (len(lists["gram_bias"]) > 1 or len(lists["k_patches"]) > 1):
-            raise ConfigError(f"sweep.gram_bias / sweep.k_patches are LOST's knobs; method={base.method} has none")
+        axes = sweep_axes()
+        given = {name: values for name, values in sweep.items() if values is not None}
+        for name, values in given.items():
+            section = axes[name][0]
+            if section not in ("features", base.method):
+                raise ConfigError(f"sweep.{name} is a setting of method {section}; method={base.method} has none "
+                                  f"(its settings: {', '.join(base.spec.knob_names())})")
+            if not values:
+                raise ConfigError(f"sweep.{name} is an empty list; give values or leave it out")
+        knobs = base.spec.knob_names()
+        columns = [f.name for f in knob_fields(FeatureConfig)] + list(base.spec.table_knobs)
+        columns += [name for name in knobs if name in given and name not in columns]
+        current = {**vars(base.features), **vars(base.method_knobs)}
+        lists = {name: list(dict.fromkeys(given[name])) if name in given else [current[name]] for name in columns}
         configurations = []
-        for which, layer, l2, bias, k in itertools.product(*lists.values()):
-            protocol = dataclasses.replace(
-                base, features=FeatureConfig(which=which, layer=layer, l2_normalize=l2),
-                lost=LostConfig(k_patches=k, gram_bias=float(bias), exclude_outliers=base.lost.exclude_outliers))
+        for values in itertools.product(*lists.values()):
+            chosen = dict(zip(columns, values))
+            protocol = base.with_knobs(features={k: v for k, v in chosen.items() if axes[k][0] == "features"},
+                                       knobs={k: v for k, v in chosen.items() if axes[k][0] != "features"})
             configurations.append(protocol.validate())
-        return cls(tuple(configurations), lists)
+        return cls(tuple(dict.fromkeys(configurations)), lists)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The settings of the table, in order."""
+        return tuple(self.lists)
 
     @property
     def feature_keys(self) -> list[FeatureKey]:
-        """The (which, layer) feature sets the configurations need, in first-use order (and the
-        output norms when a configuration excludes high-norm outliers)."""
-        keys = list(dict.fromkeys(p.features.key for p in self.configurations))
-        if any(p.method == "lost" and p.lost.exclude_outliers for p in self.configurations):
-            keys.append(OUTPUT_NORMS)
-        return keys
+        """The feature sets the configurations need (their (which, layer) and what their method
+        asks for besides, e.g. the output norms), in first-use order."""
+        return DiscoveryEngine.feature_keys_of(self.configurations)
 
     def digest(self, *extra: Any) -> str:
         """A short stable name of the grid and ``extra`` values (default directory: ``sweep_<digest>``)."""
@@ -135,12 +130,14 @@ class SweepResult:
     protocol: DiscoveryProtocol
     run_dir: RunDir
     metrics: dict[str, Any] = field(default_factory=dict)
+    columns: tuple[str, ...] = ()
 
     def row(self) -> dict[str, Any]:
-        f, lost = self.protocol.features, self.protocol.lost
-        return {"which": f.which, "layer": f.layer, "l2_normalize": f.l2_normalize, "gram_bias": lost.gram_bias,
-                "k_patches": lost.k_patches, "corloc": self.metrics.get("corloc"), "hits": self.metrics.get("hits"),
-                "total": self.metrics.get("total")}
+        """The table row: the grid's settings (``columns``) then corloc, hits, total."""
+        values = {**vars(self.protocol.features), **vars(self.protocol.method_knobs)}
+        row = {name: values[name] for name in self.columns}
+        row.update({key: self.metrics.get(key) for key in RESULT_COLUMNS})
+        return row
 
 
 def _sort_key(indexed: tuple[int, SweepResult]) -> tuple[float, int]:
@@ -150,11 +147,13 @@ def _sort_key(indexed: tuple[int, SweepResult]) -> tuple[float, int]:
 
 
 def sweep_identity(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A sweep directory's identity: the run identity without the single protocol, plus the grid."""
+    """A sweep directory's identity: the run identity without the single protocol, plus the grid (the
+    settings it lists; unset ones are left out, so directories of versions with fewer axes still match)."""
     identity = run_identity(config)
-    for key in ("features", "lost", "tokencut"):
-        identity.pop(key, None)
-    identity["sweep"] = {key: value for key, value in (config.get("sweep") or {}).items()}
+    for key in DiscoveryProtocol.from_mapping(config).identity():
+        if key != "method":
+            identity.pop(key, None)
+    identity["sweep"] = {key: value for key, value in (config.get("sweep") or {}).items() if value is not None}
     return identity
 
 
@@ -171,11 +170,11 @@ class SweepJob:
         self.backbone = backbone
         self.grid = grid
         self.run_dir = run_dir
-        max_size, precision = cfg.max_size or None, str(cfg.precision)
-        # One discoverer per configuration, sharing the backbone; each validates its protocol.
-        self.discoverers = [ObjectDiscoverer(backbone, p, max_size=max_size, precision=precision)
-                            for p in grid.configurations]
-        self.results = [SweepResult(p, run_dir.configuration(p.name)) for p in grid.configurations]
+        # One engine for every configuration: each validates its protocol against the backbone.
+        self.engine = DiscoveryEngine(backbone, grid.configurations, max_size=cfg.max_size or None,
+                                      precision=str(cfg.precision))
+        self.results = [SweepResult(p, run_dir.configuration(p.name), columns=grid.columns)
+                        for p in grid.configurations]
 
     @classmethod
     def prepare(cls, cfg: DictConfig, backbone: Backbone | None = None,
@@ -183,7 +182,7 @@ class SweepJob:
         """Validate the config and the grid, read the dataset, build the backbone; write nothing.
 
         Raises:
-            ConfigError, ProtocolError, DatasetLayoutError, UnknownBackboneError, WeightsError, ValueError.
+            ConfigError, ProtocolError, DatasetLayoutError, UnknownBackboneError, WeightsError.
         """
         base, dataset, backbone, dist = build_parts(cfg, backbone, builder)
         if dist.is_distributed:
@@ -196,7 +195,11 @@ class SweepJob:
 
     def run(self, progress: bool = True, command: str | None = None,
             log: Callable[[str], None] | None = None) -> list[SweepResult]:
-        """Run (or resume) the sweep; return the configurations' results, best first."""
+        """Run (or resume) the sweep; return the configurations' results, best first.
+
+        The summary (``sweep.csv``, the sweep's ``metrics.json``) is written whatever happens, so a
+        sweep directory is always readable; an interruption or a bug then goes on up.
+        """
         log = log or (lambda text: print(text, file=sys.stderr))
         with self.run_dir.lock(command):
             if self.cfg.overwrite:
@@ -211,114 +214,28 @@ class SweepJob:
             for result in self.results:
                 sub = _configuration_config(container, result.protocol, result.run_dir.path)
                 result.run_dir.pin_config(sub, run_identity)
-            return self._session(progress, command, log)
-
-    def _session(self, progress: bool, command: str | None, log: Callable[[str], None]) -> list[SweepResult]:
-        cfg, dataset = self.cfg, self.dataset
-        stores = [r.run_dir.store() for r in self.results]
-        done = [store.load() for store in stores]
-        evaluators = [default_evaluators(dataset.has_ground_truth) for _ in self.results]
-        lines_done: list[list[dict[str, Any]]] = []
-        for preds, evaluator in zip(done, evaluators):
-            stored = [preds[r.image_id] for r in dataset if r.image_id in preds]
-            evaluator.process(stored)
-            lines_done.append(stored)
-        selected = list(dataset) if cfg.limit is None else list(dataset)[: cfg.limit]
-        todo = [r for r in selected if any(r.image_id not in preds for preds in done)]
-        if not todo:
-            log(f"{self.run_dir.path}: every configuration is done for the images asked; nothing to run")
-        elif any(done):
-            log(f"resuming {self.run_dir.path}: {len(selected) - len(todo)}/{len(selected)} images done in "
-                f"every configuration, {len(todo)} to go")
-        timer = _Timer()
-        session: dict[str, Any] = {
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": command or " ".join(sys.argv), "configurations": len(self.results),
-            "feature_sets": [list(key) for key in self.grid.feature_keys],
-            "device": str(self.backbone.device), "precision": str(cfg.precision),
-            "batch_size": int(cfg.batch_size), "num_workers": int(cfg.num_workers), "limit": cfg.limit,
-            "versions": _versions(), "git": _git_state(),
-        }
-        interrupted = False
-        try:
-            if todo:
-                self._process(todo, stores, done, evaluators, lines_done, timer, progress)
-        except KeyboardInterrupt:
-            interrupted = True
-            raise
-        finally:
-            for result, evaluator, lines in zip(self.results, evaluators, lines_done):
-                result.metrics = _metrics(evaluator, lines, dataset, cfg, timer, final=True)
-                result.run_dir.write_metrics(result.metrics)
-            ranked = self._write_summary(log)
-            session.update(timings=timer.as_dict(), interrupted=interrupted)
-            self.run_dir.append_session(session)
-        return ranked
-
-    def _process(self, todo: list[ImageRecord], stores: list[PredictionStore], done: list[dict[str, Any]],
-                 evaluators: list[DatasetEvaluators], lines_done: list[list[dict[str, Any]]], timer: _Timer,
-                 progress: bool) -> None:
-        cfg, backbone = self.cfg, self.backbone
-        preparer = self.discoverers[0].preparer  # the same for all: one backbone, one max_size
-        keys = self.grid.feature_keys
-        bar = tqdm(total=len(todo), desc=f"sweep {cfg.dataset.name} {backbone.name} x{len(self.results)}",
-                   unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True)
-        batches = DevicePrefetcher(iterate_prepared(todo, preparer, int(cfg.batch_size), int(cfg.num_workers),
-                                                    pin_memory=backbone.device.type == "cuda"), backbone.device)
-        writer = PredictionWriter(self.results[0].run_dir, stores[0])
-        try:
-            waited = time.monotonic()
-            for batch in batches:
-                timer.load_wait_s += time.monotonic() - waited
-                start = time.monotonic()
-                per_config = self._discover(batch, keys)
-                timer.compute_s += time.monotonic() - start
-                for i, lines in enumerate(per_config):
-                    lines = [line for line in lines if line["image_id"] not in done[i]]  # resumed: keep the stored
-                    evaluators[i].process(lines)
-                    lines_done[i] += lines
-                    metrics = _metrics(evaluators[i], lines_done[i], self.dataset, cfg, timer, final=False)
-                    writer.submit(lines, metrics, store=stores[i], run_dir=self.results[i].run_dir)
-                size = len(batch.failed) + sum(len(g.items) for g in batch.groups)
-                timer.images += size
-                bar.update(size)
-                waited = time.monotonic()
-        finally:
-            bar.close()
-            writer.close()
-
-    def _discover(self, batch: LoadedBatch, keys: list[FeatureKey]) -> list[list[dict[str, Any]]]:
-        """Prediction lines of every configuration for one loader batch, from one backbone pass per group."""
-        per_config: list[list[dict[str, Any]]] = [[prediction_record(it.record, None, it.error) for it in batch.failed]
-                                                   for _ in self.results]
-        for group in batch.groups:
-            items = [it.prepared for it in group.items]
+            targets = [RunTarget(r.protocol, r.run_dir, self.dataset, self.cfg) for r in self.results]
+            session = DatasetSession(
+                self.engine, targets, self.run_dir, self.cfg, progress=progress, command=command, log=log,
+                session_fields={"configurations": len(self.results),
+                                "feature_sets": [list(key) for key in self.grid.feature_keys]},
+                announce=self._announce)
             try:
-                images = batch_images(items, self.backbone.device, group.packed)  # type: ignore[arg-type]
-                features = self.backbone.extract_many(images, keys, precision=str(self.cfg.precision))
-                for i, discoverer in enumerate(self.discoverers):
-                    key = discoverer.protocol.features.key
-                    found = discoverer.locate_batch(items, features[key], features.get(OUTPUT_NORMS))  # type: ignore[arg-type]
-                    per_config[i] += [prediction_record(it.record, f, None) for it, f in zip(group.items, found)]
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except Exception as err:  # noqa: BLE001 - one bad image never takes its batch down
-                for it in group.items:
-                    for i, lines in enumerate(self._discover_one(it, keys, err)):
-                        per_config[i].append(lines)
-        return per_config
+                for result, metrics in zip(self.results, session.run()):
+                    result.metrics = metrics
+            finally:
+                if not all(r.metrics for r in self.results):  # stopped early: what is on disk
+                    for result in self.results:
+                        result.metrics = result.run_dir.read_metrics() or {}
+                ranked = self._write_summary(log)
+            return ranked
 
-    def _discover_one(self, item: Any, keys: list[FeatureKey], batch_error: Exception) -> list[dict[str, Any]]:
-        """One image alone, after its batch failed: its lines, or its error in every configuration."""
-        try:
-            images = batch_images([item.prepared], self.backbone.device)
-            features = self.backbone.extract_many(images, keys, precision=str(self.cfg.precision))
-            return [prediction_record(item.record, d.locate_batch([item.prepared], features[d.protocol.features.key],
-                                                                  features.get(OUTPUT_NORMS))[0], None)
-                    for d in self.discoverers]
-        except Exception as err:  # noqa: BLE001 - recorded, the run goes on
-            message = f"{item.record.path}: {type(err).__name__}: {' '.join(str(err).split())}"
-            return [prediction_record(item.record, None, message) for _ in self.discoverers]
+    def _announce(self, session: DatasetSession, selected: int, remaining: int) -> None:
+        if remaining == 0:
+            session.log(f"{self.run_dir.path}: every configuration is done for the images asked; nothing to run")
+        elif any(t.done for t in session.targets):
+            session.log(f"resuming {self.run_dir.path}: {selected - remaining}/{selected} images done in "
+                        f"every configuration, {remaining} to go")
 
     # -- the table -----------------------------------------------------------------------------
 
@@ -326,7 +243,7 @@ class SweepJob:
         """sweep.csv and the sweep's metrics.json (best first; the selection on other data if asked)."""
         ranked = [r for _, r in sorted(enumerate(self.results), key=_sort_key)]
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(SWEEP_COLUMNS))
+        writer = csv.DictWriter(buffer, fieldnames=[*self.grid.columns, *RESULT_COLUMNS])
         writer.writeheader()
         writer.writerows(r.row() for r in ranked)
         atomic_write_text(self.run_dir.path / SWEEP_CSV, buffer.getvalue())
@@ -388,27 +305,17 @@ def _configuration_config(container: Mapping[str, Any], protocol: DiscoveryProto
     return config
 
 
-def _metrics(evaluator: DatasetEvaluators, lines: list[dict[str, Any]], dataset: ImageDataset, cfg: DictConfig,
-             timer: _Timer, final: bool) -> dict[str, Any]:
-    total = len(lines)
-    metrics: dict[str, Any] = {"corloc": None, "hits": None}
-    metrics.update(evaluator.evaluate(final=final))
-    metrics.update(total=total, failed=sum(line.get("error") is not None for line in lines),
-                   num_images=len(dataset), complete=total == len(dataset), dataset=str(cfg.dataset.name),
-                   backbone=str(cfg.backbone.name), timings=timer.as_dict())
-    return metrics
-
-
 def sweep_table_markdown(results: list[SweepResult], selected: Mapping[str, Any] | None = None) -> str:
     """The configurations as a markdown table, best first, with the optimism note."""
-    header = "| " + " | ".join(SWEEP_COLUMNS) + " |\n|" + "---|" * len(SWEEP_COLUMNS) + "\n"
+    columns = [*(results[0].columns if results else ()), *RESULT_COLUMNS]
+    header = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
     lines = []
     for result in results:
         row = result.row()
         corloc = row["corloc"]
         row["corloc"] = "n/a" if corloc is None else f"{corloc:.2f}"
-        row["gram_bias"] = f"{row['gram_bias']:g}"
-        lines.append("| " + " | ".join(str(row[c]) for c in SWEEP_COLUMNS) + " |")
+        lines.append("| " + " | ".join(f"{v:g}" if isinstance(v, float) else str(v)
+                                       for v in (row[c] for c in columns)) + " |")
     text = header + "\n".join(lines) + "\n\n" + OPTIMISTIC_NOTE + "\n"
     if selected:
         corloc = selected.get("corloc")
