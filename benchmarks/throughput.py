@@ -346,7 +346,7 @@ def worker_info(args: argparse.Namespace) -> int:
 
     import lostreg
     from lostreg.backbones import resolve_device
-    from lostreg.evaluation.runner import _versions  # what run.json records, so the two agree
+    from lostreg.rundir import environment_versions  # what run.json records, so the two agree
 
     try:
         device = resolve_device(args.device)
@@ -356,7 +356,7 @@ def worker_info(args: argparse.Namespace) -> int:
     info: dict[str, Any] = {
         "device": device.type if device.index is None else str(device),
         "device_type": device.type,
-        **_versions(), "torchvision": torchvision.__version__,
+        **environment_versions(), "torchvision": torchvision.__version__,
         "lostreg_path": str(Path(lostreg.__file__).parent), "torch_threads": torch.get_num_threads(),
         "gpu_name": None, "gpu_memory_gib": None, "gpu_index": None,
     }

@@ -197,7 +197,7 @@ def _report(result: "ExportResult", args: argparse.Namespace) -> None:
                 f"this export (e.g. {result.stale[0].name}); remove them before training")
     if result.format == "yolo" and not args.link_images:
         print(f"note: Ultralytics looks for the images in {result.out / 'images'}/ (labels/<name>.txt pairs with "
-              "images/<name>.<ext>): add --link-images, or see the README", file=sys.stderr)
+              "images/<name>.<ext>): add --link-images, or see docs/export.md", file=sys.stderr)
 
 
 def _check_image_stems(args: argparse.Namespace) -> None:

@@ -165,6 +165,8 @@ def _protocol_for(backbone: "Backbone", protocol: DiscoveryProtocol) -> tuple[Di
 
 def run(args: argparse.Namespace) -> int:
     # Imported here: matplotlib, torch and the diagnostics are only needed when the command runs.
+    import torch
+
     from lostreg.diagnostics.figures import (
         attention_figure,
         comparison_figure,
@@ -229,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
         except ImageTooSmallError as err:
             error(f"{args.image}: {err}")
             return 1
-        except Exception as err:  # e.g. CUDA out of memory: report, go on with the others
+        except torch.OutOfMemoryError as err:  # this backbone does not fit: report, go on with the others
             error(f"{args.image}: {backbone.name}: {type(err).__name__}: {err}")
             records.append({"backbone": backbone.name, "error": f"{type(err).__name__}: {err}"})
             failed += 1

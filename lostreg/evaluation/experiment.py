@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from lostreg.backbones import Backbone
 from lostreg.config import ConfigError, compose_config, dataset_kwargs, protocol_from_config, validate_execution
 from lostreg.datasets import build_dataset
+from lostreg.errors import LostregError
 from lostreg.evaluation.runner import BackboneBuilder, EvalJob
 from lostreg.evaluation.sweep import SweepGrid, SweepJob
 
@@ -158,7 +159,7 @@ class Experiment:
                     EvalJob.prepare(run.cfg, backbone=current[1]).run(progress=progress, command=run.command, log=log)
             except KeyboardInterrupt:
                 raise
-            except Exception as err:  # noqa: BLE001 - one failed run does not stop the others
+            except LostregError as err:  # a user error of one run (its data, say) does not stop the others
                 failed.append((f"{run.backbone} on {run.dataset}", f"{type(err).__name__}: {err}"))
                 log(f"lostreg: error: {run.backbone} on {run.dataset}: {err}")
                 continue
