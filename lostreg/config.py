@@ -209,6 +209,28 @@ def _one_line(err: BaseException) -> str:
     return text
 
 
+def _missing_keys(cfg: DictConfig) -> list[str]:
+    """The dotted keys still unset (``???``), sorted, found without resolving any interpolation.
+
+    ``OmegaConf.missing_keys`` resolves as it goes, and the default ``run_dir`` reads the dataset's
+    settings: ``dataset=folder`` without ``dataset.root`` would fail there instead of being named.
+    """
+    found: list[str] = []
+
+    def walk(node: Any, key: str) -> None:
+        if isinstance(node, dict):
+            for child, value in node.items():
+                walk(value, f"{key}.{child}" if key else str(child))
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                walk(value, f"{key}[{index}]")
+        elif node == MISSING:
+            found.append(key)
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    return sorted(found)
+
+
 def compose_config(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
     """Compose ``configs/<config_name>.yaml`` with hydra ``overrides`` (``key=value``, ``group=option``).
 
@@ -224,7 +246,7 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "config") -
         raise ConfigError(_one_line(err)) from None
     finally:
         GlobalHydra.instance().clear()
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    missing = _missing_keys(cfg)
     if missing:
         raise ConfigError(f"missing required value(s): {', '.join(missing)} (pass e.g. {missing[0]}=...)")
     return cfg

@@ -21,7 +21,7 @@ from lostreg.datasets.voc import DEFAULT_VOC_SPLIT, VOCDataset
 from lostreg.errors import ConfigError
 from lostreg.io.paths import file_fingerprint
 
-__all__ = ["Coco20kNode", "CocoKind", "CocoNode", "Coco20kKind", "FolderKind", "FolderNode", "VocKind", "VocNode"]
+__all__ = ["Coco20kKind", "Coco20kNode", "CocoKind", "CocoNode", "FolderKind", "FolderNode", "VocKind", "VocNode"]
 
 
 # --------------------------------------------------------------------------- schema nodes
