@@ -10,19 +10,20 @@ live in one place each: the discovery protocol's in :mod:`lostreg.knobs` and the
 registrations (:mod:`lostreg.methods`): the schema nodes for ``features``, one section per
 registered method (``lost``, ``tokencut``, ...) and the sweep axes (``sweep.<setting>``) are
 derived from those dataclasses, so a newly registered method gets its section and axes without an
-edit here. The execution settings and datasets' defaults are in the nodes below.
+edit here. Each dataset kind's defaults are in its registration (:mod:`lostreg.datasets.kinds`,
+stored here as ``schema/dataset/<name>``); the execution settings' in the nodes below.
 ``configs/*.yaml`` only pick config-group options.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import functools
 import itertools
 import os
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
+from importlib import resources
 from typing import Any, List, Mapping, Optional, Sequence
 
 from hydra import compose, initialize_config_module
@@ -31,11 +32,13 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from lostreg.datasets.voc import DEFAULT_VOC_SPLIT
+from lostreg.datasets.registry import dataset_kinds, kind_of
 from lostreg.errors import ConfigError
+from lostreg.io.paths import file_fingerprint, real_path
 from lostreg.knobs import knob_fields
 from lostreg.methods import registered_methods
 from lostreg.protocol import PRECISIONS, DiscoveryProtocol, FeatureConfig, ProtocolError
+from lostreg.rundir import backbone_dir_name, default_run_dir
 
 __all__ = [
     "CONFIG_MODULE",
@@ -99,52 +102,6 @@ class BackboneNode:
     name: str = MISSING
 
 
-@dataclass
-class VocNode:
-    """``dataset=voc07|voc12``: ``root`` holds ``VOCdevkit/`` (or is it, or ``VOC<year>/`` itself)."""
-
-    name: str = MISSING
-    root: str = "data"
-    split: str = DEFAULT_VOC_SPLIT
-    no_hard: bool = False
-    #: ``lostreg data check`` only: the number of images expected (a subset's size); null = the published size
-    expected_count: Optional[int] = None
-
-
-@dataclass
-class Coco20kNode:
-    """``dataset=coco20k``: ``root`` holds ``train2014/`` and ``annotations/``; the LOST file list."""
-
-    name: str = "coco20k"
-    root: str = "data/COCO"
-    filelist_path: str = "data/coco_20k_filenames.txt"
-    cache_dir: Optional[str] = None
-    #: ``lostreg data check`` only: the number of images expected (a subset's size); null = the published size
-    expected_count: Optional[int] = None
-
-
-@dataclass
-class CocoNode:
-    """``dataset=coco``: any COCO instances json with its image folder."""
-
-    name: str = "coco"
-    annotation_json: str = MISSING
-    image_dir: str = MISSING
-    #: ``lostreg data check`` only: the number of images expected (a subset's size); null = the published size
-    expected_count: Optional[int] = None
-
-
-@dataclass
-class FolderNode:
-    """``dataset=folder``: a folder of images without ground truth."""
-
-    name: str = "folder"
-    root: str = MISSING
-    recursive: bool = False
-    #: ``lostreg data check`` only: the number of images expected (a subset's size); null = the published size
-    expected_count: Optional[int] = None
-
-
 def _sweep_node() -> type:
     """``lostreg sweep``'s grid: ``sweep.<setting>``, a list of values per setting of :func:`sweep_axes`
     (null = the single value of ``features.*`` / ``<method>.*``). Every combination is one
@@ -157,8 +114,8 @@ def _sweep_node() -> type:
 
 #: The default run directory (see :func:`run_identity`): it names what changes results (dataset
 #: variant, backbone and weights, protocol, max_size, precision), so re-running a command resumes it.
-DEFAULT_RUN_DIR = ("outputs/${lostreg_dataset_dir:${dataset}}/${lostreg_backbone_dir:${backbone.name},${weights},"
-                   "${ttreg}}/${lostreg_protocol_dir:}")
+#: The layout is lostreg.rundir's (:func:`~lostreg.rundir.default_run_dir`).
+DEFAULT_RUN_DIR = "${lostreg_run_dir:${dataset},${backbone.name},${weights},${ttreg},${lostreg_protocol_dir:}}"
 
 
 def _eval_node() -> type:
@@ -204,26 +161,43 @@ _registered_for: tuple[str, ...] | None = None
 
 
 def _register_schema() -> None:
-    """(Re)register the schema in hydra's ConfigStore when the set of registered methods changed."""
+    """(Re)register the eval schema in hydra's ConfigStore when the set of registered methods changed.
+
+    Under schema/, not in a config group of options, so it never shows up as an option.
+    """
     global _registered_for
     methods = tuple(registered_methods())
     if methods == _registered_for:
         return
-    # Under schema/, not in the dataset group itself, so they never show up as dataset options.
-    store = ConfigStore.instance()
-    store.store(group="schema", name="eval", node=_eval_node())
-    store.store(group="schema/dataset", name="voc", node=VocNode)
-    store.store(group="schema/dataset", name="coco20k", node=Coco20kNode)
-    store.store(group="schema/dataset", name="coco", node=CocoNode)
-    store.store(group="schema/dataset", name="folder", node=FolderNode)
+    ConfigStore.instance().store(group="schema", name="eval", node=_eval_node())
     _registered_for = methods
 
 
-#: Dataset settings that only say where the files are (the same data may live elsewhere).
-LOCATION_KEYS = ("root", "filelist_path", "cache_dir", "annotation_json", "image_dir")
-#: Dataset settings that are not reader arguments: ``expected_count`` is read by ``lostreg data check``
-#: only, so :func:`dataset_kwargs` leaves it out.
-CHECK_ONLY_DATASET_KEYS = ("expected_count",)
+@functools.lru_cache(maxsize=None)
+def _dataset_yaml_options() -> frozenset[str]:
+    """The ``dataset=`` options that ``configs/dataset/<name>.yaml`` files define."""
+    folder = resources.files(CONFIG_MODULE).joinpath("dataset")
+    return frozenset(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _store_dataset_kinds() -> None:
+    """Store each registered dataset kind's schema node as ``schema/dataset/<name>`` (its ``name``
+    filled in) and, for a kind without a ``configs/dataset/<name>.yaml``, as the option ``dataset=<name>``.
+
+    Done at every compose rather than once at import, from a clean slate: a kind registered later
+    (a plugin, a test) composes at once, and one unregistered no longer does. lostreg alone stores
+    in these two groups (the yaml options are files, not ConfigStore entries).
+    """
+    store = ConfigStore.instance()
+    store.repo.get("schema", {}).pop("dataset", None)
+    store.repo.pop("dataset", None)
+    for kind in dataset_kinds():
+        if kind.schema is None:
+            continue
+        node = kind.schema(name=kind.name)
+        store.store(group="schema/dataset", name=kind.name, node=node)
+        if kind.name not in _dataset_yaml_options():
+            store.store(group="dataset", name=kind.name, node=node)
 
 
 def _protocol_dir(*, _root_: DictConfig) -> str:
@@ -239,31 +213,23 @@ def _protocol_dir(*, _root_: DictConfig) -> str:
     return name + (f"_max{max_size}" if max_size else "") + ("" if precision == "fp32" else f"_{precision}")
 
 
-def _dataset_dir(dataset: DictConfig) -> str:
-    """``voc07``; ``voc07_small``, ``voc12_nohard`` for other variants; ``folder_<name>``, ``coco_<json stem>``."""
-    name = str(dataset.name)
-    if name in ("voc07", "voc12"):
-        split = str(dataset.get("split", DEFAULT_VOC_SPLIT))
-        return name + ("" if split == DEFAULT_VOC_SPLIT else f"_{split}") + ("_nohard" if dataset.get("no_hard") else "")
-    if name == "folder":
-        return f"folder_{Path(str(dataset.root)).expanduser().resolve().name or 'root'}"
-    if name == "coco":
-        return f"coco_{Path(str(dataset.annotation_json)).stem}"
-    return name
+def _dataset_dir(dataset: Mapping[str, Any]) -> str:
+    """The dataset's part of the run directory, as its kind names it (``voc07_small``, ``folder_<name>``)."""
+    return kind_of(dataset).dir_name(dataset)
 
 
-def _backbone_dir(backbone: str, weights: str, ttreg: str | None = None) -> str:
-    """``dinov2_vits14_reg`` (pretrained), ``dinov2_vits14_reg-random``, ``dinov2_vits14_reg-<file stem>``;
-    ``-ttreg-<neuron file stem>`` appended for a test-time register."""
-    name = backbone if weights == "pretrained" else f"{backbone}-{'random' if weights == 'random' else Path(weights).stem}"
-    return name + (f"-ttreg-{Path(ttreg).stem}" if ttreg else "")
+def _run_dir(dataset: Mapping[str, Any], backbone: str, weights: str, ttreg: str | None, protocol_dir: str) -> str:
+    """The default ``run_dir`` (:func:`lostreg.rundir.default_run_dir`) of a composed config."""
+    return default_run_dir(_dataset_dir(dataset), backbone_dir_name(backbone, weights, ttreg), protocol_dir)
 
 
 _register_schema()
-# Used by the schema's default run_dir.
+# lostreg_run_dir makes the schema's default run_dir; the parts stay available to a run_dir of
+# one's own (run_dir=runs/${lostreg_dataset_dir:${dataset}}/...).
+OmegaConf.register_new_resolver("lostreg_run_dir", _run_dir, replace=True)
 OmegaConf.register_new_resolver("lostreg_protocol_dir", _protocol_dir, replace=True)
 OmegaConf.register_new_resolver("lostreg_dataset_dir", _dataset_dir, replace=True)
-OmegaConf.register_new_resolver("lostreg_backbone_dir", _backbone_dir, replace=True)
+OmegaConf.register_new_resolver("lostreg_backbone_dir", backbone_dir_name, replace=True)
 
 
 def _one_line(err: BaseException) -> str:
@@ -277,6 +243,28 @@ def _one_line(err: BaseException) -> str:
     return text
 
 
+def _missing_keys(cfg: DictConfig) -> list[str]:
+    """The dotted keys still unset (``???``), sorted, found without resolving any interpolation.
+
+    ``OmegaConf.missing_keys`` resolves as it goes, and the default ``run_dir`` reads the dataset's
+    settings: ``dataset=folder`` without ``dataset.root`` would fail there instead of being named.
+    """
+    found: list[str] = []
+
+    def walk(node: Any, key: str) -> None:
+        if isinstance(node, dict):
+            for child, value in node.items():
+                walk(value, f"{key}.{child}" if key else str(child))
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                walk(value, f"{key}[{index}]")
+        elif node == MISSING:
+            found.append(key)
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    return sorted(found)
+
+
 def compose_config(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
     """Compose ``configs/<config_name>.yaml`` with hydra ``overrides`` (``key=value``, ``group=option``).
 
@@ -284,6 +272,7 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "config") -
         ConfigError: with hydra's one-line reason.
     """
     _register_schema()
+    _store_dataset_kinds()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
@@ -292,7 +281,7 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "config") -
         raise ConfigError(_one_line(err)) from None
     finally:
         GlobalHydra.instance().clear()
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    missing = _missing_keys(cfg)
     if missing:
         raise ConfigError(f"missing required value(s): {', '.join(missing)} (pass e.g. {missing[0]}=...)")
     return cfg
@@ -321,39 +310,22 @@ def result_affecting(cfg: DictConfig) -> dict[str, Any]:
     return {key: container.get(key) for key in result_keys()}
 
 
-def _real_path(value: Any) -> str | None:
-    return None if value is None else os.path.realpath(os.path.expanduser(str(value)))
-
-
-def _file_digest(path: str) -> str:
-    """sha256 of a small file (the COCO20k list), or the resolved path when it cannot be read."""
-    try:
-        return hashlib.sha256(Path(path).expanduser().read_bytes()).hexdigest()
-    except OSError:
-        return f"unreadable:{_real_path(path)}"
-
-
 def dataset_identity(dataset: Mapping[str, Any]) -> dict[str, Any]:
-    """What chooses a dataset's images and ground truth, independent of how its location is spelled.
+    """What chooses a dataset's images and ground truth, independent of how its location is spelled:
+    its kind's :meth:`~lostreg.datasets.registry.DatasetKind.identity`.
 
     The published datasets (VOC07, VOC12) are the same wherever they live: their location keys are
     left out. COCO20k is its file list (by content). A COCO file or a folder of one's own is its
     location, resolved (``./data`` and ``/home/u/data`` are one folder).
     """
-    name = str(dataset.get("name"))
-    identity = {k: v for k, v in dataset.items() if k not in LOCATION_KEYS + CHECK_ONLY_DATASET_KEYS}
-    if name == "coco20k":
-        identity["filelist_sha256"] = _file_digest(str(dataset.get("filelist_path")))
-    elif name not in ("voc07", "voc12"):
-        identity.update({k: _real_path(dataset[k]) for k in LOCATION_KEYS if k in dataset})
-    return identity
+    return kind_of(dataset).identity(dataset)
 
 
 def weights_identity(weights: Any) -> Any:
     """``pretrained`` / ``random`` as they are; a checkpoint file as its resolved path and size."""
     if weights in ("pretrained", "random", None):
         return weights
-    path = _real_path(weights)
+    path = real_path(weights)
     try:
         size = os.path.getsize(str(path))
     except OSError:
@@ -375,7 +347,7 @@ def run_identity(config: Mapping[str, Any]) -> dict[str, Any]:
         "backbone": dict(config.get("backbone") or {}),
         "weights": weights_identity(config.get("weights")),
         # A test-time register is its neuron file's content (absent in runs of earlier versions).
-        **({"ttreg": _file_digest(str(config["ttreg"]))} if config.get("ttreg") else {}),
+        **({"ttreg": file_fingerprint(str(config["ttreg"]))} if config.get("ttreg") else {}),
         "max_size": config.get("max_size") or None,
         # Runs of earlier versions have no precision key: they ran in fp32.
         "precision": config.get("precision") or "fp32",
@@ -417,13 +389,11 @@ def protocol_from_config(cfg: DictConfig) -> DiscoveryProtocol:
 
 
 def dataset_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    """Keyword arguments for :func:`lostreg.datasets.build_dataset` from ``cfg.dataset``
-    (without ``name`` and the check-only :data:`CHECK_ONLY_DATASET_KEYS`)."""
-    kwargs = OmegaConf.to_container(cfg.dataset, resolve=True)
-    assert isinstance(kwargs, dict)
-    for key in ("name", *CHECK_ONLY_DATASET_KEYS):
-        kwargs.pop(key, None)
-    return kwargs
+    """Keyword arguments for :func:`lostreg.datasets.build_dataset` from ``cfg.dataset``: its kind's
+    :meth:`~lostreg.datasets.registry.DatasetKind.reader_kwargs` (no ``name``, no check-only setting)."""
+    settings = OmegaConf.to_container(cfg.dataset, resolve=True)
+    assert isinstance(settings, dict)
+    return kind_of(settings).reader_kwargs(settings)
 
 
 # Re-exported for callers that catch configuration problems in one place.

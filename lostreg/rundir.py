@@ -19,11 +19,18 @@ Layout of a run directory:
   predictions, merged into ``preds.jsonl`` by rank 0 at the end or by the next session.
 
 All JSON and YAML writes are atomic (:func:`atomic_write_bytes`): a reader never sees half a file.
+
+Where a run directory is by default (the naming section below): ``outputs/<dataset dir>/<backbone
+dir>/<protocol dir>``, a sweep's ``outputs/<dataset dir>/<backbone dir>/sweep_<digest>``. The dataset
+part is the dataset kind's (:meth:`lostreg.datasets.registry.DatasetKind.dir_name`), the protocol part
+the protocol's (:attr:`lostreg.protocol.DiscoveryProtocol.name` plus ``_max<N>`` and ``_<precision>``);
+this module puts them together, names sweeps and finds a sibling on another dataset (``select_on=``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -36,7 +43,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Iterator, Mapping
+from typing import IO, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import yaml
 
@@ -47,10 +54,12 @@ __all__ = [
     "CONFIG_FILE",
     "LOCK_FILE",
     "METRICS_FILE",
+    "OUTPUTS_DIR",
     "PREDS_FILE",
     "RANK_PREDS_PATTERN",
     "SWEEP_CONFIGS_DIR",
     "SWEEP_CSV",
+    "SWEEP_DIR_PREFIX",
     "RUN_INFO_FILE",
     "PredictionStore",
     "PredictionWriter",
@@ -64,9 +73,14 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "backbone_dir_name",
     "config_differences",
+    "default_run_dir",
     "environment_versions",
     "git_state",
+    "run_dir_on_dataset",
+    "sweep_dir_name",
+    "sweep_run_dir",
 ]
 
 CONFIG_FILE = "config.yaml"
@@ -79,6 +93,10 @@ RUN_INFO_FILE = "run.json"
 PREDS_FILE = "preds.jsonl"
 METRICS_FILE = "metrics.json"
 LOCK_FILE = ".lock"
+#: The folder default run directories go in, relative to the working directory.
+OUTPUTS_DIR = "outputs"
+#: A sweep's default directory is named ``sweep_<digest of its grid>`` (:func:`sweep_dir_name`).
+SWEEP_DIR_PREFIX = "sweep_"
 
 
 class RunError(LostregError, ValueError):
@@ -95,6 +113,54 @@ class RunConfigMismatch(LostregError, RuntimeError):
 
 class RunLockedError(LostregError, RuntimeError):
     """Another process is writing to the run directory."""
+
+
+# --------------------------------------------------------------------------- naming
+# Run directories are found again by name (a rerun resumes, select_on finds a sibling), so every
+# name below must stay byte-identical across versions.
+
+
+def backbone_dir_name(backbone: str, weights: str, ttreg: str | None = None) -> str:
+    """``dinov2_vits14_reg`` (pretrained), ``dinov2_vits14_reg-random``, ``dinov2_vits14_reg-<file stem>``;
+    ``-ttreg-<neuron file stem>`` appended for a test-time register."""
+    name = backbone if weights == "pretrained" else f"{backbone}-{'random' if weights == 'random' else Path(weights).stem}"
+    return name + (f"-ttreg-{Path(ttreg).stem}" if ttreg else "")
+
+
+def default_run_dir(dataset_dir: str, backbone_dir: str, protocol_dir: str) -> str:
+    """``outputs/<dataset_dir>/<backbone_dir>/<protocol_dir>``: the default of ``run_dir``.
+
+    Each part names what changes results, so the same command resumes the same directory:
+    ``dataset_dir`` from the dataset kind (``voc07_nohard``), ``backbone_dir`` from
+    :func:`backbone_dir_name`, ``protocol_dir`` from the protocol (``k_layer-1_k100_bias0.0_max1024``).
+    """
+    return "/".join((OUTPUTS_DIR, dataset_dir, backbone_dir, protocol_dir))
+
+
+def sweep_dir_name(method: str, grid: Mapping[str, Sequence[Any]], max_size: int | None, precision: str) -> str:
+    """``sweep_<digest>``: a short stable name of a sweep's method, grid (setting -> values tried),
+    ``max_size`` (0 and None are both native resolution) and precision."""
+    text = json.dumps({"method": method, **grid, "extra": [max_size or None, precision]}, sort_keys=True)
+    return SWEEP_DIR_PREFIX + hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def sweep_run_dir(run_dir: str | os.PathLike[str], sweep_name: str) -> str:
+    """A sweep's default directory: the eval ``run_dir`` of its base protocol with the protocol part
+    replaced by ``sweep_name`` (``outputs/<dataset dir>/<backbone dir>/sweep_<digest>``)."""
+    return str(Path(run_dir).parent / sweep_name)
+
+
+def run_dir_on_dataset(run_dir: str | os.PathLike[str], dataset_dir: str, other_dataset_dir: str) -> Path | None:
+    """Where the default layout puts the same backbone's run of the same name on another dataset.
+
+    ``<root>/<dataset_dir>/<backbone dir>/<name>`` becomes ``<root>/<other_dataset_dir>/<backbone dir>/<name>``:
+    a sweep of voc12 finds voc07's sweep of the same backbone and grid beside it. Does not look at the
+    disk. None when ``run_dir`` is not in the default layout (its grandparent is not ``dataset_dir``).
+    """
+    path = Path(run_dir)
+    if len(path.parts) < 3 or path.parent.parent.name != dataset_dir:
+        return None
+    return path.parent.parent.parent / other_dataset_dir / path.parent.name / path.name
 
 
 # --------------------------------------------------------------------------- predictions

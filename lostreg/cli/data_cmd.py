@@ -26,8 +26,9 @@ from typing import Any
 
 from lostreg.cli.common import error as _error
 from lostreg.datasets.coco20k import COCO20K_FILELIST_URL, FileListDownloadError, download_coco20k_filelist
+from lostreg.datasets.kinds import Coco20kNode
 
-DEFAULT_FILELIST_DEST = Path("data/coco_20k_filenames.txt")  # where configs/dataset/coco20k.yaml looks
+DEFAULT_FILELIST_DEST = Path(Coco20kNode.filelist_path)  # where dataset=coco20k looks by default
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from pathlib import Path
 
 from lostreg.cli.common import build_backbone_loudly, error, report_user_error, user_errors
 
@@ -43,9 +42,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = compose_config(args.overrides)
         if _default_run_dir(args.overrides):
-            grid = SweepGrid.from_config(cfg, protocol_from_config(cfg))
-            digest = grid.digest(cfg.max_size or None, str(cfg.precision))
-            cfg.run_dir = str(Path(str(cfg.run_dir)).parent / f"sweep_{digest}")
+            cfg.run_dir = SweepGrid.from_config(cfg, protocol_from_config(cfg)).default_run_dir(cfg)
     except errors as err:
         report_user_error(err)
         return 2

@@ -4,7 +4,9 @@ Every reader yields :class:`ImageRecord` items whose ``gt_boxes_xyxy`` are ``int
 ``(K, 4)`` ``[x1, y1, x2, y2]`` pixels of the original image, max exclusive. Decoding the
 image is left to :mod:`lostreg.io`, so listing and checking a dataset is cheap.
 
-Names for :func:`build_dataset`: ``voc07``, ``voc12``, ``coco20k``, ``coco``, ``folder``.
+Names for :func:`build_dataset` are those of the dataset registry (:mod:`lostreg.datasets.registry`):
+the built-in ``voc07``, ``voc12``, ``coco20k``, ``coco``, ``folder`` (:mod:`lostreg.datasets.kinds`)
+and any kind registered since.
 """
 
 from __future__ import annotations
@@ -36,8 +38,18 @@ from lostreg.datasets.coco20k import (
     verify_coco20k_filelist,
 )
 from lostreg.datasets.folder import IMAGE_EXTENSIONS, FolderDataset
+import lostreg.datasets.kinds  # noqa: F401  (registers the built-in kinds)
+from lostreg.datasets.registry import (
+    DatasetKind,
+    dataset_kind,
+    dataset_kinds,
+    dataset_names,
+    kind_of,
+    register_dataset,
+    unregister_dataset,
+)
 from lostreg.datasets.voc import VOCDataset, parse_voc_xml
-from lostreg.errors import ConfigError, UnknownNameError
+from lostreg.errors import ConfigError
 
 __all__ = [
     "ANNOTATION_PROBLEMS",
@@ -50,6 +62,7 @@ __all__ = [
     "PROBLEM_KINDS",
     "Coco20kDataset",
     "CocoDataset",
+    "DatasetKind",
     "DatasetLayoutError",
     "DatasetProblem",
     "FileListDownloadError",
@@ -59,48 +72,45 @@ __all__ = [
     "VOCDataset",
     "build_dataset",
     "check_dataset",
+    "dataset_kind",
+    "dataset_kinds",
+    "dataset_names",
     "describe_layout",
     "download_coco20k_filelist",
+    "kind_of",
     "parse_voc_xml",
     "read_coco20k_filelist",
+    "register_dataset",
+    "unregister_dataset",
     "verify_coco20k_filelist",
 ]
 
-DATASET_NAMES = ("voc07", "voc12", "coco20k", "coco", "folder")
 
-#: Image counts of the datasets the papers report on (spec section 5): VOC07 and VOC12 trainval, COCO20k.
-PUBLISHED_SIZES = {"voc07": 5011, "voc12": 11540, "coco20k": COCO20K_NUM_IMAGES}
-# Published split sizes, to tell a user whether a local copy is complete.
-_EXPECTED_IMAGES = {("voc07", "trainval"): PUBLISHED_SIZES["voc07"], ("voc12", "trainval"): PUBLISHED_SIZES["voc12"],
-                    ("coco20k", None): PUBLISHED_SIZES["coco20k"]}
+def __getattr__(name: str) -> Any:
+    # The names of lostreg's first versions, read from the registry at each use so that a kind
+    # registered later is in them: DATASET_NAMES, and PUBLISHED_SIZES (the image counts of the
+    # published splits the papers report on, spec section 5).
+    if name == "DATASET_NAMES":
+        return dataset_names()
+    if name == "PUBLISHED_SIZES":
+        return {kind.name: kind.published_size for kind in dataset_kinds() if kind.published_size is not None}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_dataset(name: str, **kwargs: Any) -> ImageDataset:
-    """Build a dataset by name.
+    """Build a dataset by its registered name (:func:`~lostreg.datasets.registry.dataset_kind`).
 
     Args:
         name: ``voc07`` / ``voc12`` (kwargs of :class:`VOCDataset` except ``year``),
             ``coco20k`` (:class:`Coco20kDataset`), ``coco`` (:class:`CocoDataset`),
-            ``folder`` (:class:`FolderDataset`). Case-insensitive.
-        **kwargs: Passed to the class.
+            ``folder`` (:class:`FolderDataset`), or another registered kind. Case-insensitive.
+        **kwargs: Passed to the kind's reader.
 
     Raises:
-        KeyError: unknown name.
+        UnknownNameError: unknown name (a :class:`KeyError` too).
         DatasetLayoutError: the files on disk do not match :func:`describe_layout`.
     """
-    key = name.lower()
-    if key in ("voc07", "voc12"):
-        year = "2007" if key == "voc07" else "2012"
-        if "year" in kwargs and str(kwargs.pop("year")) != year:
-            raise ConfigError(f"dataset {name!r} is VOC{year}; do not pass another year")
-        return VOCDataset(year=year, **kwargs)
-    if key == "coco20k":
-        return Coco20kDataset(**kwargs)
-    if key == "coco":
-        return CocoDataset(**kwargs)
-    if key == "folder":
-        return FolderDataset(**kwargs)
-    raise UnknownNameError(f"unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)}")
+    return dataset_kind(name).build(**kwargs)
 
 
 def _image_problem(image_id: str | None, path: Path, full: bool) -> DatasetProblem | None:
@@ -185,11 +195,11 @@ def check_dataset(
     """
     if expected_count is not None and int(expected_count) < 0:
         raise ConfigError(f"dataset.expected_count must be a number of images >= 0, or null; got {expected_count}")
-    key = name.lower()
+    kind = dataset_kind(name)
     build_kwargs = dict(kwargs)
-    if key != "folder":  # folders have no annotation to be lenient about
+    if kind.annotated:  # a folder has no annotation to be lenient about
         build_kwargs["strict"] = False
-    ds = build_dataset(name, **build_kwargs)
+    ds = kind.build(**build_kwargs)
     skipped = [p for p in ds.problems if p.skipped]
     targets = [(r.image_id, r.path) for r in ds] + [(p.image_id, p.image) for p in skipped if p.image is not None]
     image_problems = _check_images(targets, full, progress, workers)
@@ -201,8 +211,7 @@ def check_dataset(
     if expected_count is not None:
         expected, source = int(expected_count), "dataset.expected_count"
     else:
-        split = None if key == "coco20k" else kwargs.get("split", "trainval")
-        expected = None if kwargs.get("no_hard") else _EXPECTED_IMAGES.get((key, split))
+        expected = kind.expected_images(kwargs)
         source = None if expected is None else "published"
     n = len(ds) + len(skipped)
     return {

@@ -42,12 +42,11 @@ from lostreg.evaluation.runs import (
     load_run,
     load_runs,
 )
-from lostreg.datasets import PUBLISHED_SIZES
+from lostreg.datasets.registry import dataset_kind, dataset_kinds
 from lostreg.methods import DEFAULT_METHOD, method_names
 from lostreg.protocol import DiscoveryProtocol, describe_protocol
 
 __all__ = [
-    "DATASET_LABELS",
     "Row",
     "RunError",
     "RunSummary",
@@ -57,6 +56,7 @@ __all__ = [
     "corloc_cell",
     "csv_header",
     "csv_rows",
+    "dataset_label",
     "load_run",
     "load_runs",
     "table_text",
@@ -64,9 +64,19 @@ __all__ = [
     "to_markdown",
 ]
 
-#: Column-group titles; the first three are always shown, others only when a run has them.
-DATASET_LABELS = {"voc07": "VOC07", "voc12": "VOC12", "coco20k": "COCO20k", "coco": "COCO", "folder": "folder"}
-MAIN_DATASETS = ("voc07", "voc12", "coco20k")
+
+def dataset_label(dataset: str) -> str:
+    """A dataset's column-group title (``VOC07``, ``COCO20k``): its kind's label, else the name itself."""
+    return dataset_kind(dataset, strict=False).label
+
+
+def _dataset_columns(present: Iterable[str]) -> list[str]:
+    """Column groups: the main published datasets always (VOC07, VOC12, COCO20k), then the others
+    ``present`` in registration order (unregistered names last, alphabetically)."""
+    registered = [kind.name for kind in dataset_kinds()]
+    columns = [kind.name for kind in dataset_kinds() if kind.main]
+    extra = set(present) - set(columns)
+    return columns + sorted(extra, key=lambda d: (registered.index(d) if d in registered else len(registered), d))
 
 
 def _default_note(method: str) -> str:
@@ -170,9 +180,7 @@ def build_table(runs: Iterable[RunSummary], include_published: bool = True) -> T
             run = winner
         row.runs[run.dataset] = run
 
-    datasets = list(MAIN_DATASETS)
-    extra = {run.dataset for row in rows.values() for run in row.runs.values()} - set(MAIN_DATASETS)
-    datasets += sorted(extra, key=lambda d: (list(DATASET_LABELS).index(d) if d in DATASET_LABELS else 99, d))
+    datasets = _dataset_columns(run.dataset for row in rows.values() for run in row.runs.values())
 
     # Grouped by method, then backbone; the default protocol first within a backbone, so
     # "ours vs published" leads each group.
@@ -257,7 +265,7 @@ def table_text(table: Table) -> TableText:
     sources = _sources(table)
     header = ["method", "backbone", "protocol"]
     for d in table.datasets:
-        label = DATASET_LABELS.get(d, d)
+        label = dataset_label(d)
         header.append(f"{label} ours")
         if d in published_cols:
             header.append(f"{label} published")
@@ -279,12 +287,13 @@ def table_text(table: Table) -> TableText:
             run = row.runs.get(d)
             cells.append("" if row.is_published_only else corloc_cell(run))
             if run is not None and not run.complete:
-                footnotes.append(f"* incomplete: {row.label} {DATASET_LABELS.get(d, d)}: "
+                footnotes.append(f"* incomplete: {row.label} {dataset_label(d)}: "
                                  f"{_progress(run)} ({run.run_dir})")
             if run is not None and d in published_cols and not run.comparable:
-                why = " ".join(run.variant) or f"{run.num_images} images, not the published {PUBLISHED_SIZES.get(d)}"
+                published_size = dataset_kind(d, strict=False).published_size
+                why = " ".join(run.variant) or f"{run.num_images} images, not the published {published_size}"
                 footnotes.append(f"not comparable with published numbers: {row.label} "
-                                 f"{DATASET_LABELS.get(d, d)}: {why} ({run.run_dir})")
+                                 f"{dataset_label(d)}: {why} ({run.run_dir})")
             if d in published_cols:
                 value = published_value(row, d)
                 cells.append("-" if value is None else f"{value:.1f}")

@@ -125,8 +125,7 @@ class Experiment:
                 validate_execution(cfg)
                 protocol = protocol_from_config(cfg)
                 if sweep:  # the directory `lostreg sweep` would use with these overrides
-                    digest = SweepGrid.from_config(cfg, protocol).digest(cfg.max_size or None, str(cfg.precision))
-                    cfg.run_dir = str(Path(str(cfg.run_dir)).parent / f"sweep_{digest}")
+                    cfg.run_dir = SweepGrid.from_config(cfg, protocol).default_run_dir(cfg)
                 runs.append(ExperimentRun(backbone, str(dataset), cfg, run_overrides, "sweep" if sweep else "eval"))
         # Every dataset index once, before any backbone is built: a missing one stops everything.
         for dataset, overrides in spec.datasets.items():

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lostreg.backbones.registry import is_weight_free
-from lostreg.datasets import PUBLISHED_SIZES
-from lostreg.datasets.voc import DEFAULT_VOC_SPLIT
+from lostreg.datasets.registry import dataset_kind
 from lostreg.evaluation.published import PublishedResult, method_label, published_match, published_sweep_for
 from lostreg.methods import DEFAULT_METHOD
 from lostreg.protocol import DiscoveryProtocol, ProtocolError
@@ -40,7 +39,8 @@ class RunSummary:
     Attributes:
         run_dir: The directory.
         backbone: lostreg backbone name (``backbone.name``).
-        dataset: ``dataset.name`` (``voc07``, ``voc12``, ``coco20k``, ``coco``, ``folder``).
+        dataset: ``dataset.name`` (``voc07``, ``voc12``, ``coco20k``, ``coco``, ``folder``, or another
+            registered kind, :mod:`lostreg.datasets.registry`).
         weights: ``pretrained``, ``random`` or a checkpoint path.
         discovery: The discovery protocol (method, features, knobs) of the run.
         max_size: Downscale limit in pixels, ``None`` for native resolution.
@@ -117,14 +117,9 @@ class RunSummary:
 
     @property
     def variant(self) -> list[str]:
-        """How the run's data departs from the dataset's published form: ``["split=val", "no_hard"]``."""
-        parts = []
-        split = self.dataset_config.get("split")
-        if self.dataset in ("voc07", "voc12") and split not in (None, DEFAULT_VOC_SPLIT):
-            parts.append(f"split={split}")
-        if self.dataset_config.get("no_hard"):
-            parts.append("no_hard")
-        return parts
+        """How the run's data departs from the dataset's published form: ``["split=val", "no_hard"]``
+        (the dataset kind's :meth:`~lostreg.datasets.registry.DatasetKind.variant`)."""
+        return dataset_kind(self.dataset, strict=False).variant(self.dataset_config)
 
     @property
     def comparable(self) -> bool:
@@ -133,7 +128,7 @@ class RunSummary:
         A run still in progress on that split is comparable (its cell is marked incomplete); a
         20-image split or a ``no_hard`` run is not.
         """
-        return not self.variant and self.num_images == PUBLISHED_SIZES.get(self.dataset)
+        return not self.variant and self.num_images == dataset_kind(self.dataset, strict=False).published_size
 
     @property
     def protocol(self) -> str:

@@ -31,7 +31,6 @@ number. ``select_on=voc07`` picks the configuration on another dataset's sweep o
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import itertools
 import json
@@ -45,12 +44,13 @@ from omegaconf import DictConfig, OmegaConf
 from lostreg.backbones import Backbone
 from lostreg.config import ConfigError, run_identity, sweep_axes
 from lostreg.datasets.base import ImageDataset
+from lostreg.datasets.registry import kind_of
 from lostreg.evaluation.engine import DiscoveryEngine
 from lostreg.evaluation.runner import BackboneBuilder, DatasetSession, RunTarget, build_parts, check_memory
 from lostreg.io.atomic import atomic_write_text
 from lostreg.knobs import FeatureConfig, knob_fields
 from lostreg.protocol import DiscoveryProtocol, FeatureKey
-from lostreg.rundir import SWEEP_CSV, RunDir, RunError
+from lostreg.rundir import SWEEP_CSV, RunDir, RunError, run_dir_on_dataset, sweep_dir_name, sweep_run_dir
 
 __all__ = ["SweepGrid", "SweepJob", "SweepResult", "select_on_dir", "sweep_identity", "sweep_table_markdown"]
 
@@ -117,10 +117,12 @@ class SweepGrid:
         asks for besides, e.g. the output norms), in first-use order."""
         return DiscoveryEngine.feature_keys_of(self.configurations)
 
-    def digest(self, *extra: Any) -> str:
-        """A short stable name of the grid and ``extra`` values (default directory: ``sweep_<digest>``)."""
-        text = json.dumps({"method": self.configurations[0].method, **self.lists, "extra": extra}, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:10]
+    def default_run_dir(self, cfg: DictConfig) -> str:
+        """Where ``lostreg sweep`` (and ``lostreg experiment``) put this grid when ``run_dir`` is not given:
+        beside the eval runs of ``cfg``'s dataset and backbone, named by the grid, ``max_size`` and
+        precision (:func:`lostreg.rundir.sweep_dir_name`)."""
+        name = sweep_dir_name(self.configurations[0].method, self.lists, cfg.max_size, str(cfg.precision))
+        return sweep_run_dir(str(cfg.run_dir), name)
 
 
 @dataclass
@@ -267,7 +269,7 @@ class SweepJob:
         """The configuration chosen on another dataset's sweep, scored here (``select_on=``)."""
         if not self.cfg.select_on:
             return None
-        other = select_on_dir(str(self.cfg.select_on), self.run_dir.path, str(self.cfg.dataset.name))
+        other = select_on_dir(str(self.cfg.select_on), self.run_dir.path, self.cfg.dataset)
         try:
             chosen = RunDir(other).read_metrics()
         except RunError as err:
@@ -283,16 +285,28 @@ class SweepJob:
         return {"on": chosen.get("dataset"), "from": str(other), "protocol": name, **here.row()}
 
 
-def select_on_dir(select_on: str, sweep_dir: Path, dataset: str) -> Path:
-    """The sweep directory named by ``select_on``: a path, or a dataset name whose sweep sits where the
-    default layout puts it (``outputs/<dataset>/<backbone>/<sweep name>`` beside this one)."""
+def select_on_dir(select_on: str, sweep_dir: Path, dataset: Mapping[str, Any]) -> Path:
+    """The sweep directory named by ``select_on``: a path, or another dataset's directory name (``voc07``,
+    ``voc07_nohard``) whose sweep of the same backbone and grid sits beside ``sweep_dir`` (a sweep of
+    ``dataset``, the config's section) in the default layout (:func:`lostreg.rundir.run_dir_on_dataset`).
+
+    Raises:
+        ConfigError: neither is a directory; one line naming where it looked.
+    """
     path = Path(select_on).expanduser()
     if path.is_dir():
         return path
-    parts = sweep_dir.parts
-    if len(parts) >= 3:
-        return Path(*parts[:-3], select_on, *parts[-2:])
-    raise ConfigError(f"select_on={select_on}: neither a sweep directory nor a dataset with a default sweep path")
+    if Path(select_on).name != select_on:  # a path, not a dataset's directory name
+        raise ConfigError(f"select_on={select_on}: no such sweep directory")
+    beside = run_dir_on_dataset(sweep_dir, kind_of(dataset).dir_name(dataset), select_on)
+    if beside is None:
+        raise ConfigError(f"select_on={select_on}: no directory {path}, and this sweep's run_dir {sweep_dir} is not "
+                          f"in the default layout, so no sweep of {select_on} can be found beside it; "
+                          "give select_on the sweep directory")
+    if not beside.is_dir():
+        raise ConfigError(f"select_on={select_on}: no directory {path}, and no sweep of {select_on} at {beside} "
+                          f"(run `lostreg sweep` on {select_on} with the same backbone and grid first)")
+    return beside
 
 
 def _configuration_config(container: Mapping[str, Any], protocol: DiscoveryProtocol, path: Path) -> dict[str, Any]:

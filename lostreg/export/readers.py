@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from lostreg.boxes import voc_to_xyxy
+from lostreg.datasets.registry import kind_of
 from lostreg.evaluation.ap import image_order_key
 from lostreg.rundir import RunDir, RunNotFoundError
 
@@ -155,14 +156,15 @@ def read_run_config(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
 def default_root(cfg: Mapping[str, Any] | None) -> Path | None:
     """The folder export paths are relative to by default: the run's dataset root.
 
-    ``dataset.image_dir`` for ``coco``, ``dataset.root`` for ``voc07``, ``voc12``,
-    ``coco20k`` and ``folder`` (its parent when the folder dataset was one image file).
-    None when unknown (then paths are written absolute).
+    The setting its dataset kind keeps the images in (:meth:`~lostreg.datasets.registry.DatasetKind.image_root`):
+    ``dataset.image_dir`` for ``coco``, ``dataset.root`` for ``voc07``, ``voc12``, ``coco20k`` and
+    ``folder`` (its parent when the folder dataset was one image file). None when unknown (then
+    paths are written absolute).
     """
     dataset = (cfg or {}).get("dataset")
     if not isinstance(dataset, Mapping):
         return None
-    value = dataset.get("image_dir") if str(dataset.get("name")) == "coco" else dataset.get("root")
+    value = kind_of(dataset).image_root(dataset)
     if value is None:
         return None
     root = Path(os.path.expanduser(str(value)))

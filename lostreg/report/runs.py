@@ -7,18 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lostreg.datasets.registry import dataset_kind
 from lostreg.errors import LostregError
 from lostreg.evaluation.runs import RunSummary, load_runs
 from lostreg.rundir import PREDS_FILE, RunDir, RunError, RunNotFoundError
 
 __all__ = ["ReportError", "ReportRun", "check_same_dataset", "describe_dataset", "load_report_runs", "run_label"]
 
-# Dataset config keys that only say where the files are: the same data may live elsewhere
-# on another machine, so they do not make two runs "different datasets".
-_LOCATION_KEYS = frozenset({"root", "filelist_path", "cache_dir", "annotation_json", "image_dir"})
-# Plus what only `lostreg data check` reads (lostreg.config.CHECK_ONLY_DATASET_KEYS, not imported:
-# this package stays free of hydra): it never changes which images or boxes a run has.
-_NOT_DATASET_IDENTITY = _LOCATION_KEYS | {"expected_count"}
 
 class ReportError(LostregError, ValueError):
     """Runs that cannot go in one report; ``str(err)`` is one line."""
@@ -49,8 +44,15 @@ class ReportRun:
         return self.summary.label
 
     def dataset_identity(self) -> dict[str, Any]:
-        """Dataset name and the settings that choose its images and ground truth (not its location)."""
-        identity = {k: v for k, v in self.dataset_config.items() if k not in _NOT_DATASET_IDENTITY}
+        """Dataset name and the settings that choose its images and ground truth.
+
+        Neither its location (the same data may live elsewhere on another machine, so the location
+        keys of its kind never make two runs "different datasets") nor what only ``lostreg data
+        check`` reads: it never changes which images or boxes a run has.
+        """
+        kind = dataset_kind(self.summary.dataset, strict=False)
+        left_out = kind.location_keys + kind.check_only_keys
+        identity = {k: v for k, v in self.dataset_config.items() if k not in left_out}
         identity["name"] = self.summary.dataset
         return identity
 
