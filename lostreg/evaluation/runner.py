@@ -160,18 +160,10 @@ def check_memory(cfg: DictConfig, dataset: ImageDataset, backbone: Backbone,
 
 
 def with_test_time_registers(backbone: Backbone, path: str) -> Backbone:
-    """``backbone`` with one test-time register over the neurons of ``path`` (``lostreg calibrate``).
+    """:func:`lostreg.ttreg.attach_test_time_registers` (kept here until the call sites move)."""
+    from lostreg.ttreg import attach_test_time_registers
 
-    Raises:
-        NeuronFileError: the file is missing, malformed, or for another model or weights.
-        ValueError: the backbone is not a timm ViT (DINOv3 ships trained registers).
-    """
-    from lostreg.backbones.vit import TimmViTBackbone
-    from lostreg.ttreg import RegisterNeurons, apply_test_time_registers
-
-    if not isinstance(backbone, TimmViTBackbone):
-        raise ConfigError(f"ttreg: test-time registers need a timm ViT backbone, not {backbone.name}")
-    return apply_test_time_registers(backbone, RegisterNeurons.load(path), source=path)
+    return attach_test_time_registers(backbone, path)
 
 
 @dataclass
