@@ -31,8 +31,6 @@ from lostreg.diagnostics import (
     prefix_attention,
     prefix_attention_qk,
     robust_threshold,
-    trace_dinov3,
-    trace_vit,
 )
 from lostreg.diagnostics import figures
 from lostreg.discovery import ObjectDiscoverer
@@ -137,7 +135,7 @@ def _peaked_copy(name: str):
 def test_prefix_attention_is_the_models_softmax(name: str, registers: int) -> None:
     backbone = _peaked_copy(name)
     images = to_padded_tensor(scene(), backbone.patch_size).tensor[None]
-    trace = trace_vit(backbone, images)
+    trace = backbone.trace(images)
     block = backbone.model.blocks[-1]
     att = prefix_attention(trace.qkv, block.attn, trace.num_prefix_tokens, trace.grid_hw)
     rows, cols = trace.grid_hw
@@ -193,7 +191,7 @@ def test_register_maps_only_for_register_models(backbones: dict) -> None:
 def test_trace_k_equals_lost_features(backbones: dict) -> None:
     backbone = backbones["dinov2_reg"]
     images = to_padded_tensor(scene(), backbone.patch_size).tensor[None]
-    trace = trace_vit(backbone, images, layer=-2)
+    trace = backbone.trace(images, layer=-2)
     dim = trace.qkv.shape[-1] // 3
     k = trace.qkv[:, trace.num_prefix_tokens:, dim:2 * dim]
     assert torch.equal(k, backbone.extract(images, which="k", layer=-2))
@@ -541,7 +539,7 @@ def test_dinov3_prefix_attention_is_the_blocks_softmax(layer: int) -> None:
 
     backbone = _small_dinov3(peaked_layer=layer)
     images = to_padded_tensor(scene(), backbone.patch_size).tensor[None]
-    trace = trace_dinov3(backbone, images, layer)
+    trace = backbone.trace(images, layer)
     assert _no_hooks(backbone.model)
     rows, cols = trace.grid_hw
     prefix = trace.num_prefix_tokens
@@ -591,7 +589,7 @@ def test_dinov3_trace_equals_extract_and_forward_features(rope: str) -> None:
     backbone = _small_dinov3(rope)
     images = to_padded_tensor(scene(), 16).tensor[None]
     for layer in (-1, 0):
-        trace = trace_dinov3(backbone, images, layer)
+        trace = backbone.trace(images, layer)
         for which in ("q", "k", "v"):
             assert torch.equal(trace.features(which), backbone.extract(images, which, layer)), (which, layer)
     # Prefix q/k are never rotated; patch rows are.
@@ -619,7 +617,7 @@ def test_dinov3_inspection_has_cls_and_register_maps(method: str) -> None:
     assert insp.register_attention is not None and insp.register_attention.shape == (4, 6, rows, cols)
     assert insp.prefix_patch_mass is not None and insp.prefix_patch_mass.shape == (5, 6)
     images = to_padded_tensor(image, 16).tensor[None]
-    trace = trace_dinov3(backbone, images)
+    trace = backbone.trace(images)
     att = prefix_attention_qk(trace.q_rot, trace.k_rot, trace.scale, 5, trace.grid_hw)
     np.testing.assert_array_equal(insp.cls_attention, att.cls[0].numpy())
     np.testing.assert_array_equal(insp.register_attention, att.registers[0].numpy())

@@ -495,12 +495,12 @@ def test_weights_for_another_architecture(tmp_path: Path, fused: DinoV3Backbone)
 def test_pretrained_asks_the_hub_for_the_tagged_file(
     tmp_path: Path, fused: DinoV3Backbone, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import lostreg.backbones.dinov3 as dinov3
+    import lostreg.backbones.timm_base as timm_base
 
     path = tmp_path / "model.safetensors"
     save_file({k: v.contiguous() for k, v in fused.model.state_dict().items()}, str(path))
     asked: list[str] = []
-    monkeypatch.setattr(dinov3, "hub_weights_file", lambda name: asked.append(name) or path)
+    monkeypatch.setattr(timm_base, "hub_weights_file", lambda name: asked.append(name) or path)
     loaded = build_timm_eva(resolve_backbone("dinov3"), "pretrained", CPU, model_kwargs=SMALL)
     assert asked == ["vit_small_patch16_dinov3.lvd1689m"]
     assert not loaded.is_random and _same_model(loaded, fused)

@@ -40,7 +40,6 @@ from lostreg.backbones.vit import TimmViTBackbone
 from lostreg.cli import calibrate_cmd
 from lostreg.diagnostics.inspection import inspect_image
 from lostreg.diagnostics.tokens import prefix_attention
-from lostreg.diagnostics.trace import trace_vit
 from lostreg.discovery import ImagePreparer
 from lostreg.precision import strict_fp32
 from lostreg.ttreg import (
@@ -55,7 +54,7 @@ from lostreg.ttreg import (
     score_units,
     weights_sha256,
 )
-from lostreg.ttreg.hidden import hidden_activation_hook, mlp_hidden_dim, mlp_kind
+from lostreg.backbones.edits import hidden_activation_hook, mlp_hidden_dim, mlp_kind
 
 SIZE = 112
 GRID = SIZE // 14
@@ -360,7 +359,7 @@ def test_edit_semantics_on_a_hand_made_activation(lab: dict) -> None:
 
 def test_trace_and_inspect_use_the_register(lab: dict) -> None:
     fixed, x = lab["fixed"], lab["fit"][:1]
-    trace = trace_vit(fixed, x, layer=-1)
+    trace = fixed.trace(x, layer=-1)
     assert trace.num_trailing_tokens == 1 and trace.prenorm.shape[1] == 1 + GRID * GRID + 1
     torch.testing.assert_close(trace.qkv[:, 1:1 + GRID * GRID, 384:768], fixed.extract(x, "k", -1), rtol=0, atol=0)
     torch.testing.assert_close(torch.linalg.vector_norm(trace.prenorm, dim=-1), lab["norms_fixed"][-1][:1],
@@ -479,7 +478,7 @@ def test_no_outliers_is_a_clear_error(lab: dict) -> None:
 
 def test_no_hooks_left_behind(lab: dict) -> None:
     fixed, x = lab["fixed"], lab["fit"][:1]
-    trace_vit(fixed, x)  # every block through run_block, the edited one included
+    fixed.trace(x)  # every block through run_block, the edited one included
     score_units(lab["planted"], [x], lowest_layer=LAYER, highest_layer=LAYER)
     assert _hooks_left(fixed.model) == 0
 

@@ -30,13 +30,18 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from lostreg.backbones.base import Backbone
-    from lostreg.backbones.weights import WeightsError, WeightsUnavailableError
+    from lostreg.backbones.edits import ForwardEdit
+    from lostreg.backbones.trace import Trace
+    from lostreg.backbones.weights import RandomWeightsWarning, WeightsError, WeightsUnavailableError
 
 #: Modules whose import registers a builder in BUILDERS (``@register_builder``).
 BUILDER_MODULES = ("lostreg.backbones.vit", "lostreg.backbones.pixels", "lostreg.backbones.dinov3")
 
 _LAZY = {
     "Backbone": "lostreg.backbones.base",
+    "ForwardEdit": "lostreg.backbones.edits",
+    "RandomWeightsWarning": "lostreg.backbones.weights",
+    "Trace": "lostreg.backbones.trace",
     "WeightsError": "lostreg.backbones.weights",
     "WeightsUnavailableError": "lostreg.backbones.weights",
 }
@@ -93,9 +98,13 @@ def build_backbone(
         rope: for RoPE backbones (DINOv3), whether q/k features are taken ``"pre"`` (default)
             or ``"post"`` rotation; other backbones accept only ``"pre"``.
 
+    Warns:
+        RandomWeightsWarning: for ``weights="random"`` (its own category, so callers can silence
+            exactly it).
+
     Raises:
         UnknownBackboneError, WeightsError, WeightsUnavailableError: one-line messages.
-        ValueError: ``rope`` is not ``pre``/``post``, or ``post`` for a backbone without RoPE; a bad device.
+        ConfigError: ``rope`` is not ``pre``/``post``, or ``post`` for a backbone without RoPE; a bad device.
     """
     if rope not in ("pre", "post"):
         raise ConfigError(f"features.rope must be pre or post, got {rope!r}")
@@ -113,8 +122,11 @@ __all__ = [
     "FEATURE_KINDS",
     "FeatureKey",
     "FeatureKind",
+    "ForwardEdit",
     "PosEmbedInterp",
+    "RandomWeightsWarning",
     "RopeMode",
+    "Trace",
     "UnknownBackboneError",
     "WeightsError",
     "WeightsUnavailableError",

@@ -1,15 +1,26 @@
-"""What every backbone gives the discovery stage: patch features on the image's patch grid."""
+"""What every backbone gives: patch features on the image's patch grid, a trace, and its capabilities.
+
+* :meth:`Backbone.extract_many`: what the discovery methods read (one forward, many feature sets).
+* :meth:`Backbone.trace`: what the diagnostics read (:class:`~lostreg.backbones.trace.Trace`, the
+  same record for every family, so no caller asks which class a backbone is).
+* :attr:`Backbone.supports_forward_edits` / :meth:`Backbone.with_forward_edit`: running with extra
+  tokens and edited MLP units (:mod:`lostreg.backbones.edits`; test-time registers are one).
+"""
 
 from __future__ import annotations
 
 import abc
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from lostreg.errors import ConfigError
 from lostreg.backbones.registry import BackboneSpec
+from lostreg.backbones.trace import Trace
 from lostreg.protocol import FEATURE_KINDS, OUTPUT_NORMS, FeatureKey, FeatureKind
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lostreg.backbones.edits import ForwardEdit
 
 
 def refuse_rope_option(rope: str) -> None:
@@ -49,7 +60,42 @@ class Backbone(abc.ABC):
 
     @property
     def num_registers(self) -> int:
+        """Trained register tokens among the prefix tokens."""
         return 0
+
+    @property
+    def has_class_token(self) -> bool:
+        """Whether token 0 is a CLS token."""
+        return False
+
+    @property
+    def num_trailing_tokens(self) -> int:
+        """Tokens after the patches (a forward edit's, e.g. a test-time register); 0 without an edit."""
+        return 0
+
+    @property
+    def supports_forward_edits(self) -> bool:
+        """Whether :meth:`with_forward_edit` applies: True for timm ViTs; False for DINOv3 (RoPE
+        rotates every token after the prefix, so an appended token breaks it) and for ``pixels``."""
+        return False
+
+    @property
+    def forward_edit(self) -> "ForwardEdit | None":
+        """The forward edit this backbone runs with, or None (the plain model)."""
+        return None
+
+    def with_forward_edit(self, edit: "ForwardEdit | None") -> "Backbone":
+        """This backbone running with ``edit`` (see :mod:`lostreg.backbones.edits`); None = the plain one.
+
+        The result shares the model (never copied, its weights never modified).
+
+        Raises:
+            ConfigError: the backbone does not support forward edits, or the edit does not fit
+                the model (one line, naming the backbone).
+        """
+        if edit is None:
+            return self
+        raise ConfigError(f"{self.name} cannot run forward edits (extra tokens, edited MLP units)")
 
     @property
     @abc.abstractmethod
@@ -152,6 +198,22 @@ class Backbone(abc.ABC):
             what :meth:`extract` returns for that key alone, bit for bit. The special key
             :data:`lostreg.protocol.OUTPUT_NORMS` gives ``(B, rows*cols, 1)``: the L2 norms of the
             final output patch tokens (after the model's last norm), for the artifact rule.
+        """
+
+    @abc.abstractmethod
+    def trace(self, images: torch.Tensor, layer: int = -1, *, keep_layers: bool = False,
+              precision: str = "fp32") -> Trace:
+        """One forward pass as the diagnostics read it (see :class:`~lostreg.backbones.trace.Trace`).
+
+        Args:
+            images: as for :meth:`extract`.
+            layer: the block whose attention and features are kept (negative from the end).
+            keep_layers: also keep the output of every block (:attr:`Trace.layers`).
+            precision: as for :meth:`extract`; ``trace.features(which)`` equals
+                ``extract_many(images, [(which, layer)], precision)`` bit for bit.
+
+        Raises:
+            ConfigError: ``layer`` out of range.
         """
 
     def grid_hw(self, image_hw: tuple[int, int]) -> tuple[int, int]:

@@ -6,11 +6,15 @@ How DINOv3 differs from the DINO / DINOv2 ViTs of :mod:`lostreg.backbones.vit`:
   no absolute position table: every block rotates the *patch* tokens' q and k with 2-D rotary
   embeddings (RoPE) inside its attention. The prefix tokens' q/k and all values are never rotated.
 * The RoPE table depends on the patch grid (coordinates are normalised per axis to [-1, 1]), so
-  it is rebuilt for every input size; any size that is a multiple of 16 works.
+  it is rebuilt for every input size (the forward's context, see
+  :class:`~lostreg.backbones.timm_base.ForwardState`); any size that is a multiple of 16 works.
 * q/k/v cannot be read off a ``qkv`` Linear's output: the ``*_qkvb`` layout adds separate
   ``q_bias``/``k_bias``/``v_bias`` through ``F.linear`` (a hook on ``attn.qkv`` never fires), and
   the rotation happens after the projection. So q/k/v are recomputed here from the attention
   module's own weights and biases, exactly as its forward computes them.
+* No forward edits (:attr:`~DinoV3Backbone.supports_forward_edits` is False): DINOv3 was trained
+  with 4 registers, and a token appended after the patches breaks its RoPE, which rotates every
+  token after the prefix (spec B9).
 
 Which keys LOST sees is a build-time option, ``rope``:
 
@@ -20,34 +24,25 @@ Which keys LOST sees is a build-time option, ``rope``:
   partners) and changes with resolution and aspect ratio.
 * ``"post"``: q/k rotated as the attention rotates them (the tensors its softmax sees), for ablations.
 
-Values are the same in both. Like :mod:`lostreg.backbones.vit`, the forward pass is written out
-over timm's modules (no hooks), and blocks after the deepest requested layer are not run.
+Values are the same in both. The forward loop, tracing and building are
+:mod:`lostreg.backbones.timm_base`'s.
 """
 
 from __future__ import annotations
 
-import warnings
-from typing import NamedTuple, Sequence, get_args
+from typing import Any, Collection, NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lostreg.errors import ConfigError
-from lostreg.backbones.base import Backbone, FeatureKey
-from lostreg.protocol import OUTPUT_NORMS, RopeMode
+from lostreg.backbones.edits import ForwardEdit
 from lostreg.backbones.registry import BackboneSpec, register_builder
-from lostreg.backbones.weights import (
-    WeightsError,
-    hub_weights_file,
-    load_into_model,
-    normalise_key_names,
-    read_state_dict,
-)
-from lostreg.precision import forward_precision, strict_fp32
-
-#: ``--weights random`` is this seed's initialisation, the same on every run (as for the ViTs).
-RANDOM_WEIGHTS_SEED = 0
+from lostreg.backbones.timm_base import AttentionTensors, TimmBackbone, create_timm_model
+from lostreg.backbones.weights import WeightsError, normalise_key_names
+from lostreg.precision import strict_fp32
+from lostreg.protocol import RopeMode
 
 
 class AttentionInputs(NamedTuple):
@@ -74,7 +69,7 @@ class AttentionInputs(NamedTuple):
     rope: torch.Tensor
 
 
-class DinoV3Backbone(Backbone):
+class DinoV3Backbone(TimmBackbone):
     """LOST features from a timm DINOv3 ``Eva`` model.
 
     Args:
@@ -85,9 +80,10 @@ class DinoV3Backbone(Backbone):
         random_weights: True when the weights are random (boxes are meaningless).
         rope: ``"pre"`` (default) or ``"post"``: whether q/k features are taken before or after
             the rotary embedding (see the module docstring). Values are unaffected.
+        forward_edit: must be None (DINOv3 takes no forward edits).
 
     Raises:
-        ValueError: a model this extractor cannot read exactly, or an unknown ``rope``.
+        ConfigError: a model this extractor cannot read exactly, or an unknown ``rope``.
     """
 
     def __init__(
@@ -97,61 +93,90 @@ class DinoV3Backbone(Backbone):
         device: torch.device,
         random_weights: bool,
         rope: RopeMode = "pre",
+        forward_edit: ForwardEdit | None = None,
     ) -> None:
         if rope not in get_args(RopeMode):
             raise ConfigError(f"features.rope must be pre or post, got {rope!r}")
-        _check_supported(model, spec.name)
-        self.spec = spec
-        self.model = model.to(device).eval()
-        self.device = device
-        self._random = random_weights
         self._rope: RopeMode = rope
-        # timm's pretrained config of the *tagged* name carries the normalisation (.sat493m has
-        # its own); it is set on the model even when no weights are downloaded.
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        self._mean = tuple(float(m) for m in cfg.get("mean", (0.485, 0.456, 0.406)))
-        self._std = tuple(float(s) for s in cfg.get("std", (0.229, 0.224, 0.225)))
+        super().__init__(spec, model, device, random_weights, forward_edit)
+
+    @classmethod
+    def _check_model(cls, model: nn.Module, name: str) -> None:
+        """Refuse models whose attention inputs this module would not reproduce exactly."""
+        from timm.models.eva import Eva, EvaAttention, EvaBlock
+
+        problem = None
+        if not isinstance(model, Eva):
+            problem = "not a timm Eva model"
+        elif getattr(model, "rope", None) is None or getattr(model, "rope_mixed", False):
+            problem = "no (or per-layer mixed) rotary embedding"
+        elif model.pos_embed is not None:
+            problem = "it has an absolute position table (EVA-02 style), which this extractor does not resize"
+        elif model.patch_drop is not None:
+            problem = "patch dropout is configured"
+        elif not model.dynamic_img_size:
+            problem = "it was built without dynamic_img_size"
+        else:
+            for block in model.blocks:
+                # Post-norm blocks feed the attention the raw residual (norm1 comes after it), and
+                # grouped-query AttentionRope has another q/k/v layout.
+                if type(block) is not EvaBlock or not isinstance(block.attn, EvaAttention):
+                    problem = "its blocks are not pre-norm EvaBlock with EvaAttention"
+                    break
+                if block.attn.num_prefix_tokens != model.num_prefix_tokens:
+                    problem = "its attention leaves a different number of prefix tokens unrotated"
+                    break
+        if problem:
+            raise ConfigError(f"{name}: not a DINOv3-layout timm model ({problem})")
 
     @property
     def rope(self) -> RopeMode:
         """``"pre"`` or ``"post"``: whether q/k features are taken before or after RoPE."""
         return self._rope
 
-    @property
-    def patch_size(self) -> int:
-        ph, pw = self.model.patch_embed.patch_size
-        if ph != pw:
-            raise ValueError(f"{self.name}: non-square patches {ph}x{pw} are not supported")
-        return int(ph)
+    def _embed(self, images: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        model = self.model
+        x = model.patch_embed(images)  # (B, rows, cols, D) with dynamic_img_size
+        batch, rows, cols, dim = x.shape
+        rope = model.rope.get_embed(shape=(rows, cols))
+        x = x.reshape(batch, rows * cols, dim)
+        prefix = []
+        if model.cls_token is not None:
+            prefix.append(model.cls_token.expand(batch, -1, -1))
+        if model.reg_token is not None:
+            prefix.append(model.reg_token.expand(batch, -1, -1))
+        return torch.cat(prefix + [x], dim=1), rope
 
-    @property
-    def num_prefix_tokens(self) -> int:
-        return int(self.model.num_prefix_tokens)
+    def _pre_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        # pos_drop is an identity in eval mode and patch_drop is absent (checked); norm_pre is
+        # an identity for DINOv3 but applied as timm applies it.
+        return self.model.norm_pre(self.model.pos_drop(x))
 
-    @property
-    def num_registers(self) -> int:
-        reg = self.model.reg_token
-        return 0 if reg is None else int(reg.shape[1])
+    def _block_forward(self, block: nn.Module, x: torch.Tensor, context: Any) -> torch.Tensor:
+        return block(x, rope=context)
 
-    @property
-    def num_layers(self) -> int:
-        return len(self.model.blocks)
+    def _features(self, block: nn.Module, x: torch.Tensor, context: Any,
+                  kinds: Collection[str]) -> dict[str, torch.Tensor]:
+        """q/k before RoPE unless built with ``rope="post"``; heads concatenated in head order
+        (channel ``h * head_dim + j``), no scaling, no normalisation."""
+        attn = block.attn
+        projected = dict(zip("qkv", project_qkv(attn, block.norm1(x))))
+        out = {}
+        for kind in kinds:
+            heads = projected[kind]
+            if self._rope == "post" and kind != "v":
+                heads = rotate_patch_tokens(heads, context, self.num_prefix_tokens, attn.rotate_half)
+            out[kind] = merge_heads(heads)
+        return out
 
-    @property
-    def has_attention(self) -> bool:
-        return True
+    def _attention(self, block: nn.Module, x: torch.Tensor, context: Any) -> AttentionTensors:
+        attn = block.attn
+        q, k, v = project_qkv(attn, block.norm1(x))
+        npt = self.num_prefix_tokens
+        return AttentionTensors(q, k, v, rotate_patch_tokens(q, context, npt, attn.rotate_half),
+                                rotate_patch_tokens(k, context, npt, attn.rotate_half))
 
-    @property
-    def mean(self) -> tuple[float, float, float]:
-        return self._mean  # type: ignore[return-value]
-
-    @property
-    def std(self) -> tuple[float, float, float]:
-        return self._std  # type: ignore[return-value]
-
-    @property
-    def is_random(self) -> bool:
-        return self._random
+    # --- the forward in pieces (for tests and experiments) ------------------------------------
 
     def tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Input tokens of the first block, and the RoPE table every block uses for this grid.
@@ -163,95 +188,24 @@ class DinoV3Backbone(Backbone):
             ``(x, rope)``: x is (B, num_prefix_tokens + rows*cols, D) in the order
             ``[CLS, registers, patches row-major]`` (no position embedding is added: DINOv3 has
             none); rope is (rows*cols, 2*head_dim), sin then cos.
-
-        Raises:
-            ValueError: wrong shape, or a side that is not a multiple of the patch size (timm
-                would raise a bare AssertionError; preprocessing pads to a multiple already).
         """
-        model = self.model
-        p = self.patch_size
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
-        if images.shape[-2] % p or images.shape[-1] % p:
-            raise ValueError(f"image size {tuple(images.shape[-2:])} is not a multiple of the patch size {p}")
-        x = model.patch_embed(images)  # (B, rows, cols, D) with dynamic_img_size
-        batch, rows, cols, dim = x.shape
-        rope = model.rope.get_embed(shape=(rows, cols))
-        x = x.reshape(batch, rows * cols, dim)
-        prefix = []
-        if model.cls_token is not None:
-            prefix.append(model.cls_token.expand(batch, -1, -1))
-        if model.reg_token is not None:
-            prefix.append(model.reg_token.expand(batch, -1, -1))
-        x = torch.cat(prefix + [x], dim=1)
-        # pos_drop is an identity in eval mode and patch_drop is absent (checked); norm_pre is
-        # an identity for DINOv3 but applied as timm applies it.
-        return model.norm_pre(model.pos_drop(x)), rope
+        state = self.begin(images)
+        return state.tokens, state.context
 
     def block_input(self, images: torch.Tensor, layer: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens entering block ``layer`` (B, num_prefix_tokens + rows*cols, D), and the RoPE table."""
-        index = self.layer_index(layer)
-        x, rope = self.tokens(images)
-        for block in self.model.blocks[:index]:
-            x = block(x, rope=rope)
-        return x, rope
+        state = self.advance(self.begin(images), self.layer_index(layer))
+        return state.tokens, state.context
 
     @torch.inference_mode()
     def attention_inputs(self, images: torch.Tensor, layer: int = -1) -> AttentionInputs:
         """q/k/v of block ``layer`` before and after RoPE, all tokens (see :class:`AttentionInputs`)."""
         images = images.to(self.device, torch.float32)
-        block = self.model.blocks[self.layer_index(layer)]
-        attn = block.attn
+        index = self.layer_index(layer)
         with strict_fp32():
-            x, rope = self.block_input(images, layer)
-            q, k, v = project_qkv(attn, block.norm1(x))
-            npt = self.num_prefix_tokens
-            q_rot = rotate_patch_tokens(q, rope, npt, attn.rotate_half)
-            k_rot = rotate_patch_tokens(k, rope, npt, attn.rotate_half)
-        return AttentionInputs(q=q, k=k, v=v, q_rot=q_rot, k_rot=k_rot, rope=rope)
-
-    @torch.inference_mode()
-    def extract_many(self, images: torch.Tensor, keys: Sequence[FeatureKey],
-                     precision: str = "fp32") -> dict[FeatureKey, torch.Tensor]:
-        """Several feature sets from one forward pass (see :meth:`Backbone.extract_many`).
-
-        ``q``/``k`` are taken before RoPE unless the backbone was built with ``rope="post"``;
-        heads are concatenated in head order (channel ``h * head_dim + j``), no scaling, no
-        normalisation; the 5 prefix tokens are dropped. Returns ``{key: (B, rows*cols, D) float32}``.
-        """
-        keys = [FeatureKey(*key) for key in keys]
-        for key in keys:
-            self.check_feature_key(key)  # before the forward pass: a bad key costs nothing
-        wanted: dict[int, list[FeatureKey]] = {}
-        for key in keys:
-            # The output norms need every block (and the final norm).
-            index = self.num_layers - 1 if key == OUTPUT_NORMS else self.layer_index(key.layer)
-            wanted.setdefault(index, []).append(key)
-        images = images.to(self.device, torch.float32)
-        npt = self.num_prefix_tokens
-        out: dict[FeatureKey, torch.Tensor] = {}
-        # The features feed LOST's sign thresholds: by default no TF32 in the patch-embedding conv or
-        # matmuls; precision=tf32|bf16 trades that for speed (the features still leave as float32).
-        with forward_precision(precision, self.device):
-            x, rope = self.tokens(images)
-            last = max(wanted)
-            for index, block in enumerate(self.model.blocks[: last + 1]):
-                if index in wanted:
-                    attn = block.attn
-                    # One projection serves every kind asked of this layer.
-                    projected = dict(zip("qkv", project_qkv(attn, block.norm1(x))))
-                    for key in wanted[index]:
-                        if key == OUTPUT_NORMS:
-                            continue
-                        heads = projected[key.which][:, :, npt:]  # patch tokens only
-                        if self._rope == "post" and key.which != "v":
-                            heads = _rotate(heads, rope, attn.rotate_half)
-                        out[key] = merge_heads(heads).float()
-                if index < last or OUTPUT_NORMS in wanted.get(index, ()):
-                    x = block(x, rope=rope)
-            if OUTPUT_NORMS in keys:
-                out[OUTPUT_NORMS] = self.model.norm(x)[:, npt:].float().norm(dim=-1, keepdim=True)
-        return {key: out[key] for key in keys}  # in the order asked
+            state = self.advance(self.begin(images), index)
+            q, k, v, q_rot, k_rot = self._attention(self.model.blocks[index], state.tokens, state.context)
+        return AttentionInputs(q=q, k=k, v=v, q_rot=q_rot, k_rot=k_rot, rope=state.context)
 
 
 def project_qkv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -319,35 +273,6 @@ def merge_heads(t: torch.Tensor) -> torch.Tensor:
     """(B, heads, N, head_dim) -> (B, N, heads*head_dim), heads concatenated in head order."""
     batch, heads, n_tokens, head_dim = t.shape
     return t.transpose(1, 2).reshape(batch, n_tokens, heads * head_dim)
-
-
-def _check_supported(model: nn.Module, name: str) -> None:
-    """Refuse models whose attention inputs this module would not reproduce exactly."""
-    from timm.models.eva import Eva, EvaAttention, EvaBlock
-
-    problem = None
-    if not isinstance(model, Eva):
-        problem = "not a timm Eva model"
-    elif getattr(model, "rope", None) is None or getattr(model, "rope_mixed", False):
-        problem = "no (or per-layer mixed) rotary embedding"
-    elif model.pos_embed is not None:
-        problem = "it has an absolute position table (EVA-02 style), which this extractor does not resize"
-    elif model.patch_drop is not None:
-        problem = "patch dropout is configured"
-    elif not model.dynamic_img_size:
-        problem = "it was built without dynamic_img_size"
-    else:
-        for block in model.blocks:
-            # Post-norm blocks feed the attention the raw residual (norm1 comes after it), and
-            # grouped-query AttentionRope has another q/k/v layout.
-            if type(block) is not EvaBlock or not isinstance(block.attn, EvaAttention):
-                problem = "its blocks are not pre-norm EvaBlock with EvaAttention"
-                break
-            if block.attn.num_prefix_tokens != model.num_prefix_tokens:
-                problem = "its attention leaves a different number of prefix tokens unrotated"
-                break
-    if problem:
-        raise ConfigError(f"{name}: not a DINOv3-layout timm model ({problem})")
 
 
 def _qkvb_twin(timm_name: str) -> str | None:
@@ -438,7 +363,7 @@ def build_timm_eva(
         model_kwargs: extra ``timm.create_model`` arguments (tests shrink ``depth``).
 
     Raises:
-        ValueError: unknown ``rope``, or a timm too old to know the model.
+        ConfigError: unknown ``rope``, or a timm too old to know the model.
         WeightsError, WeightsUnavailableError: one-line messages.
     """
     import timm
@@ -447,32 +372,19 @@ def build_timm_eva(
     if rope not in get_args(RopeMode):
         raise ConfigError(f"features.rope must be pre or post, got {rope!r}")
     assert spec.timm_name is not None
-    arch = spec.timm_name.split(".")[0]
+    timm_name = spec.timm_name
+    arch = timm_name.split(".")[0]
     if not timm.is_model(arch):
         raise ConfigError(
             f"{spec.name}: timm {timm.__version__} has no model {arch}; DINOv3 needs a timm release "
             "that ships it (lostreg is tested with timm 1.0.31)"
         )
-    weights = weights or "pretrained"
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_WEIGHTS_SEED)
-        model = timm.create_model(
-            spec.timm_name, pretrained=False, num_classes=0, dynamic_img_size=True, **(model_kwargs or {})
-        )
-    random_weights = weights == "random"
-    if random_weights:
-        warnings.warn(
-            f"{spec.name}: RANDOM weights (--weights random): boxes are meaningless; "
-            "use this only to test the pipeline.",
-            stacklevel=2,
-        )
-    else:
-        path = hub_weights_file(spec.timm_name) if weights == "pretrained" else weights
-        state = normalise_key_names(read_state_dict(path))
-        state = match_qkv_bias_layout(state, model, source=str(path), timm_name=spec.timm_name)
-        load_into_model(
-            model, state, source=str(path), arch=f"{spec.name} ({spec.timm_name})", filter_fn=checkpoint_filter_fn
-        )
+
+    def prepare(state: dict[str, torch.Tensor], model: nn.Module, source: str) -> dict[str, torch.Tensor]:
+        return match_qkv_bias_layout(normalise_key_names(state), model, source=source, timm_name=timm_name)
+
+    model, random_weights = create_timm_model(spec, weights, model_kwargs=model_kwargs, prepare_state=prepare,
+                                              filter_fn=checkpoint_filter_fn)
     return DinoV3Backbone(spec, model, device, random_weights=random_weights, rope=rope)
 
 

@@ -4,6 +4,10 @@ Each patch's feature is its normalised pixels, flattened (3 * 16 * 16 = 768 valu
 padding is zero after normalisation, as for the ViTs, so padded patches are all-zero
 features, orthogonal to everything. This is a real, if weak, baseline and it lets end-to-end
 tests exercise the whole pipeline without downloaded weights.
+
+Its :meth:`~PixelBackbone.trace` gives what applies to a backbone with one "layer" and no
+attention: the tokens are the pixel features (no prefix tokens), and the attention fields are None.
+It takes no forward edits (no blocks, no MLP).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import torch.nn.functional as F
 from lostreg.errors import ConfigError
 from lostreg.backbones.base import Backbone, FeatureKey, refuse_rope_option
 from lostreg.backbones.registry import BackboneSpec, register_builder
+from lostreg.backbones.trace import Trace
 from lostreg.precision import check_precision
 from lostreg.protocol import OUTPUT_NORMS
 from lostreg.preprocess import IMAGENET_MEAN, IMAGENET_STD
@@ -74,6 +79,23 @@ class PixelBackbone(Backbone):
         features = F.unfold(images.to(self.device, torch.float32), kernel_size=p, stride=p).transpose(1, 2)
         # Output norms of a weight-free backbone: those of its features (the pixels).
         return {key: features.norm(dim=-1, keepdim=True) if key == OUTPUT_NORMS else features for key in keys}
+
+    def trace(self, images: torch.Tensor, layer: int = -1, *, keep_layers: bool = False,
+              precision: str = "fp32") -> Trace:
+        """What applies without weights: ``final``, ``prenorm`` and the one kept layer are the pixel
+        features (B, rows*cols, 3*p*p) float32, ``features("k")`` is them too; no attention (q/k/v None).
+
+        Raises:
+            ConfigError: ``layer`` is not 0 or -1.
+        """
+        index = self.layer_index(layer)
+        key = FeatureKey("k", layer)
+        features = self.extract_many(images, [key], precision)[key]
+        return Trace(
+            final=features, prenorm=features, feature_tokens={"k": features}, layer=index, num_prefix_tokens=0,
+            num_registers=0, has_class_token=False, grid_hw=self.grid_hw((int(images.shape[-2]), int(images.shape[-1]))),
+            layers=(features,) if keep_layers else None,
+        )
 
 
 @register_builder("pixels")

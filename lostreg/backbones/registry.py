@@ -199,14 +199,20 @@ def resolve_backbone(name: str) -> BackboneSpec:
     )
 
 
+#: timm modules whose models :class:`~lostreg.backbones.vit.TimmViTBackbone` reads (timm
+#: ``VisionTransformer`` with ``blocks[i].attn.qkv``); a family built on VisionTransformer in another
+#: timm module (e.g. DeiT-III in ``deit``) joins by being listed here.
+TIMM_VIT_MODULES: tuple[str, ...] = ("vision_transformer",)
+
+
 def _is_timm_vit(name: str) -> bool:
     import timm
 
     arch = name.split(".")[0]
     if not timm.is_model(arch):
         return False
-    # Only timm's VisionTransformer family exposes the blocks[i].attn.qkv layout LOST reads.
-    return timm.models.is_model_in_modules(arch, ["vision_transformer"])
+    # Only these modules' models expose the blocks[i].attn.qkv layout LOST reads.
+    return timm.models.is_model_in_modules(arch, list(TIMM_VIT_MODULES))
 
 
 def _is_timm_dinov3(name: str) -> bool:

@@ -38,6 +38,14 @@ class WeightsUnavailableError(LostregError, RuntimeError):
     """Pretrained weights are neither cached nor downloadable (e.g. offline)."""
 
 
+class RandomWeightsWarning(UserWarning):
+    """A backbone was built with random weights (``weights="random"``): its boxes are meaningless.
+
+    Its own category, so that a caller that announces random weights its own way (the command
+    line prints a louder line) can silence exactly this warning and let every other one through.
+    """
+
+
 #: Terminal colour codes (torch puts some in its messages): never in a one-line error.
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _WRAPPER_KEYS = ("teacher", "model", "state_dict", "module")

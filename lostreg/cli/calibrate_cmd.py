@@ -98,10 +98,11 @@ def _batches(paths: list[Path], preparer: "ImagePreparer", batch_size: int,
 
 
 def run(args: argparse.Namespace) -> int:
-    from lostreg.backbones.vit import TimmViTBackbone
+    from lostreg.artifacts import OutlierRule
     from lostreg.io.images import collect_image_paths
     from lostreg.preprocess import ImagePreparer
-    from lostreg.ttreg.finder import NoOutliersError, OutlierRule, SparsityFilter, calibrate
+    from lostreg.ttreg.apply import require_forward_edits
+    from lostreg.ttreg.finder import NoOutliersError, SparsityFilter, calibrate
 
     limits = (("--top-k", args.top_k, 1), ("--batch-size", args.batch_size, 1), ("--max-size", args.max_size, 0))
     for flag, value, low in limits:
@@ -122,8 +123,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         backbone = build_backbone_loudly(args.backbone, args.weights, args.device)
-        if not isinstance(backbone, TimmViTBackbone):
-            raise ConfigError(f"{backbone.name} has no transformer blocks: register neurons need a timm ViT backbone")
+        # Neurons only for backbones that can take the register (says which can otherwise).
+        require_forward_edits(backbone)
         # Bad layer numbers fail here, before any image is read.
         for flag, layer in (("--detect-layer", args.detect_layer), ("--highest-layer", args.highest_layer),
                             ("--lowest-layer", args.lowest_layer)):

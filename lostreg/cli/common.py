@@ -138,6 +138,9 @@ def as_flag(message: str) -> str:
 def build_backbone_loudly(name: str, weights: str | None, device: str, random_hint: str = "--weights random") -> "Backbone":
     """:func:`~lostreg.backbones.build_backbone`, with random weights announced on stderr.
 
+    Only the library's :class:`~lostreg.backbones.weights.RandomWeightsWarning` is silenced (it
+    becomes the louder line below); every other warning of the build passes through.
+
     Args:
         random_hint: how the user asked for random weights (``--weights random`` or
             ``weights=random``), quoted in the warning.
@@ -145,9 +148,10 @@ def build_backbone_loudly(name: str, weights: str | None, device: str, random_hi
     import warnings
 
     from lostreg.backbones import build_backbone
+    from lostreg.backbones.weights import RandomWeightsWarning
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the library's warning becomes the louder line below
+        warnings.simplefilter("ignore", RandomWeightsWarning)
         backbone = build_backbone(name, weights=weights, device=device)
     if backbone.is_random:
         print(f"WARNING: {backbone.name} has RANDOM weights ({random_hint}): boxes, maps and CorLoc are "

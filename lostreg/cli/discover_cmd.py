@@ -138,9 +138,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         backbone = build_backbone_loudly(args.backbone, args.weights, args.device)
         if args.ttreg:
-            from lostreg.evaluation.runner import with_test_time_registers
+            from lostreg.ttreg import attach_test_time_registers
 
-            backbone = with_test_time_registers(backbone, args.ttreg)
+            backbone = attach_test_time_registers(backbone, args.ttreg)
         engine = DiscoveryEngine(backbone, [protocol], max_size=args.max_size or None, precision=args.precision)
     except errors as err:
         report_user_error(err, as_flag(str(err)))

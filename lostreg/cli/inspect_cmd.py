@@ -68,10 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "a bare item sets the default, e.g. random,dino=PATH)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--output", type=Path, required=True, help="folder for the PNG figures and summary.json")
-    parser.add_argument("--norm-threshold", default="mad", metavar="mad|mad:K|150|FLOAT",
+    parser.add_argument("--norm-threshold", default="mad", metavar="mad|mad:K|mean3std|FLOAT",
                         help="high-norm outlier rule: 'mad' = median + 5*1.4826*MAD of the image's norms (default), "
-                             "'mad:K' another K, or a fixed norm such as the registers paper's 150 (stated for its own "
-                             "large DINOv2 models; norms of other models differ)")
+                             "'mad:K' another K, 'mean3std' (or 'meanstd:K'), or a fixed norm such as the registers "
+                             "paper's 150 (stated for its own large DINOv2 models; norms of other models differ)")
     parser.add_argument("--norm-source", choices=["final", "prenorm"], default="final",
                         help="token norms after the final LayerNorm (default; timm forward_features, DINOv2's "
                              "x_norm_patchtokens) or of the last block's output before it")
@@ -176,13 +176,13 @@ def run(args: argparse.Namespace) -> int:
         save_figure,
     )
     from lostreg.diagnostics.inspection import inspect_image, protocol_summary
-    from lostreg.diagnostics.tokens import NormThreshold
+    from lostreg.artifacts import OutlierRule
     from lostreg.io.images import ImageReadError
     from lostreg.preprocess import ImageTooSmallError
 
     errors = user_errors()
     try:
-        threshold = NormThreshold.parse(args.norm_threshold)
+        threshold = OutlierRule.parse(args.norm_threshold, setting="norm threshold (--norm-threshold)")
         protocol = protocol_from_args(args)
         if args.max_size < 0:
             raise ConfigError(f"--max-size must be >= 0, got {args.max_size}")
@@ -202,9 +202,9 @@ def run(args: argparse.Namespace) -> int:
         backbones = [build_backbone_loudly(name, weights[name], args.device) for name in names]
         if args.ttreg:
             # Each backbone before and after: the same model, then with the test-time register.
-            from lostreg.evaluation.runner import with_test_time_registers
+            from lostreg.ttreg import attach_test_time_registers
 
-            backbones = [b for plain in backbones for b in (plain, with_test_time_registers(plain, args.ttreg))]
+            backbones = [b for plain in backbones for b in (plain, attach_test_time_registers(plain, args.ttreg))]
         plans = [(backbone, *_protocol_for(backbone, protocol)) for backbone in backbones]
         for backbone, used, _ in plans:
             backbone.check_feature_key(used.features.key)
@@ -225,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             insp = inspect_image(backbone, image, args.image, used, max_size=max_size,
                                  norm_source=args.norm_source, threshold=threshold)
-            if getattr(backbone, "test_time_registers", None) is not None:
+            if backbone.forward_edit is not None:
                 # Its own figures and record, beside the same model without the register.
                 insp = dataclasses.replace(insp, backbone=f"{insp.backbone}-ttreg")
         except ImageTooSmallError as err:

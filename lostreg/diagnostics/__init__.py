@@ -1,7 +1,8 @@
 """Why discovery works or fails on an image: token norms, attention, PCA and the method's internals.
 
 * :mod:`lostreg.diagnostics.tokens`: the numbers (pure tensor code): norms, outliers, prefix
-  attention, PCA, LOST maps, TokenCut maps.
+  attention, PCA; :mod:`lostreg.diagnostics.maps`: LOST and TokenCut maps. The forward pass they
+  read is :meth:`lostreg.backbones.base.Backbone.trace`.
 * :mod:`lostreg.diagnostics.inspection`: :func:`inspect_image` runs everything for one image and
   backbone and returns an :class:`Inspection`.
 * :mod:`lostreg.diagnostics.figures`: matplotlib figures of inspections, one backbone or several
@@ -33,16 +34,9 @@ from lostreg.diagnostics.tokens import (
     PrefixAttention,
     robust_threshold,
 )
-from lostreg.diagnostics.trace import (
-    DinoV3Trace,
-    trace_dinov3,
-    trace_vit,
-    ViTTrace,
-)
 
 __all__ = [
     "DEFAULT_MAD_K",
-    "DinoV3Trace",
     "MAD_TO_SIGMA",
     "PAPER_NORM_THRESHOLD",
     "Inspection",
@@ -52,7 +46,6 @@ __all__ = [
     "NormThreshold",
     "PrefixAttention",
     "TokenCutMaps",
-    "ViTTrace",
     "find_outliers",
     "inspect_image",
     "lost_maps",
@@ -63,6 +56,4 @@ __all__ = [
     "prefix_attention_qk",
     "robust_threshold",
     "tokencut_maps",
-    "trace_dinov3",
-    "trace_vit",
 ]

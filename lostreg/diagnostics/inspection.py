@@ -1,8 +1,7 @@
 """Everything :command:`lostreg inspect` shows for one image and one backbone, from one forward pass.
 
 :func:`inspect_image` prepares the image as ``lostreg discover`` does, runs the backbone once
-(:func:`lostreg.diagnostics.tokens.trace_vit` for timm ViTs, :func:`~lostreg.diagnostics.tokens.trace_dinov3`
-for DINOv3), and collects the
+(:meth:`~lostreg.backbones.base.Backbone.trace`, the same for every family), and collects the
 token-norm map, outliers, prefix-token attention, PCA and the discovery method's internals (LOST's
 degree and expansion maps, or TokenCut's eigenvector and bipartition) into an :class:`Inspection`
 (numpy, CPU), which the figures and ``summary.json`` are made from.
@@ -17,9 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from lostreg.artifacts import OutlierRule
 from lostreg.backbones.base import Backbone
-from lostreg.backbones.dinov3 import DinoV3Backbone
-from lostreg.backbones.vit import TimmViTBackbone, select_features
 from lostreg.boxes import patch_box_to_pixels
 from lostreg.diagnostics.maps import (
     lost_maps,
@@ -31,15 +29,9 @@ from lostreg.diagnostics.tokens import (
     find_outliers,
     NormOutliers,
     NormSource,
-    NormThreshold,
     patch_token_norms,
     pca_rgb,
-    prefix_attention,
     prefix_attention_qk,
-)
-from lostreg.diagnostics.trace import (
-    trace_dinov3,
-    trace_vit,
 )
 from lostreg.discovery import ObjectDiscoverer
 from lostreg.preprocess import ImagePreparer, downscale_to_max_size
@@ -199,7 +191,7 @@ def inspect_image(
     protocol: DiscoveryProtocol = DiscoveryProtocol(),
     max_size: int | None = None,
     norm_source: NormSource = "final",
-    threshold: NormThreshold = NormThreshold(),
+    threshold: OutlierRule = OutlierRule(),
 ) -> Inspection:
     """Every diagnostic of one image on one backbone, from one forward pass.
 
@@ -210,15 +202,14 @@ def inspect_image(
     features and the attention maps (default: the last one).
 
     Args:
-        backbone: a ViT (:class:`TimmViTBackbone`), a DINOv3 (:class:`DinoV3Backbone`: attention
-            maps from its rotated q/k, as its softmax sees them), or a backbone without
-            attention such as ``pixels``, for which norms are those of its features and
-            attention maps are skipped (with a note).
+        backbone: any backbone. Attention maps come from the q/k its softmax sees (rotated
+            for DINOv3); a backbone without attention (``pixels``) has norms of its features and
+            no attention maps (with a note).
         image_rgb: (H, W, 3) uint8 RGB.
         name: how the image is reported.
         protocol: features and method.
         max_size: downscale limit (None = native resolution).
-        norm_source: ``final`` or ``prenorm`` (ViTs; see :mod:`lostreg.diagnostics.tokens`).
+        norm_source: ``final`` or ``prenorm`` (see :mod:`lostreg.diagnostics.tokens`).
         threshold: outlier rule.
 
     Raises:
@@ -241,46 +232,26 @@ def inspect_image(
     cls_map = reg_maps = mass = None
     layer: int | None = None
     note: str | None = None
-    if isinstance(backbone, TimmViTBackbone):
-        trace = trace_vit(backbone, images, features_config.layer)
-        tokens = trace.final if norm_source == "final" else trace.prenorm
-        # Explicit slice: a test-time register token sits after the patches.
-        patches = slice(trace.num_prefix_tokens, trace.num_prefix_tokens + grid_hw[0] * grid_hw[1])
-        patch_tokens = tokens[0, patches]
-        output_norms = trace.final[0, patches].norm(dim=-1, keepdim=True)  # what exclude_outliers tests
-        features = select_features(trace.qkv[0, patches], features_config.which)  # type: ignore[arg-type]
-        block = backbone.model.blocks[trace.layer]
+    with torch.inference_mode():
+        trace = backbone.trace(images, features_config.layer)
+    tokens = trace.final if norm_source == "final" else trace.prenorm
+    # Patch rows only: a test-time register token sits after the patches.
+    patch_tokens = trace.patches(tokens)[0]
+    output_norms = trace.patches(trace.final)[0].norm(dim=-1, keepdim=True)  # what exclude_outliers tests
+    features = trace.features(features_config.which)[0]
+    if trace.has_attention:
+        assert trace.q_attn is not None and trace.k_attn is not None and trace.scale is not None
         with torch.inference_mode():
-            att = prefix_attention(trace.qkv, block.attn, trace.num_prefix_tokens, grid_hw, trace.has_class_token,
-                                   trace.num_trailing_tokens)
+            att = prefix_attention_qk(trace.q_attn, trace.k_attn, trace.scale, trace.num_prefix_tokens, grid_hw,
+                                      trace.has_class_token, trace.num_trailing_tokens)
         cls_map = None if att.cls is None else att.cls[0].cpu().numpy()
         # Models without registers get None, not an empty array: "no register maps" is explicit.
         reg_maps = att.registers[0].cpu().numpy() if att.registers.shape[1] else None
         mass = att.patch_mass[0].cpu().numpy()
         layer = trace.layer
         source = norm_source
-    elif isinstance(backbone, DinoV3Backbone):
-        v3 = trace_dinov3(backbone, images, features_config.layer)
-        tokens = v3.final if norm_source == "final" else v3.prenorm
-        patch_tokens = tokens[0, v3.num_prefix_tokens:]
-        output_norms = v3.final[0, v3.num_prefix_tokens:].norm(dim=-1, keepdim=True)
-        features = v3.features(features_config.which)[0]
-        with torch.inference_mode():
-            # The rotated q/k: the tensors the block's softmax sees (prefix rows unrotated).
-            att = prefix_attention_qk(v3.q_rot, v3.k_rot, v3.scale, v3.num_prefix_tokens, grid_hw,
-                                      v3.has_class_token)
-        cls_map = None if att.cls is None else att.cls[0].cpu().numpy()
-        reg_maps = att.registers[0].cpu().numpy() if att.registers.shape[1] else None
-        mass = att.patch_mass[0].cpu().numpy()
-        layer = v3.layer
-        source = norm_source
     else:
-        with torch.inference_mode():
-            features = backbone.extract(images, *features_config.key)[0]
-        patch_tokens = features
-        output_norms = features.norm(dim=-1, keepdim=True)
-        note = NO_ATTENTION_NOTE if not backbone.has_attention else (
-            f"{backbone.name}: attention maps are not traced for this backbone family")
+        note = NO_ATTENTION_NOTE
         source = backbone.feature_source
 
     norms = patch_token_norms(patch_tokens[None], 0, grid_hw)[0].cpu().numpy()

@@ -1,7 +1,7 @@
 """Token diagnostics: output-token norms, high-norm outliers, prefix-token attention, PCA.
 
 Pure computations, no plotting (:mod:`lostreg.diagnostics.figures` draws them). The forward pass
-they read is :mod:`lostreg.diagnostics.trace`, the methods' internals :mod:`lostreg.diagnostics.maps`,
+they read is :meth:`lostreg.backbones.base.Backbone.trace`, the methods' internals :mod:`lostreg.diagnostics.maps`,
 and the inspection of one image that combines them :mod:`lostreg.diagnostics.inspection`. Conventions:
 
 * Token order is ``[CLS, register_1..register_R, patches row-major]`` (timm's), so a patch
@@ -17,13 +17,14 @@ and the inspection of one image that combines them :mod:`lostreg.diagnostics.ins
   registers paper's absolute threshold of 150 was stated for the output tokens of its own large
   DINOv2 models; norms depend on width, depth, weights and the norm source, so 150 need not mean
   anything for ViT-S, for ``prenorm`` or for random weights. The default rule is therefore
-  relative to the image's own norms: :func:`robust_threshold`.
+  relative to the image's own norms (:class:`lostreg.artifacts.OutlierRule`, the one rule LOST's
+  ``exclude_outliers`` and the register-neuron finder use too).
 * **Attention maps** are recomputed from block ``layer``'s q and k exactly as the model does
   (q and k norm layers, ``scale = head_dim ** -0.5``, softmax over **all** tokens, prefix tokens
   included); the patch columns of the CLS and register rows are then reshaped to the grid. A
-  map therefore sums to the query's attention mass on patches, not to 1. For DINOv3
-  (:func:`lostreg.diagnostics.trace.trace_dinov3`) q and k are the ones its softmax sees: the patch rows rotated by the
-  block's RoPE, the prefix rows (CLS, registers) as projected, never rotated.
+  map therefore sums to the query's attention mass on patches, not to 1. q and k are the ones the
+  block's softmax sees (:attr:`lostreg.backbones.trace.Trace.q_attn`): for DINOv3 the patch rows
+  rotated by the block's RoPE, the prefix rows (CLS, registers) as projected, never rotated.
 * **PCA** runs on the same tokens as the norms, in float64, via ``eigh`` of the smaller Gram
   matrix of the centred tokens (deterministic, unlike ``torch.pca_lowrank``'s random
   projections), with the sign of each component fixed so that its largest-magnitude score is
@@ -32,8 +33,6 @@ and the inspection of one image that combines them :mod:`lostreg.diagnostics.ins
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -41,8 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lostreg.artifacts import DEFAULT_MAD_K, MAD_TO_SIGMA
-from lostreg.errors import ConfigError
+from lostreg.artifacts import DEFAULT_MAD_K, MAD_TO_SIGMA, OutlierRule, robust_threshold
 from lostreg.precision import strict_fp32
 
 __all__ = [
@@ -52,6 +50,7 @@ __all__ = [
     "NormOutliers",
     "NormSource",
     "NormThreshold",
+    "OutlierRule",
     "PrefixAttention",
     "find_outliers",
     "patch_token_norms",
@@ -91,66 +90,8 @@ def patch_token_norms(
 
 # --- high-norm outliers ------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class NormThreshold:
-    """How the outlier threshold is chosen.
-
-    Attributes:
-        kind: ``"mad"`` (``median + k * 1.4826 * MAD`` of the image's own norms) or
-            ``"absolute"`` (a fixed norm value, e.g. the paper's 150).
-        value: k for ``mad``, the norm for ``absolute``.
-    """
-
-    kind: Literal["mad", "absolute"] = "mad"
-    value: float = DEFAULT_MAD_K
-
-    @classmethod
-    def parse(cls, text: str) -> "NormThreshold":
-        """``"mad"``, ``"mad:K"``, or a positive number (``"150"``: the paper's cut).
-
-        Raises:
-            ValueError: anything else (one line).
-        """
-        text = str(text).strip().lower()
-        match = re.fullmatch(r"mad(?::(.+))?", text)
-        try:
-            if match:
-                k = DEFAULT_MAD_K if match.group(1) is None else float(match.group(1))
-                if not math.isfinite(k) or k < 0:
-                    raise ValueError
-                return cls("mad", k)
-            value = float(text)
-        except ValueError:
-            raise ConfigError(f"norm threshold must be 'mad', 'mad:K' (K >= 0) or a positive number, got {text!r}") from None
-        if not math.isfinite(value) or value <= 0:
-            raise ConfigError(f"norm threshold must be a positive number, got {text!r}")
-        return cls("absolute", value)
-
-    def __str__(self) -> str:
-        return f"mad:{self.value:g}" if self.kind == "mad" else f"{self.value:g}"
-
-    def describe(self) -> str:
-        """Human-readable rule, e.g. ``median + 5·1.4826·MAD`` or ``fixed 150``."""
-        return f"median + {self.value:g}·1.4826·MAD" if self.kind == "mad" else f"fixed {self.value:g}"
-
-
-def robust_threshold(values: torch.Tensor | np.ndarray, k: float = DEFAULT_MAD_K) -> tuple[float, float, float]:
-    """``median + k * 1.4826 * MAD`` of ``values`` (any shape, flattened).
-
-    The median and MAD ignore the few large values being looked for, unlike mean + k*std, which
-    the artifacts themselves inflate. The true median is used (mean of the two middle values for
-    an even count). If MAD is 0 (at least half the values equal), the threshold is the median.
-
-    Returns:
-        (threshold, median, mad), mad unscaled; float64 arithmetic.
-    """
-    v = torch.as_tensor(values).detach().to("cpu", torch.float64).flatten()
-    if v.numel() == 0:
-        raise ValueError("no values")
-    median = float(torch.quantile(v, 0.5))
-    mad = float(torch.quantile((v - median).abs(), 0.5))
-    return median + float(k) * MAD_TO_SIGMA * mad, median, mad
+#: The outlier rule of :mod:`lostreg.artifacts` under the name the diagnostics first gave it.
+NormThreshold = OutlierRule
 
 
 @dataclass(frozen=True)
@@ -167,7 +108,7 @@ class NormOutliers:
     """
 
     threshold: float
-    rule: NormThreshold
+    rule: OutlierRule
     median: float
     mad: float
     mask: np.ndarray
@@ -188,17 +129,17 @@ class NormOutliers:
         return [(int(r), int(c)) for r, c in zip(*np.nonzero(self.mask))]
 
 
-def find_outliers(norms: torch.Tensor | np.ndarray, rule: NormThreshold = NormThreshold()) -> NormOutliers:
+def find_outliers(norms: torch.Tensor | np.ndarray, rule: OutlierRule = OutlierRule()) -> NormOutliers:
     """Flag high-norm tokens of one image.
 
     Args:
         norms: (rows, cols) norms of one image.
-        rule: :class:`NormThreshold`.
+        rule: :class:`~lostreg.artifacts.OutlierRule` (default: ``mad``, k = 5).
     """
     arr = torch.as_tensor(norms).detach().to("cpu", torch.float64).numpy()
     threshold, median, mad = robust_threshold(arr, rule.value if rule.kind == "mad" else 0.0)
-    if rule.kind == "absolute":
-        threshold = float(rule.value)
+    if rule.kind != "mad":
+        threshold = rule.threshold(arr)
     return NormOutliers(threshold=threshold, rule=rule, median=median, mad=mad,
                         mask=arr > threshold, max_norm=float(arr.max()))
 

@@ -34,7 +34,6 @@ from lostreg.config import dataset_kwargs, protocol_from_config, run_identity, v
 from lostreg.datasets import build_dataset
 from lostreg.datasets.base import ImageDataset, ImageRecord
 from lostreg.discovery import Discovery, ObjectDiscoverer
-from lostreg.errors import ConfigError
 from lostreg.evaluation.distributed import DistEnv, shard
 from lostreg.evaluation.engine import DiscoveryEngine, Outcome
 from lostreg.evaluation.evaluators import DatasetEvaluators, default_evaluators
@@ -42,9 +41,10 @@ from lostreg.evaluation.loading import LoadedBatch
 from lostreg.memory import check_fits
 from lostreg.protocol import DiscoveryProtocol
 from lostreg.rundir import PredictionStore, PredictionWriter, RunConfigMismatch, RunDir, Session, SessionTimer
+from lostreg.ttreg import attach_test_time_registers
 
 __all__ = ["DatasetSession", "EvalJob", "PredictionStore", "RunConfigMismatch", "RunTarget", "build_parts",
-           "check_memory", "prediction_record", "run_eval", "with_test_time_registers"]
+           "check_memory", "prediction_record", "run_eval"]
 
 Log = Callable[[str], None]
 
@@ -92,7 +92,7 @@ def build_parts(cfg: DictConfig, backbone: Backbone | None = None, builder: Back
         build = builder or (lambda name, weights, dev: build_backbone(name, weights=weights, device=dev))
         backbone = build(str(cfg.backbone.name), str(cfg.weights), device)
     if cfg.get("ttreg"):
-        backbone = with_test_time_registers(backbone, str(cfg.ttreg))
+        backbone = attach_test_time_registers(backbone, str(cfg.ttreg))  # the add-on is ttreg's to attach
     return protocol, dataset, backbone, dist
 
 
@@ -111,21 +111,6 @@ def check_memory(cfg: DictConfig, dataset: ImageDataset, backbone: Backbone,
     for protocol in {p.method: p for p in protocols}.values():  # the heaviest knob is the method
         check_fits(sizes, probe, protocol, backbone.patch_size, backbone.token_width, int(cfg.batch_size),
                    cfg.max_size or None, backbone.device)
-
-
-def with_test_time_registers(backbone: Backbone, path: str) -> Backbone:
-    """``backbone`` with one test-time register over the neurons of ``path`` (``lostreg calibrate``).
-
-    Raises:
-        NeuronFileError: the file is missing, malformed, or for another model or weights.
-        ConfigError: the backbone is not a timm ViT (DINOv3 ships trained registers).
-    """
-    from lostreg.backbones.vit import TimmViTBackbone
-    from lostreg.ttreg import RegisterNeurons, apply_test_time_registers
-
-    if not isinstance(backbone, TimmViTBackbone):
-        raise ConfigError(f"ttreg: test-time registers need a timm ViT backbone, not {backbone.name}")
-    return apply_test_time_registers(backbone, RegisterNeurons.load(path), source=path)
 
 
 # --------------------------------------------------------------------------- one configuration

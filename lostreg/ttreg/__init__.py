@@ -6,18 +6,21 @@ inside those units' blocks the units' activations are moved off the patches onto
 the token is dropped before the features are used.
 
 * :mod:`lostreg.ttreg.neurons`: the neuron file (JSON) tied to one model and its weights.
-* :mod:`lostreg.ttreg.apply`: the forward intervention, an explicit state of
-  :class:`~lostreg.backbones.vit.TimmViTBackbone` (:func:`apply_test_time_registers`).
+* :mod:`lostreg.ttreg.apply`: the forward intervention, a
+  :class:`~lostreg.backbones.edits.ForwardEdit` the backbone runs through its generic seam;
+  :func:`attach_test_time_registers` attaches one from a neuron file, refusing backbones that
+  cannot take it (DINOv3, pixels) with a message naming those that can.
 * :mod:`lostreg.ttreg.finder`: finding the neurons from unlabeled images (:func:`calibrate`).
-* :mod:`lostreg.ttreg.hidden`: where the MLP hidden activation is read and edited in timm blocks.
+
+Where a block's MLP hidden activation is read and edited is the backbone's business
+(:mod:`lostreg.backbones.edits`); nothing in :mod:`lostreg.backbones` knows this package.
 
 ``lostreg calibrate`` (:mod:`lostreg.cli.calibrate_cmd`) writes a neuron file from image files.
 
 Typical use::
 
     backbone = build_backbone("dinov2_vitl14")
-    neurons = RegisterNeurons.load("dinov2_vitl14_neurons.json")
-    backbone = apply_test_time_registers(backbone, neurons)   # refuses a file for other weights
+    backbone = attach_test_time_registers(backbone, "dinov2_vitl14_neurons.json")  # refuses other weights
     keys = backbone.extract(images, "k", -1)                  # (B, rows*cols, D), register dropped
 
 Published lists. The authors' 45-unit list for DINOv2 ViT-L/14 is NOT shipped: their repository
@@ -44,6 +47,7 @@ from lostreg.ttreg.defaults import DEFAULT_DETECT_LAYER, DEFAULT_TOP_K
 # Loaded on first use, so that importing the package (for the defaults) stays light.
 _WHERE = {
     "MODES": "apply", "Mode": "apply", "TestTimeRegisters": "apply", "apply_test_time_registers": "apply",
+    "attach_test_time_registers": "apply", "require_forward_edits": "apply",
     "NoOutliersError": "finder", "OutlierRule": "finder", "SparsityFilter": "finder",
     "UnitScores": "finder", "calibrate": "finder", "score_units": "finder",
     "ModelIdentity": "neurons", "NeuronFileError": "neurons", "RegisterNeurons": "neurons",

@@ -1,4 +1,4 @@
-"""Running a timm ViT with one test-time register (Jiang et al. 2025).
+"""Running a timm ViT with one test-time register (Jiang et al. 2025): attaching it, and the edit itself.
 
 The register is one zero token appended at the END of the sequence after the position
 embedding, so tokens are ``[CLS, trained registers..., patches (row-major)..., TTR]``; it has no
@@ -17,22 +17,29 @@ listed block, the MLP hidden activation (input of ``fc2``) is edited before ``fc
   the ``[P : P + rows*cols]`` slice in both modes (the released code zeroes ``[1 : -1]``, which
   on a model with trained registers would also zero those; the same on models without them).
 
-The backbone drops the TTR before features reach LOST (:meth:`TimmViTBackbone.patch_tokens`).
+:class:`TestTimeRegisters` is a :class:`~lostreg.backbones.edits.ForwardEdit`: the backbone runs it
+through its generic forward-edit seam (:meth:`~lostreg.backbones.base.Backbone.with_forward_edit`)
+and drops the TTR before features reach LOST (features are the patch rows ``[P : P + rows*cols]``).
+:func:`attach_test_time_registers` is the one way in from a neuron file.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
-from lostreg.ttreg.hidden import hidden_activation_hook, mlp_hidden_dim
+from lostreg.backbones.base import Backbone
+from lostreg.backbones.edits import mlp_hidden_dim
+from lostreg.errors import ConfigError
 from lostreg.ttreg.neurons import RegisterNeurons
 
-if TYPE_CHECKING:  # pragma: no cover
-    from lostreg.backbones.vit import TimmViTBackbone
+#: What can take a test-time register, for error messages.
+SUPPORTED = ("test-time registers are supported on the timm ViTs lostreg registers (DINO, DINOv2 with or "
+             "without registers) and on any timm VisionTransformer; DINOv3 ships trained registers and needs none")
 
 Mode = Literal["per_unit", "published"]
 MODES: tuple[str, ...] = ("per_unit", "published")
@@ -58,7 +65,7 @@ class TestTimeRegisters:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"test-time register mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+            raise ConfigError(f"test-time register mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         object.__setattr__(self, "_units", self.neurons.layer_units())
 
     @property
@@ -74,17 +81,17 @@ class TestTimeRegisters:
         """Structural check: every listed block exists, has a supported MLP, and every unit fits.
 
         Raises:
-            ValueError: one line naming the first problem.
+            ConfigError: one line naming the first problem.
         """
         depth = len(model.blocks)
         for layer, units in self._units.items():
             if not 0 <= layer < depth:
-                raise ValueError(f"{name} has {depth} blocks; a test-time register unit is in block {layer}")
+                raise ConfigError(f"{name} has {depth} blocks; a test-time register unit is in block {layer}")
             width = mlp_hidden_dim(model.blocks[layer])
             if max(units) >= width:
-                raise ValueError(f"{name} block {layer} has {width} MLP hidden units; unit {max(units)} is listed")
+                raise ConfigError(f"{name} block {layer} has {width} MLP hidden units; unit {max(units)} is listed")
 
-    def append_token(self, tokens: torch.Tensor) -> torch.Tensor:
+    def append_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, N, D) -> (B, N + 1, D): the zero register token appended at the end."""
         batch, _, dim = tokens.shape
         return torch.cat([tokens, tokens.new_zeros(batch, self.num_tokens, dim)], dim=1)
@@ -93,7 +100,7 @@ class TestTimeRegisters:
         """The edited MLP hidden activation of block ``layer`` (a new tensor; input untouched).
 
         Args:
-            hidden: (B, P + rows*cols + 1, H) float, tokens in :meth:`TimmViTBackbone.tokens` order.
+            hidden: (B, P + rows*cols + 1, H) float, tokens in the backbone's order ``[prefix, patches, TTR]``.
             layer: block index (0-based).
             num_prefix_tokens: P (CLS + trained registers).
         """
@@ -116,41 +123,59 @@ class TestTimeRegisters:
             out[0, num_prefix_tokens:register, units] = 0
         return out
 
-    def run_block(self, block: nn.Module, layer: int, x: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
-        """``block(x)`` with its MLP hidden activation edited; no hook survives the call.
 
-        Raises:
-            RuntimeError: the block never computed its MLP hidden activation through the hook
-                point (an unsupported block layout), rather than silently not editing it.
-        """
-        with hidden_activation_hook(block, lambda h: self.edit_hidden(h, layer, num_prefix_tokens)) as calls:
-            out = block(x)
-        if len(calls) != 1:
-            raise RuntimeError(f"block {layer}: MLP hidden activation seen {len(calls)} times, expected once")
-        return out
+def require_forward_edits(backbone: Backbone) -> None:
+    """Refuse a backbone that cannot take a test-time register, saying which can.
+
+    Raises:
+        ConfigError: one line, e.g. ``pixels has no transformer blocks: test-time registers are
+            supported on ...``.
+    """
+    if backbone.supports_forward_edits:
+        return
+    what = "cannot run an extra token" if backbone.has_attention else "has no transformer blocks"
+    raise ConfigError(f"{backbone.name} {what}: {SUPPORTED}")
 
 
 def apply_test_time_registers(
-    backbone: "TimmViTBackbone",
+    backbone: Backbone,
     neurons: RegisterNeurons,
     mode: Mode = "per_unit",
     source: str = "register neurons",
     check_weights: bool = True,
-) -> "TimmViTBackbone":
+) -> Backbone:
     """``backbone`` running with a test-time register over ``neurons``, after checking they match.
 
     Args:
-        backbone: a plain (or already registered) timm ViT backbone; its model is shared.
+        backbone: a plain (or already registered: it is replaced) backbone that supports forward
+            edits; its model is shared, never modified.
         neurons: e.g. ``RegisterNeurons.load(path)``.
         mode: ``per_unit`` or ``published``.
         source: how to name the neurons in errors (the file path).
         check_weights: compare the file's weights hash with these weights (when it has one).
 
     Raises:
+        ConfigError: the backbone cannot take a test-time register (naming those that can).
         lostreg.ttreg.neurons.NeuronFileError: the neurons belong to another model or weights.
     """
+    require_forward_edits(backbone)
     neurons.check_matches(backbone, source=source, check_weights=check_weights)
-    return backbone.with_test_time_registers(TestTimeRegisters(neurons, mode))
+    return backbone.with_forward_edit(TestTimeRegisters(neurons, mode))
 
 
-__all__ = ["MODES", "Mode", "TestTimeRegisters", "apply_test_time_registers"]
+def attach_test_time_registers(backbone: Backbone, path: str | os.PathLike[str], mode: Mode = "per_unit") -> Backbone:
+    """``backbone`` with one test-time register over the neurons of the file ``path`` (``lostreg calibrate``).
+
+    The backbone is checked first, so a backbone that cannot take a register is refused whatever
+    the file.
+
+    Raises:
+        ConfigError: the backbone cannot take a test-time register (naming those that can), or a bad ``mode``.
+        lostreg.ttreg.neurons.NeuronFileError: the file is missing, malformed, or for another model or weights.
+    """
+    require_forward_edits(backbone)
+    return apply_test_time_registers(backbone, RegisterNeurons.load(path), mode, source=str(path))
+
+
+__all__ = ["MODES", "SUPPORTED", "Mode", "TestTimeRegisters", "apply_test_time_registers",
+           "attach_test_time_registers", "require_forward_edits"]

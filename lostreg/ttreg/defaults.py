@@ -4,5 +4,3 @@
 DEFAULT_DETECT_LAYER = -2
 #: The released DINOv2-L configuration keeps 50 (its published list has 45).
 DEFAULT_TOP_K = 50
-#: k of "mean + k std" (the paper's suggested heuristic for models without a known cut).
-DEFAULT_STD_K = 3.0

@@ -4,10 +4,10 @@ For every image (batched, with masks):
 
 1. **Outliers.** Token norms are L2 norms of block ``detect_layer``'s output (the residual
    stream after the block, before the final norm), over the PATCH tokens only. A patch is an
-   outlier if its norm is strictly above the image's threshold (:class:`OutlierRule`: by default
-   ``median + 5 * 1.4826 * MAD`` of the image's own patch norms, the rule of
-   :mod:`lostreg.diagnostics.tokens`; or mean + k std; or an absolute norm such as the paper's
-   150 for DINOv2-L at block -2).
+   outlier if its norm is strictly above the image's threshold (:class:`~lostreg.artifacts.OutlierRule`,
+   the one rule of :mod:`lostreg.artifacts`: by default ``median + 5 * 1.4826 * MAD`` of the
+   image's own patch norms; or mean + k std; or an absolute norm such as the paper's 150 for
+   DINOv2-L at block -2).
    *Departure from the released code:* CLS and trained registers are never outliers there, so
    they do not steer the ranking (the released finder counts CLS).
 2. **Scores.** For each scored block l and hidden unit n: the mean |hidden activation| over the
@@ -20,102 +20,43 @@ For every image (batched, with masks):
    every layer and then dropping those outside the range selects the same units, so layers
    outside it are not scored at all.)
 
-Two forward passes per batch: one up to ``detect_layer`` for the outlier masks, one over the
-scored blocks (restarting from the tokens saved at the first scored block) that reduces each
-block's (B, T, H) activation to (B, H) at once, so memory stays that of one block. Everything
+Two forward passes per batch through the backbone's block stepping
+(:meth:`~lostreg.backbones.timm_base.TimmBackbone.begin` / ``advance``): one up to
+``detect_layer`` for the outlier masks, one over the scored blocks (restarting from the tokens
+saved at the first scored block) that reduces each block's (B, T, H) hidden activation to (B, H)
+as the block computes it, so memory stays that of one block. Everything
 runs in fp32 without TF32; the result depends only on the images and their order (and the batch
 composition at float32 rounding level), never on an RNG.
 """
 
 from __future__ import annotations
 
-import math
-import re
 import sys
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from lostreg.backbones.vit import TimmViTBackbone
-from lostreg.diagnostics.tokens import DEFAULT_MAD_K, NormThreshold, robust_threshold
+from lostreg.artifacts import DEFAULT_STD_K, OutlierRule
+from lostreg.backbones.edits import mlp_hidden_dim
+from lostreg.backbones.timm_base import TimmBackbone
 from lostreg.errors import ConfigError, LostregError
 from lostreg.precision import strict_fp32
-from lostreg.ttreg.hidden import hidden_activation_hook
+from lostreg.ttreg.apply import require_forward_edits
+from lostreg.ttreg.defaults import DEFAULT_DETECT_LAYER, DEFAULT_TOP_K
 from lostreg.ttreg.neurons import ModelIdentity, RegisterNeurons, RegisterUnit
-
-from lostreg.ttreg.defaults import DEFAULT_DETECT_LAYER, DEFAULT_STD_K, DEFAULT_TOP_K
 
 
 class NoOutliersError(LostregError, ValueError):
     """No calibration image had an outlier token, so no unit can be scored."""
 
 
-@dataclass(frozen=True)
-class OutlierRule:
-    """Per-image outlier threshold on patch-token norms.
-
-    Attributes:
-        kind: ``mad`` (``median + value * 1.4826 * MAD``, :func:`lostreg.diagnostics.tokens.robust_threshold`),
-            ``mean_std`` (``mean + value * std``, population std) or ``absolute`` (the norm ``value``).
-        value: k, or the absolute norm.
-    """
-
-    kind: Literal["mad", "mean_std", "absolute"] = "mad"
-    value: float = DEFAULT_MAD_K
-
-    @classmethod
-    def parse(cls, text: "str | OutlierRule") -> "OutlierRule":
-        """``mad``, ``mad:K``, ``mean3std``, ``meanstd:K`` or a positive number such as ``150``.
-
-        Raises:
-            ValueError: one line, listing the accepted forms.
-        """
-        if isinstance(text, OutlierRule):
-            return text
-        clean = str(text).strip().lower()
-        if clean == "mean3std":
-            return cls("mean_std", DEFAULT_STD_K)
-        match = re.fullmatch(r"meanstd:(.+)", clean)
-        if match:
-            try:
-                k = float(match.group(1))
-            except ValueError:
-                k = float("nan")
-            if not math.isfinite(k) or k < 0:
-                raise ConfigError(f"threshold 'meanstd:K' needs K >= 0, got {text!r}")
-            return cls("mean_std", k)
-        try:
-            rule = NormThreshold.parse(clean)
-        except ValueError:
-            raise ConfigError(
-                f"threshold must be 'mad', 'mad:K', 'mean3std', 'meanstd:K' or a positive norm such as 150, got {text!r}"
-            ) from None
-        return cls(rule.kind, rule.value)
-
-    def __str__(self) -> str:
-        if self.kind == "mean_std":
-            return "mean3std" if self.value == DEFAULT_STD_K else f"meanstd:{self.value:g}"
-        return str(NormThreshold(self.kind, self.value))
-
-    def describe(self) -> str:
-        """E.g. ``median + 5·1.4826·MAD of each image's patch norms`` or ``fixed 150``."""
-        if self.kind == "absolute":
-            return f"fixed {self.value:g}"
-        if self.kind == "mean_std":
-            return f"mean + {self.value:g}·std of each image's patch norms"
-        return f"{NormThreshold(self.kind, self.value).describe()} of each image's patch norms"
-
-    def threshold(self, norms: torch.Tensor) -> float:
-        """The threshold for one image's patch norms (any shape); norms above it are outliers."""
-        if self.kind == "absolute":
-            return float(self.value)
-        if self.kind == "mad":
-            return robust_threshold(norms, self.value)[0]
-        v = norms.detach().to("cpu", torch.float64).flatten()
-        return float(v.mean() + self.value * v.std(correction=0))
+def describe_rule(rule: OutlierRule) -> str:
+    """The rule as the neuron file's ``threshold_rule`` words it, e.g. ``median + 5·1.4826·MAD of
+    each image's patch norms`` or ``fixed 150``."""
+    return rule.describe() if rule.kind == "absolute" else f"{rule.describe()} of each image's patch norms"
 
 
 @dataclass(frozen=True)
@@ -176,15 +117,15 @@ class UnitScores:
         return float(self.scores[row, unit])
 
 
-def _check_backbone(backbone: TimmViTBackbone) -> None:
-    if not isinstance(backbone, TimmViTBackbone):
-        raise ConfigError(f"{getattr(backbone, 'name', backbone)}: register neurons need a timm ViT backbone")
-    if backbone.test_time_registers is not None:
+def _check_backbone(backbone: TimmBackbone) -> None:
+    # Neurons are found for the backbones that can take the register they lead to.
+    require_forward_edits(backbone)
+    if backbone.forward_edit is not None:
         raise ConfigError(f"{backbone.name}: calibrate the plain model, not one already running test-time registers")
 
 
 def score_units(
-    backbone: TimmViTBackbone,
+    backbone: TimmBackbone,
     batches: Iterable[torch.Tensor],
     *,
     detect_layer: int = DEFAULT_DETECT_LAYER,
@@ -198,9 +139,9 @@ def score_units(
     """Score every (layer, unit) of blocks ``lowest_layer..highest_layer`` (steps 1-2 of the module doc).
 
     Args:
-        backbone: a plain timm ViT backbone (no test-time register).
+        backbone: a plain backbone that supports forward edits (a timm ViT, no test-time register).
         batches: (B, 3, H, W) float32 images, normalised and padded as for
-            :meth:`TimmViTBackbone.extract` (H, W may differ between batches).
+            :meth:`~lostreg.backbones.base.Backbone.extract` (H, W may differ between batches).
         detect_layer: block whose output norms define outliers (negative from the end).
         threshold: an :class:`OutlierRule` or its text form.
         lowest_layer, highest_layer: scored blocks (inclusive; negative from the end; None = ends).
@@ -218,8 +159,7 @@ def score_units(
     hi = backbone.num_layers - 1 if highest_layer is None else backbone.layer_index(highest_layer)
     if lo > hi:
         raise ConfigError(f"lowest_layer (block {lo}) is above highest_layer (block {hi})")
-    blocks = backbone.model.blocks
-    width = int(blocks[lo].mlp.fc2.in_features)
+    width = mlp_hidden_dim(backbone.model.blocks[lo])
     totals = torch.zeros(hi - lo + 1, width, dtype=torch.float64)
     images = with_outliers = outlier_tokens = 0
     max_norm = 0.0
@@ -227,24 +167,18 @@ def score_units(
     # Pass 2 restarts from the tokens entering this block (saved during pass 1).
     restart = min(lo, detect + 1)
 
-    captured: list[torch.Tensor] = []  # the hook's output, one block at a time
     bar = tqdm(total=total_images, desc=f"calibrate {backbone.name}", unit="img", disable=not progress,
                file=sys.stderr, dynamic_ncols=True)
     try:
         with torch.inference_mode(), strict_fp32():
             for batch in batches:
                 x = batch.to(backbone.device, torch.float32)
-                grid_hw = backbone.grid_hw((int(x.shape[-2]), int(x.shape[-1])))
                 n_batch = int(x.shape[0])
 
                 # Pass 1: block outputs up to the detection block.
-                tokens = backbone.tokens(x)
-                saved = tokens if restart == 0 else None
-                for i in range(detect + 1):
-                    tokens = backbone.run_block(i, tokens)
-                    if i + 1 == restart:
-                        saved = tokens
-                norms = torch.linalg.vector_norm(backbone.patch_tokens(tokens, grid_hw), dim=-1)  # (B, n)
+                saved = backbone.advance(backbone.begin(x), restart)
+                detected = backbone.advance(saved, detect + 1)
+                norms = torch.linalg.vector_norm(backbone.patch_tokens(detected.tokens, detected.grid_hw), dim=-1)
                 cuts = torch.tensor([rule.threshold(norms[b]) for b in range(n_batch)],
                                     dtype=norms.dtype, device=norms.device)
                 patch_mask = norms > cuts[:, None]  # (B, n)
@@ -259,26 +193,22 @@ def score_units(
                 outlier_tokens += int(counts.sum())
 
                 # Pass 2: reduce each scored block's hidden activation over the outlier patches.
-                weights = torch.zeros(n_batch, tokens.shape[1], dtype=torch.float32, device=tokens.device)
+                weights = torch.zeros(n_batch, detected.tokens.shape[1], dtype=torch.float32, device=x.device)
                 weights[:, prefix:prefix + patch_mask.shape[1]] = patch_mask.float()
                 weights = weights / counts.clamp_min(1)[:, None].float()  # per-image mean over outliers
-                assert saved is not None
-                tokens = saved
-                for i in range(restart, hi + 1):
-                    if i < lo:
-                        tokens = backbone.run_block(i, tokens)
-                        continue
-                    with hidden_activation_hook(blocks[i], captured.append):
-                        tokens = backbone.run_block(i, tokens)
-                    hidden = captured.pop()
+                kept = torch.nonzero(keep.cpu()).flatten().tolist()
+
+                def reduce(layer: int, hidden: torch.Tensor) -> None:
                     per_image = torch.einsum("bt,bth->bh", weights, hidden.abs())  # (B, H)
                     if sparsity is not None:
                         quiet = (hidden < sparsity.activation_threshold).float().mean(dim=1)
                         per_image = per_image * (quiet >= sparsity.frac_threshold)
                     per_image = per_image.to("cpu", torch.float64)
                     # One image at a time, in input order: the float64 sum does not depend on batching.
-                    for b in torch.nonzero(keep.cpu()).flatten().tolist():
-                        totals[i - lo] += per_image[b]
+                    for b in kept:
+                        totals[layer - lo] += per_image[b]
+
+                backbone.advance(saved, hi + 1, read_hidden=reduce, hidden_layers=range(lo, hi + 1))
     finally:
         bar.close()
 
@@ -286,7 +216,7 @@ def score_units(
         raise ValueError("no calibration images")
     if with_outliers == 0:
         raise NoOutliersError(
-            f"none of the {images} images has a patch token above the outlier threshold ({rule.describe()}) at "
+            f"none of the {images} images has a patch token above the outlier threshold ({describe_rule(rule)}) at "
             f"block {detect} (largest patch norm {max_norm:.4g}); lower the threshold (e.g. mad:3, mean3std or a "
             "number), try another detect layer, or this model has no high-norm tokens to move"
         )
@@ -304,7 +234,7 @@ def score_units(
 
 
 def calibrate(
-    backbone: TimmViTBackbone,
+    backbone: TimmBackbone,
     batches: Iterable[torch.Tensor],
     *,
     detect_layer: int = DEFAULT_DETECT_LAYER,
@@ -351,7 +281,7 @@ def calibrate(
         "outlier_tokens": scores.outlier_tokens,
         "detect_layer": scores.detect_layer,
         "threshold": str(scores.rule),
-        "threshold_rule": scores.rule.describe(),
+        "threshold_rule": describe_rule(scores.rule),
         "max_patch_norm": float(f"{scores.max_patch_norm:.7g}"),
         "norms": "L2 norm of the detect block's output (residual stream, before the final norm); patch tokens only",
         "score": "mean |MLP hidden activation| over an image's outlier patches, averaged over images with outliers",
@@ -375,6 +305,7 @@ __all__ = [
     "OutlierRule",
     "SparsityFilter",
     "UnitScores",
+    "describe_rule",
     "calibrate",
     "score_units",
 ]

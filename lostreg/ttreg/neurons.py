@@ -20,7 +20,7 @@ A file is JSON, written by :meth:`RegisterNeurons.save` (``lostreg calibrate`` w
     }
 
 ``layer`` is a block index from 0 and ``unit`` an index into that block's MLP hidden activation
-(the input of ``fc2``, see :mod:`lostreg.ttreg.hidden`). ``score`` is the calibration score (mean
+(the input of ``fc2``, see :mod:`lostreg.backbones.edits`). ``score`` is the calibration score (mean
 |activation| over outlier tokens) or null for a list typed in by hand.
 
 A file is tied to one model: :meth:`RegisterNeurons.check_matches` refuses another backbone,
@@ -43,10 +43,10 @@ from torch import nn
 
 from lostreg.errors import LostregError
 from lostreg.io.atomic import atomic_write_text
-from lostreg.ttreg.hidden import mlp_hidden_dim, mlp_kind
+from lostreg.backbones.edits import mlp_hidden_dim, mlp_kind
 
 if TYPE_CHECKING:  # pragma: no cover
-    from lostreg.backbones.vit import TimmViTBackbone
+    from lostreg.backbones.timm_base import TimmBackbone
 
 FORMAT = "lostreg-register-neurons"
 VERSION = 1
@@ -94,7 +94,7 @@ class ModelIdentity:
         depth: number of blocks.
         embed_dim: token width D.
         mlp_hidden_dim: MLP hidden width H (units are indices below it).
-        mlp: ``gelu``, ``glu`` or ``swiglu`` (see :func:`lostreg.ttreg.hidden.mlp_kind`).
+        mlp: ``gelu``, ``glu`` or ``swiglu`` (see :func:`lostreg.backbones.edits.mlp_kind`).
         weights_sha256: :func:`weights_sha256` of the weights, or None when unknown.
         random_weights: the weights were random (a test file).
     """
@@ -109,7 +109,7 @@ class ModelIdentity:
     random_weights: bool = False
 
     @classmethod
-    def of(cls, backbone: "TimmViTBackbone", with_hash: bool = True) -> "ModelIdentity":
+    def of(cls, backbone: "TimmBackbone", with_hash: bool = True) -> "ModelIdentity":
         """The identity of ``backbone`` (hashing its weights when ``with_hash``)."""
         blocks = backbone.model.blocks
         return cls(
@@ -170,7 +170,7 @@ class RegisterNeurons:
     @classmethod
     def from_layer_units(
         cls,
-        backbone: "TimmViTBackbone",
+        backbone: "TimmBackbone",
         layer_units: Mapping[int, Sequence[int]],
         note: str | None = None,
         with_hash: bool = False,
@@ -302,7 +302,7 @@ class RegisterNeurons:
 
     # --- matching a model ---------------------------------------------------------------------
 
-    def check_matches(self, backbone: "TimmViTBackbone", source: str = "register neurons",
+    def check_matches(self, backbone: "TimmBackbone", source: str = "register neurons",
                       check_weights: bool = True) -> None:
         """Refuse to run with a backbone the list was not made for.
 
