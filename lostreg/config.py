@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import itertools
 import os
 import typing
@@ -278,13 +279,67 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "config") -
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
             cfg = compose(config_name=config_name, overrides=list(overrides))
     except Exception as err:  # hydra raises several types; the message is what matters
+        unknown = _UNKNOWN_OVERRIDE.match(" ".join(str(err).split()))
+        if unknown:  # hydra would suggest "+key=...", which only adds a key nothing reads
+            raise ConfigError(_unknown_key_message(unknown.group(1))) from None
         raise ConfigError(_one_line(err)) from None
     finally:
         GlobalHydra.instance().clear()
+    _refuse_unknown_keys(cfg)
     missing = _missing_keys(cfg)
     if missing:
         raise ConfigError(f"missing required value(s): {', '.join(missing)} (pass e.g. {missing[0]}=...)")
     return cfg
+
+
+_UNKNOWN_OVERRIDE = re.compile(r"Could not override '([^']+)'\. To append to your config use \+")
+
+
+def _schema_keys(section: str, cfg: DictConfig | None = None) -> list[str] | None:
+    """The keys the schema allows in ``section`` (``""`` = the top level; ``dataset`` = the chosen kind's
+    settings, from ``cfg``), None where the schema has no fixed keys."""
+    parts = [p for p in section.split(".") if p]
+    node: Any
+    if parts[:1] == ["dataset"]:
+        dataset = cfg.get("dataset") if cfg is not None else None
+        node = kind_of(dataset).schema if isinstance(dataset, (dict, DictConfig)) else None
+        parts = parts[1:]
+    else:
+        node = _eval_node()
+    for part in parts:
+        found = {f.name: f for f in dataclasses.fields(node)}.get(part) if dataclasses.is_dataclass(node) else None
+        factory = found.default_factory if found is not None else dataclasses.MISSING
+        node = factory if isinstance(factory, type) and dataclasses.is_dataclass(factory) else None
+    return [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else None
+
+
+def _unknown_key_message(key: str, cfg: DictConfig | None = None) -> str:
+    section, _, name = key.rpartition(".")
+    known = _schema_keys(section, cfg)
+    where = f"{section} has" if section else "the config has"
+    listed = f"; {where}: {', '.join(known)}" if known else ""
+    return f"unknown key {key}{listed}"
+
+
+def _refuse_unknown_keys(cfg: DictConfig) -> None:
+    """Refuse keys the schema does not declare, also those added with ``+key=...`` (nothing would read them).
+
+    Raises:
+        ConfigError: ``unknown key sweep.foo; sweep has: which, layer, ...``.
+    """
+    def walk(node: DictConfig, prefix: str) -> None:
+        known = _schema_keys(prefix, cfg)
+        if known is None:
+            return
+        for key in node.keys():
+            dotted = f"{prefix}.{key}" if prefix else str(key)
+            if key not in known:
+                raise ConfigError(_unknown_key_message(dotted, cfg))
+            child = node._get_node(key)
+            if isinstance(child, DictConfig):
+                walk(child, dotted)
+
+    walk(cfg, "")
 
 
 def expand_sweeps(overrides: Sequence[str]) -> list[list[str]]:

@@ -28,6 +28,7 @@ from lostreg.errors import ConfigError
 __all__ = [
     "FEATURE_KINDS",
     "OUTPUT_NORMS",
+    "PRECISIONS",
     "FeatureConfig",
     "FeatureKey",
     "FeatureKind",
@@ -47,6 +48,10 @@ FeatureKind = Literal["q", "k", "v"]
 RopeMode = Literal["pre", "post"]
 #: The slices of an attention qkv projection, in channel order.
 FEATURE_KINDS: tuple[str, ...] = ("q", "k", "v")
+#: The backbone forward's numerics (``precision=``, ``--precision``; :mod:`lostreg.precision`):
+#: ``fp32`` exact (default), ``tf32`` and ``bf16`` faster on GPUs. It can change a box, so it is
+#: part of a run's identity, but it is not a knob of the method.
+PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16")
 
 
 class ProtocolError(ConfigError):

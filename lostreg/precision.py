@@ -17,7 +17,7 @@ from typing import Iterator
 import torch
 
 from lostreg.errors import ConfigError
-from lostreg.protocol import PRECISIONS
+from lostreg.knobs import PRECISIONS
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ from typing import Any, Iterator, Mapping
 from lostreg.knobs import (
     FEATURE_KINDS,
     OUTPUT_NORMS,
+    PRECISIONS,
     FeatureConfig,
     FeatureKey,
     FeatureKind,
@@ -54,12 +55,6 @@ __all__ = [
     "TokenCutConfig",
     "describe_protocol",
 ]
-
-#: The backbone forward's numerics (``precision=``, ``--precision``; :mod:`lostreg.precision`):
-#: ``fp32`` exact (default), ``tf32`` and ``bf16`` faster on GPUs. It can change a box, so it is
-#: part of a run's identity, but it is not a knob of the method.
-PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16")
-
 
 def __getattr__(name: str) -> Any:
     # METHODS follows the registry (a method registered at run time is listed too).

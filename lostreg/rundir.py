@@ -215,6 +215,29 @@ class PredictionStore:
                     f.truncate(complete)
         return records
 
+    def drop_failed(self) -> int:
+        """Remove the lines of images that failed (``error`` set), so that a resume tries them again.
+
+        A failed line holds no result, only why there is none; once the image is fixed (a
+        truncated JPEG replaced), the next session computes it. The file is rewritten atomically
+        (the writer holds the directory's lock); a partial last line is dropped as by :meth:`load`.
+        Returns how many lines were removed.
+        """
+        if not self.path.exists():
+            return 0
+        kept, dropped = [], 0
+        for line in self._complete_bytes().decode("utf-8").splitlines(keepends=True):
+            try:
+                failed = json.loads(line).get("error") is not None
+            except (ValueError, AttributeError):
+                failed = False  # left for read() to report
+            dropped += failed
+            if not failed:
+                kept.append(line)
+        if dropped:
+            atomic_write_text(self.path, "".join(kept))
+        return dropped
+
     def _complete_bytes(self) -> bytes:
         data = self.path.read_bytes()
         return data[: data.rfind(b"\n") + 1]
@@ -562,15 +585,55 @@ class RunDir:
         """
         self.path.mkdir(parents=True, exist_ok=True)
         if self.has_config():
-            old, new = identity(self.read_config()), identity(config)
-            if old != new:
-                diffs = config_differences(old, new)
-                raise RunConfigMismatch(
-                    f"{self.path} holds results of another configuration ({'; '.join(diffs[:5])}); "
-                    "results are never mixed: pass run_dir=<new folder>, or delete the old one"
-                )
+            self.check_pinned(config, identity)
         else:
             atomic_write_text(self.config_path, yaml.safe_dump(dict(config), sort_keys=False))
+
+    def check_pinned(self, config: Mapping[str, Any], identity: Callable[[Mapping[str, Any]], Any]) -> None:
+        """Refuse, without writing, a config of another identity than the one pinned here (if any).
+
+        Raises:
+            RunConfigMismatch: naming the differing keys and how to proceed.
+        """
+        if not self.has_config():
+            return
+        old, new = identity(self.read_config()), identity(config)
+        if old != new:
+            diffs = config_differences(old, new)
+            raise RunConfigMismatch(
+                f"{self.path} holds results of another configuration ({'; '.join(diffs[:5])}); "
+                "results are never mixed: pass run_dir=<new folder>, or delete the old one"
+            )
+
+    def check_writable(self, setting: str = "run_dir") -> None:
+        """Stop before any work when this cannot become a run directory, or another process writes to it.
+
+        Writes nothing: the folder is not created, and the lock is only probed (:meth:`lock` takes
+        it for real when the run starts, so that a second run into a busy directory is refused
+        before its model is built, not after).
+
+        Raises:
+            RunError: the path (or a folder on the way to it) is a file, or cannot be created.
+            RunLockedError: another process holds the directory's lock; names that process.
+        """
+        path = self.path
+        if path.exists() and not path.is_dir():
+            raise RunError(f"{setting}={path}: is a file, not a folder")
+        for parent in path.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise RunError(f"{setting}={path}: {parent} is a file, not a folder")
+                if not os.access(parent, os.W_OK | os.X_OK):
+                    raise RunError(f"{setting}={path}: cannot create it in {parent} (no permission to write there)")
+                break
+        if self.lock_path.is_file():
+            with open(self.lock_path, "a+", encoding="utf-8") as handle:
+                if not _try_lock(handle):
+                    handle.seek(0)
+                    holder = handle.read().strip() or "unknown process"
+                    raise RunLockedError(f"{path} is being written by another process ({holder}); wait for it "
+                                         f"to finish, or pass another {setting}")
+            # Closing the handle released the probe's lock.
 
     @contextlib.contextmanager
     def lock(self, command: str | None = None) -> Iterator[None]:

@@ -17,12 +17,13 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable
 
 from lostreg.errors import LostregError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from lostreg.backbones.base import Backbone
+#: A builder: ``(spec, weights, device, *, rope) -> Backbone`` (:class:`lostreg.backbones.base.Backbone`;
+#: not imported here, so that the registry stays below the classes it lists).
+Builder = Callable[..., Any]
 
 
 class PosEmbedInterp(str, Enum):
@@ -79,7 +80,7 @@ ALIASES: dict[str, str] = {
 #: builder name -> callable(spec, weights, device, *, rope) -> Backbone; filled by the builder
 #: modules. ``rope`` is ``"pre"`` or ``"post"`` (see :func:`lostreg.backbones.build_backbone`);
 #: builders of backbones without rotary embeddings refuse ``"post"``.
-BUILDERS: dict[str, Callable[..., "Backbone"]] = {}
+BUILDERS: dict[str, Builder] = {}
 
 
 def register_backbone(spec: BackboneSpec) -> BackboneSpec:
@@ -90,10 +91,10 @@ def register_backbone(spec: BackboneSpec) -> BackboneSpec:
     return spec
 
 
-def register_builder(name: str) -> Callable[[Callable[..., "Backbone"]], Callable[..., "Backbone"]]:
+def register_builder(name: str) -> Callable[[Builder], Builder]:
     """Decorator that makes a backbone builder available to specs with ``builder=name``."""
 
-    def wrap(fn: Callable[..., "Backbone"]) -> Callable[..., "Backbone"]:
+    def wrap(fn: Builder) -> Builder:
         BUILDERS[name] = fn
         return fn
 

@@ -1,7 +1,8 @@
-"""``lostreg experiment NAME data_root=DIR [size=s|b|l] [sweep=PRESET] [out=DIR] [eval overrides]``.
+"""``lostreg experiment NAME data_root=DIR [size=s|b|l] [datasets=A,B] [sweep=PRESET [select_on=DATASET]]
+[out=DIR] [ttreg=FILE] [eval overrides]``.
 
     lostreg experiment registers_gap data_root=/data size=s
-    lostreg experiment registers_gap data_root=/data size=l sweep=best_of device=cuda batch_size=32
+    lostreg experiment registers_gap data_root=/data size=l sweep=best_of select_on=voc07 device=cuda
 
 Runs every (backbone, dataset) of ``configs/experiment/NAME.yaml``, each backbone built once, in
 the run directories ``lostreg eval`` (or ``lostreg sweep``) would use, so it resumes as a whole;
@@ -21,9 +22,11 @@ from lostreg.cli.common import build_backbone_loudly, error, report_user_error, 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", help="experiment (configs/experiment/): registers_gap")
     parser.add_argument("arguments", nargs="*", metavar="KEY=VALUE",
-                        help="data_root=DIR (required), size=s|b|l (default s), sweep=PRESET (e.g. best_of: a "
-                             "protocol sweep instead of the single protocol), out=DIR, and any eval override "
-                             "(weights=..., device=..., batch_size=..., features.*, lost.*)")
+                        help="data_root=DIR (required), size=s|b|l (default s), datasets=voc07,voc12 (a subset), "
+                             "sweep=PRESET (e.g. best_of: a protocol sweep instead of the single protocol), "
+                             "select_on=DATASET (with sweep: choose the configuration there, report it on the "
+                             "others), out=DIR, ttreg=FILE, and any eval override (weights=..., device=..., "
+                             "batch_size=..., features.*, lost.*)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

@@ -77,12 +77,29 @@ def _chosen_command(argv: Sequence[str]) -> str | None:
     return None
 
 
+def _list_positional(parser: argparse.ArgumentParser, command: str | None) -> str | None:
+    """The ``nargs="*"``/``"+"`` positional of ``command``'s sub-parser (overrides, paths), if it has one."""
+    subparsers = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    sub = subparsers.choices.get(command) if subparsers is not None and command else None
+    if sub is None:
+        return None
+    return next((a.dest for a in sub._actions if not a.option_strings and a.nargs in ("*", "+")), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lostreg`` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = _chosen_command(argv)
     # With no valid command, build the light parser: argparse then prints the command list.
-    args = build_parser(command or "").parse_args(argv)
+    parser = build_parser(command or "")
+    args, rest = parser.parse_known_args(argv)
+    if rest:
+        # Flags and positionals in any order (``eval backbone=x --no-progress weights=random``): argparse
+        # stops a list positional at the first flag; what follows it belongs to that list.
+        listed = _list_positional(parser, command)
+        if listed is None or any(item.startswith("-") for item in rest):
+            parser.parse_args(argv)  # exits with argparse's message for what is not recognised
+        setattr(args, listed, list(getattr(args, listed) or []) + rest)
     if args.debug:
         os.environ["LOSTREG_DEBUG"] = "1"  # commands (and their worker processes) read it
     try:

@@ -1,10 +1,12 @@
 """``lostreg experiment``: a whole comparison in one command (``configs/experiment/<name>.yaml``).
 
 An experiment file names backbones (per size) and datasets (as eval overrides, with
-``{data_root}`` filled in). :class:`Experiment` composes every (backbone, dataset) config first and
-reads every dataset index — so a missing dataset or a bad setting stops it before any backbone is
-built — then builds each backbone once and runs ``lostreg eval`` (or ``lostreg sweep``) on each of
-its datasets. The run directories are the ones the single commands would use, so an experiment
+``{data_root}`` filled in). :class:`Experiment` composes every (backbone, dataset) config first,
+reads every dataset index once and checks every run directory and the output folder — so a missing
+dataset, a bad setting or a folder in the way stops it before any backbone is built — then builds
+each backbone once and runs ``lostreg eval`` (or ``lostreg sweep``) on each of its datasets.
+``datasets=voc07,voc12`` runs a subset; with ``sweep=PRESET``, ``select_on=voc07`` chooses each
+backbone's configuration on VOC07 and reports it, fixed, on the others ("chosen on" rows). The run directories are the ones the single commands would use, so an experiment
 resumes them and they resume it. At the end the gap table (markdown and CSV) and one HTML report
 per dataset go to the experiment's folder.
 """
@@ -22,16 +24,25 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 
 from lostreg.backbones import Backbone
-from lostreg.config import ConfigError, compose_config, dataset_kwargs, protocol_from_config, validate_execution
+from lostreg.config import (
+    ConfigError,
+    compose_config,
+    dataset_kwargs,
+    protocol_from_config,
+    run_identity,
+    validate_execution,
+)
 from lostreg.datasets import build_dataset
+from lostreg.datasets.base import DatasetLayoutError, ImageDataset
 from lostreg.errors import LostregError
-from lostreg.evaluation.runner import BackboneBuilder, EvalJob
-from lostreg.evaluation.sweep import SweepGrid, SweepJob
+from lostreg.evaluation.runner import BackboneBuilder, EvalJob, resolved
+from lostreg.evaluation.sweep import SweepGrid, SweepJob, sweep_identity
+from lostreg.rundir import RunDir
 
 __all__ = ["Experiment", "ExperimentRun", "experiment_names", "load_experiment"]
 
 #: Keys of the experiment command itself; every other ``key=value`` goes to each run's config.
-EXPERIMENT_KEYS = ("data_root", "size", "sweep", "out", "ttreg")
+EXPERIMENT_KEYS = ("data_root", "size", "sweep", "out", "ttreg", "datasets", "select_on")
 
 
 def experiment_names() -> list[str]:
@@ -85,14 +96,19 @@ class Experiment:
     runs: list[ExperimentRun]
     out: Path
     sweep: str | None = None
-    results: dict[str, list[Path]] = field(default_factory=dict)
+    #: each dataset's index, read once in :meth:`prepare` (and handed to every run of it)
+    datasets: dict[str, ImageDataset] = field(default_factory=dict)
 
     @classmethod
     def prepare(cls, name: str, arguments: list[str]) -> "Experiment":
         """Parse ``key=value`` arguments, compose and check every run. Builds no backbone, writes nothing.
 
+        Checked here, so that nothing fails after hours of work: every run's config, every dataset
+        (all missing ones listed at once), every run directory (a file in the way, another process
+        in it, results of another configuration), the output folder, and ``select_on``.
+
         Raises:
-            ConfigError, ProtocolError, DatasetLayoutError: one line.
+            ConfigError, ProtocolError, DatasetLayoutError, RunError, RunLockedError, RunConfigMismatch: one line.
         """
         spec = load_experiment(name)
         own: dict[str, str] = {}
@@ -109,6 +125,18 @@ class Experiment:
         if size not in spec.backbones:
             raise ConfigError(f"size must be one of {', '.join(spec.backbones)}; got {size!r}")
         sweep = own.get("sweep") or None
+        datasets = _chosen_datasets(spec, own.get("datasets"))
+        select_on = own.get("select_on") or None
+        if select_on is not None:
+            if not sweep:
+                raise ConfigError("select_on= chooses a sweep's configuration on one dataset: give sweep=PRESET too")
+            if select_on not in datasets:
+                raise ConfigError(f"select_on={select_on} is not one of this experiment's datasets "
+                                  f"({', '.join(datasets)})")
+            # The dataset the configuration is chosen on runs first for each backbone.
+            datasets = [select_on] + [d for d in datasets if d != select_on]
+        out = Path(own.get("out") or f"outputs/experiment_{name}_{size}" + (f"_{sweep}" if sweep else ""))
+        _check_output_folder(out)
         data_root = str(Path(own["data_root"]).expanduser())
         runs: list[ExperimentRun] = []
         plan = [(str(b), []) for b in spec.backbones[size]]
@@ -116,22 +144,35 @@ class Experiment:
             # One more row: the plain backbone of this size with a test-time register.
             plan.append((str(spec.ttreg_backbone[size]), [f"ttreg={own['ttreg']}"]))
         for backbone, extra in plan:
-            for dataset, overrides in spec.datasets.items():
-                filled = [str(o).replace("{data_root}", data_root) for o in overrides]
+            for dataset in datasets:
+                filled = [str(o).replace("{data_root}", data_root) for o in spec.datasets[dataset]]
                 run_overrides = [f"backbone={backbone}", *filled, *extra, *rest]
                 if sweep:
                     run_overrides.insert(1, f"protocol={sweep}")
+                    if select_on is not None and dataset != select_on:
+                        run_overrides.append(f"select_on={select_on}")
                 cfg = compose_config(run_overrides)
                 validate_execution(cfg)
                 protocol = protocol_from_config(cfg)
                 if sweep:  # the directory `lostreg sweep` would use with these overrides
                     cfg.run_dir = SweepGrid.from_config(cfg, protocol).default_run_dir(cfg)
                 runs.append(ExperimentRun(backbone, str(dataset), cfg, run_overrides, "sweep" if sweep else "eval"))
-        # Every dataset index once, before any backbone is built: a missing one stops everything.
-        for dataset, overrides in spec.datasets.items():
-            build_dataset(str(dataset), **dataset_kwargs(next(r.cfg for r in runs if r.dataset == dataset)))
-        out = Path(own.get("out") or f"outputs/experiment_{name}_{size}" + (f"_{sweep}" if sweep else ""))
-        return cls(name, runs, out, sweep)
+        # Every dataset index once, before any backbone is built: all missing ones in one message.
+        indexes, problems = {}, []
+        for dataset in datasets:
+            try:
+                indexes[dataset] = build_dataset(dataset, **dataset_kwargs(next(r.cfg for r in runs
+                                                                                if r.dataset == dataset)))
+            except DatasetLayoutError as err:
+                problems.append(f"{dataset}: {str(err).splitlines()[0]}")
+        if problems:
+            raise DatasetLayoutError(f"{len(problems)} of {len(datasets)} datasets cannot be read (pass "
+                                     f"datasets=... to run the others): " + "; ".join(problems))
+        for run in runs:
+            directory = RunDir(str(run.cfg.run_dir))
+            directory.check_writable()
+            directory.check_pinned(resolved(run.cfg), sweep_identity if sweep else run_identity)
+        return cls(name, runs, out, sweep, indexes)
 
     def run(self, builder: BackboneBuilder, progress: bool = True,
             log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -152,10 +193,9 @@ class Experiment:
                 current = (run.backbone, builder(str(cfg.backbone.name), str(cfg.weights), str(cfg.device)))
             log(f"== {run.backbone} on {run.dataset}")
             try:
-                if self.sweep:
-                    SweepJob.prepare(run.cfg, backbone=current[1]).run(progress=progress, command=run.command, log=log)
-                else:
-                    EvalJob.prepare(run.cfg, backbone=current[1]).run(progress=progress, command=run.command, log=log)
+                job = SweepJob if self.sweep else EvalJob
+                job.prepare(run.cfg, backbone=current[1], dataset=self.datasets[run.dataset]).run(
+                    progress=progress, command=run.command, log=log)
             except KeyboardInterrupt:
                 raise
             except LostregError as err:  # a user error of one run (its data, say) does not stop the others
@@ -194,3 +234,30 @@ class Experiment:
             report = build_report(load_report_runs([str(p) for p in paths]), progress=False)
             files.append(write_report(report, self.out / f"report_{dataset}.html"))
         return {"table": markdown, "files": files}
+
+
+def _chosen_datasets(spec: DictConfig, chosen: str | None) -> list[str]:
+    """The experiment's datasets, or the subset ``datasets=voc07,voc12`` names (in the file's order).
+
+    Raises:
+        ConfigError: a name the experiment does not have.
+    """
+    names = [str(d) for d in spec.datasets]
+    if not chosen:
+        return names
+    wanted = [d.strip() for d in chosen.split(",") if d.strip()]
+    unknown = [d for d in wanted if d not in names]
+    if unknown or not wanted:
+        raise ConfigError(f"datasets={chosen}: this experiment's datasets are {', '.join(names)}")
+    return [d for d in names if d in wanted]
+
+
+def _check_output_folder(out: Path) -> None:
+    """Refuse an ``out`` that cannot become a folder (a file, or a file on the way), before any work."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out={out}: is a file, not a folder")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"out={out}: {parent} is a file, not a folder")
+            break

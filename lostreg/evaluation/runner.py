@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -44,7 +44,7 @@ from lostreg.rundir import PredictionStore, PredictionWriter, RunConfigMismatch,
 from lostreg.ttreg import attach_test_time_registers
 
 __all__ = ["DatasetSession", "EvalJob", "PredictionStore", "RunConfigMismatch", "RunTarget", "build_parts",
-           "check_memory", "prediction_record", "run_eval"]
+           "build_run_backbone", "check_memory", "check_parts", "prediction_record", "retry_failed", "run_eval"]
 
 Log = Callable[[str], None]
 
@@ -75,25 +75,56 @@ def prediction_record(record: ImageRecord, found: Discovery | None, error: str |
 BackboneBuilder = Callable[[str, str, str], Backbone]
 
 
-def build_parts(cfg: DictConfig, backbone: Backbone | None = None, builder: BackboneBuilder | None = None
-                ) -> tuple[DiscoveryProtocol, ImageDataset, Backbone, DistEnv]:
-    """Everything a dataset run needs that can fail for the whole run, cheapest checks first:
-    execution settings, protocol, dataset index, then the backbone (unless given). Writes nothing.
+def check_parts(cfg: DictConfig, dataset: ImageDataset | None = None,
+                identity: Callable[[Mapping[str, Any]], Any] = run_identity
+                ) -> tuple[DiscoveryProtocol, ImageDataset, DistEnv]:
+    """The cheap checks of a dataset run, before any model is built: execution settings, protocol,
+    the run directory (a file in the way, another process writing to it, results of another
+    configuration in it), the dataset index (unless ``dataset`` is given, already read). Writes nothing.
 
     Raises:
-        ConfigError, ProtocolError, DatasetLayoutError, UnknownBackboneError, WeightsError.
+        ConfigError, ProtocolError, RunError, RunLockedError, RunConfigMismatch, DatasetLayoutError.
     """
     validate_execution(cfg)
     protocol = protocol_from_config(cfg)
-    dataset = build_dataset(str(cfg.dataset.name), **dataset_kwargs(cfg))
-    dist = DistEnv.from_environment()
+    run_dir = RunDir(cfg.run_dir)
+    run_dir.check_writable()  # a file in the way, or a busy directory: before the model loads
+    if not cfg.overwrite:
+        run_dir.check_pinned(resolved(cfg), identity)
+    if dataset is None:
+        dataset = build_dataset(str(cfg.dataset.name), **dataset_kwargs(cfg))
+    return protocol, dataset, DistEnv.from_environment()
+
+
+def resolved(cfg: DictConfig) -> dict[str, Any]:
+    """The config as plain data, interpolations resolved (what ``config.yaml`` holds)."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(container, dict)
+    return container
+
+
+def build_run_backbone(cfg: DictConfig, dist: DistEnv, backbone: Backbone | None = None,
+                       builder: BackboneBuilder | None = None) -> Backbone:
+    """The run's backbone (built unless given), with its test-time register when ``ttreg`` is set.
+
+    Raises:
+        UnknownBackboneError, WeightsError, WeightsUnavailableError, NeuronFileError, ConfigError.
+    """
     if backbone is None:
         device = str(resolve_device(dist.device(str(cfg.device))))
         build = builder or (lambda name, weights, dev: build_backbone(name, weights=weights, device=dev))
         backbone = build(str(cfg.backbone.name), str(cfg.weights), device)
     if cfg.get("ttreg"):
         backbone = attach_test_time_registers(backbone, str(cfg.ttreg))  # the add-on is ttreg's to attach
-    return protocol, dataset, backbone, dist
+    return backbone
+
+
+def build_parts(cfg: DictConfig, backbone: Backbone | None = None, builder: BackboneBuilder | None = None,
+                dataset: ImageDataset | None = None) -> tuple[DiscoveryProtocol, ImageDataset, Backbone, DistEnv]:
+    """Everything a dataset run needs that can fail for the whole run, cheapest checks first
+    (:func:`check_parts`), then the backbone (:func:`build_run_backbone`). Writes nothing."""
+    protocol, dataset, dist = check_parts(cfg, dataset)
+    return protocol, dataset, build_run_backbone(cfg, dist, backbone, builder), dist
 
 
 def check_memory(cfg: DictConfig, dataset: ImageDataset, backbone: Backbone,
@@ -363,8 +394,8 @@ class EvalJob:
         return self.engine.discoverers[0]
 
     @classmethod
-    def prepare(cls, cfg: DictConfig, backbone: Backbone | None = None,
-                builder: BackboneBuilder | None = None) -> "EvalJob":
+    def prepare(cls, cfg: DictConfig, backbone: Backbone | None = None, builder: BackboneBuilder | None = None,
+                dataset: ImageDataset | None = None) -> "EvalJob":
         """Validate ``cfg``, read the dataset index, build the backbone (unless given).
 
         Args:
@@ -372,12 +403,13 @@ class EvalJob:
             backbone: the backbone of ``cfg.backbone.name`` / ``cfg.weights``, if already built.
             builder: ``(name, weights, device) -> Backbone`` used otherwise (default
                 :func:`lostreg.backbones.build_backbone`); called after the cheap checks.
+            dataset: ``cfg.dataset``'s index, if already read (an experiment reads each once).
 
         Raises:
-            ConfigError, ProtocolError, DatasetLayoutError, UnknownBackboneError, WeightsError:
-                one line each; nothing has been written.
+            ConfigError, ProtocolError, DatasetLayoutError, UnknownBackboneError, WeightsError,
+                RunError, RunLockedError, RunConfigMismatch: one line each; nothing has been written.
         """
-        protocol, dataset, backbone, dist = build_parts(cfg, backbone, builder)
+        protocol, dataset, backbone, dist = build_parts(cfg, backbone, builder, dataset)
         check_memory(cfg, dataset, backbone, [protocol])
         # 0 and null both mean native resolution, as for `lostreg discover --max-size 0`.
         engine = DiscoveryEngine(backbone, [protocol], max_size=cfg.max_size or None, precision=str(cfg.precision))
@@ -429,12 +461,22 @@ class EvalJob:
             removed = self.run_dir.clear()
             if removed:
                 log(f"overwrite=true: removed {', '.join(removed)} from {self.run_dir.path}")
-        container = OmegaConf.to_container(self.cfg, resolve=True)
-        assert isinstance(container, dict)
-        self.run_dir.pin_config(container, run_identity)
+        self.run_dir.pin_config(resolved(self.cfg), run_identity)
         merged = self.run_dir.merge_rank_files(order=_order(self.dataset))
         if merged:
             log(f"{self.run_dir.path}: merged {merged} predictions of an earlier multi-process session")
+        retry_failed([self.run_dir], log)
+
+
+def retry_failed(run_dirs: Sequence[RunDir], log: Log) -> int:
+    """Drop the recorded failures of ``run_dirs`` so that this session tries those images again; say how many.
+
+    Called by the writer holding the lock, before the session reads what is done.
+    """
+    retried = max((run_dir.store().drop_failed() for run_dir in run_dirs), default=0)
+    if retried:
+        log(f"retrying {retried} image{'s' if retried != 1 else ''} that failed in an earlier session")
+    return retried
 
 
 def run_eval(

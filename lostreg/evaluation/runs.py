@@ -231,8 +231,12 @@ def load_run_rows(run_dir: str | Path) -> list[RunSummary]:
         return [_summary(run, run.read_config(), metrics)]
     rows = []
     size = len(metrics.get("configurations") or [])
-    for role in ("best", "selected"):
-        entry = metrics.get(role)
+    entries = {role: metrics.get(role) for role in ("best", "selected")}
+    if not metrics.get("complete"):
+        # A sweep still running, or killed: its configurations' own metrics are current (written per
+        # batch), the summary's copy is from its last start.
+        entries["best"] = _current_best(run, metrics) or entries["best"]
+    for role, entry in entries.items():
         if not entry:
             continue
         sub = run.configuration(str(entry["protocol"]))
@@ -247,6 +251,21 @@ def load_run_rows(run_dir: str | Path) -> list[RunSummary]:
     if not rows:
         raise RunError(f"{run.path}: a sweep without results yet")
     return rows
+
+
+def _current_best(run: RunDir, summary: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The configuration of a sweep with the highest CorLoc now (ties: the summary's order), from the
+    configurations' own ``metrics.json``; None when none has a CorLoc yet."""
+    best: tuple[float, str] | None = None
+    for entry in summary.get("configurations") or []:
+        name = str(entry.get("protocol"))
+        try:
+            corloc = (run.configuration(name).read_metrics() or {}).get("corloc")
+        except RunError:
+            continue
+        if isinstance(corloc, (int, float)) and (best is None or corloc > best[0]):
+            best = (float(corloc), name)
+    return None if best is None else {"protocol": best[1]}
 
 
 def _summary(run: RunDir, config: Mapping[str, Any], metrics: Mapping[str, Any]) -> RunSummary:

@@ -46,10 +46,18 @@ from lostreg.config import ConfigError, run_identity, sweep_axes
 from lostreg.datasets.base import ImageDataset
 from lostreg.datasets.registry import kind_of
 from lostreg.evaluation.engine import DiscoveryEngine
-from lostreg.evaluation.runner import BackboneBuilder, DatasetSession, RunTarget, build_parts, check_memory
+from lostreg.evaluation.runner import (
+    BackboneBuilder,
+    DatasetSession,
+    RunTarget,
+    build_run_backbone,
+    check_memory,
+    check_parts,
+    retry_failed,
+)
 from lostreg.io.atomic import atomic_write_text
 from lostreg.knobs import FeatureConfig, knob_fields
-from lostreg.protocol import DiscoveryProtocol, FeatureKey
+from lostreg.protocol import DiscoveryProtocol, FeatureKey, ProtocolError
 from lostreg.rundir import SWEEP_CSV, RunDir, RunError, run_dir_on_dataset, sweep_dir_name, sweep_run_dir
 
 __all__ = ["SweepGrid", "SweepJob", "SweepResult", "select_on_dir", "sweep_identity", "sweep_table_markdown"]
@@ -103,7 +111,10 @@ class SweepGrid:
             chosen = dict(zip(columns, values))
             protocol = base.with_knobs(features={k: v for k, v in chosen.items() if axes[k][0] == "features"},
                                        knobs={k: v for k, v in chosen.items() if axes[k][0] != "features"})
-            configurations.append(protocol.validate())
+            try:
+                configurations.append(protocol.validate())
+            except ProtocolError as err:  # named as the user typed it: sweep.which, not features.which
+                raise ProtocolError(_as_sweep_key(str(err), {name: axes[name][0] for name in given})) from None
         return cls(tuple(dict.fromkeys(configurations)), lists)
 
     @property
@@ -123,6 +134,15 @@ class SweepGrid:
         precision (:func:`lostreg.rundir.sweep_dir_name`)."""
         name = sweep_dir_name(self.configurations[0].method, self.lists, cfg.max_size, str(cfg.precision))
         return sweep_run_dir(str(cfg.run_dir), name)
+
+
+def _as_sweep_key(message: str, swept: Mapping[str, str]) -> str:
+    """``features.which must be ...`` -> ``sweep.which must be ...`` when ``which`` is a swept setting."""
+    for name, section in swept.items():
+        key = f"{section}.{name}"
+        if message.startswith(key + " "):
+            return f"sweep.{name}" + message[len(key):]
+    return message
 
 
 @dataclass
@@ -166,8 +186,9 @@ class SweepJob:
     """
 
     def __init__(self, cfg: DictConfig, dataset: ImageDataset, backbone: Backbone, grid: SweepGrid,
-                 run_dir: RunDir) -> None:
+                 run_dir: RunDir, chosen: "ChosenElsewhere | None" = None) -> None:
         self.cfg = cfg
+        self.chosen = chosen
         self.dataset = dataset
         self.backbone = backbone
         self.grid = grid
@@ -179,19 +200,23 @@ class SweepJob:
                         for p in grid.configurations]
 
     @classmethod
-    def prepare(cls, cfg: DictConfig, backbone: Backbone | None = None,
-                builder: BackboneBuilder | None = None) -> "SweepJob":
-        """Validate the config and the grid, read the dataset, build the backbone; write nothing.
+    def prepare(cls, cfg: DictConfig, backbone: Backbone | None = None, builder: BackboneBuilder | None = None,
+                dataset: ImageDataset | None = None) -> "SweepJob":
+        """Validate the config and the grid, read the dataset (unless given), build the backbone (unless
+        given); write nothing.
 
         Raises:
-            ConfigError, ProtocolError, DatasetLayoutError, UnknownBackboneError, WeightsError.
+            ConfigError, ProtocolError, DatasetLayoutError, UnknownBackboneError, WeightsError, RunError,
+                RunLockedError, RunConfigMismatch.
         """
-        base, dataset, backbone, dist = build_parts(cfg, backbone, builder)
+        base, dataset, dist = check_parts(cfg, dataset, identity=sweep_identity)
         if dist.is_distributed:
             raise ConfigError("lostreg sweep runs in one process (start it without torchrun)")
         grid = SweepGrid.from_config(cfg, base)
+        chosen = chosen_on_other_data(cfg, grid)  # select_on: refused now, not after the whole sweep
+        backbone = build_run_backbone(cfg, dist, backbone, builder)
         check_memory(cfg, dataset, backbone, grid.configurations)
-        return cls(cfg, dataset, backbone, grid, RunDir(cfg.run_dir))
+        return cls(cfg, dataset, backbone, grid, RunDir(cfg.run_dir), chosen)
 
     # -- running -----------------------------------------------------------------------------
 
@@ -216,6 +241,10 @@ class SweepJob:
             for result in self.results:
                 sub = _configuration_config(container, result.protocol, result.run_dir.path)
                 result.run_dir.pin_config(sub, run_identity)
+            retry_failed([r.run_dir for r in self.results], log)
+            for result in self.results:  # resumed: what is on disk
+                result.metrics = result.run_dir.read_metrics() or {}
+            self._write_summary(log)  # readable from the start (compare reads a killed sweep)
             targets = [RunTarget(r.protocol, r.run_dir, self.dataset, self.cfg) for r in self.results]
             session = DatasetSession(
                 self.engine, targets, self.run_dir, self.cfg, progress=progress, command=command, log=log,
@@ -226,10 +255,12 @@ class SweepJob:
                 for result, metrics in zip(self.results, session.run()):
                     result.metrics = metrics
             finally:
-                if not all(r.metrics for r in self.results):  # stopped early: what is on disk
+                if not all(r.metrics.get("timings") for r in self.results):  # stopped early: what is on disk
                     for result in self.results:
                         result.metrics = result.run_dir.read_metrics() or {}
                 ranked = self._write_summary(log)
+            if self.chosen is not None:
+                log(f"chosen on {self.chosen.dataset}: {self.chosen.protocol}")
             return ranked
 
     def _announce(self, session: DatasetSession, selected: int, remaining: int) -> None:
@@ -266,23 +297,47 @@ class SweepJob:
         return ranked
 
     def _selection(self, log: Callable[[str], None]) -> dict[str, Any] | None:
-        """The configuration chosen on another dataset's sweep, scored here (``select_on=``)."""
-        if not self.cfg.select_on:
+        """The configuration chosen on another dataset's sweep (``select_on=``), scored here."""
+        if self.chosen is None:
             return None
-        other = select_on_dir(str(self.cfg.select_on), self.run_dir.path, self.cfg.dataset)
-        try:
-            chosen = RunDir(other).read_metrics()
-        except RunError as err:
-            raise ConfigError(f"select_on={self.cfg.select_on}: {err}") from None
-        if not chosen or chosen.get("kind") != "sweep":
-            raise ConfigError(f"select_on={self.cfg.select_on}: {other} holds no finished sweep "
-                              "(run `lostreg sweep` on that dataset with the same grid first)")
-        name = chosen["best"]["protocol"]
-        here = next((r for r in self.results if r.protocol.name == name), None)
-        if here is None:
-            raise ConfigError(f"select_on={self.cfg.select_on}: its best configuration {name} is not in this grid")
-        log(f"chosen on {chosen.get('dataset')}: {name}")
-        return {"on": chosen.get("dataset"), "from": str(other), "protocol": name, **here.row()}
+        here = next(r for r in self.results if r.protocol.name == self.chosen.protocol)
+        return {"on": self.chosen.dataset, "from": str(self.chosen.sweep_dir), "protocol": self.chosen.protocol,
+                **here.row()}
+
+
+@dataclass(frozen=True)
+class ChosenElsewhere:
+    """The configuration a finished sweep of another dataset found best (``select_on=``)."""
+
+    sweep_dir: Path
+    dataset: str
+    protocol: str
+
+
+def chosen_on_other_data(cfg: DictConfig, grid: SweepGrid) -> ChosenElsewhere | None:
+    """The configuration ``select_on`` names, checked before any work: that sweep exists, is finished,
+    and its best configuration is one of this grid's.
+
+    Raises:
+        ConfigError: one line naming ``select_on`` and what is wrong.
+    """
+    if not cfg.select_on:
+        return None
+    other = select_on_dir(str(cfg.select_on), Path(str(cfg.run_dir)), cfg.dataset)
+    try:
+        summary = RunDir(other).read_metrics()
+    except RunError as err:
+        raise ConfigError(f"select_on={cfg.select_on}: {err}") from None
+    if not summary or summary.get("kind") != "sweep":
+        raise ConfigError(f"select_on={cfg.select_on}: {other} holds no sweep "
+                          "(run `lostreg sweep` on that dataset with the same grid first)")
+    if not summary.get("complete"):
+        raise ConfigError(f"select_on={cfg.select_on}: the sweep in {other} is not finished "
+                          f"({summary.get('total')} of {summary.get('num_images')} images); run it to the end first")
+    name = str(summary["best"]["protocol"])
+    if name not in {p.name for p in grid.configurations}:
+        raise ConfigError(f"select_on={cfg.select_on}: its best configuration {name} is not in this grid")
+    return ChosenElsewhere(other, str(summary.get("dataset")), name)
 
 
 def select_on_dir(select_on: str, sweep_dir: Path, dataset: Mapping[str, Any]) -> Path:
