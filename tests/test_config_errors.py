@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lostreg.cli.main import main
 from synthetic import SyntheticVoc
+from lostreg.cli.main import main
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
