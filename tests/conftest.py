@@ -3,15 +3,15 @@
 Every fixture here is session-scoped and READ-ONLY: tests point commands at it and write their
 run directories, caches and reports elsewhere. A test that damages data works on its own copy
 (``dataset.copy_to(tmp_path / "voc")``). At the end of the session each dataset that was used
-is compared with what was written (names, sizes, modification times), so a test that changed a
-shared dataset fails at teardown, naming it.
+is compared with what was written (names, sizes, modification times): a test that changed a
+shared dataset makes the session fail at teardown, naming the dataset and the files.
 
 VOC sets (:class:`synthetic.SyntheticVoc`: ``root`` for ``dataset.root``, ``images`` in trainval
 order, ``image_dir`` for a folder of their JPEGs); unless said otherwise VOC2007 written by
 :func:`synthetic.write_voc_dataset` with its defaults (images of 160x120 and 120x160, up to three
 objects on a noisy gradient):
 
-* ``voc_small``: 2 images of 64x48 (seed 11), for commands that must stop before any work.
+* ``voc_small``: 2 images of 64x48 (seed 11), the cheapest set (bad settings, early stops).
 * ``voc3``, ``voc4``, ``voc6``, ``voc20``: 3 (seed 8), 4 (seed 7), 6 and 20 (seed 0) images,
   for tests that count images or splits.
 * ``voc_mixed8``, ``voc_mixed12``: 8 and 12 images of 160x120, 120x160 and 150x100 (seed 4; the
