@@ -59,7 +59,7 @@ def test_registers_gap_end_to_end_and_resume(data_root: Path, tmp_path: Path, mo
 
 def test_a_missing_dataset_stops_the_experiment_before_any_backbone(voc_small: synthetic.SyntheticVoc,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    # A data root with VOC2007 only: the shared 2-image set (conftest), never read here.
+    # A data root with VOC2007 only (conftest's 2-image set; its content does not matter here).
     assert main(["experiment", "registers_gap", f"data_root={voc_small.root}", "weights=random"]) == 2
     err = capsys.readouterr().err
     assert "VOC2012" in err and "RANDOM" not in err, "no backbone was built"
