@@ -12,16 +12,22 @@ Main entry points:
 * :func:`write_coco20k_root` and :func:`write_coco20k_filelist` -> the COCO 2014 layout
   that :class:`lostreg.datasets.Coco20kDataset` reads, with a small file list.
 
+:class:`SyntheticVoc` and :class:`SyntheticCoco` describe a written dataset; their ``copy_to``
+gives a test its own copy to damage (``tests/conftest.py`` shares the datasets read-only).
+
 Lower-level pieces (:func:`render_image`, :func:`write_voc_image`, :func:`write_voc_split`,
 :func:`coco_bbox_for`) serve hand-made cases.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -32,6 +38,7 @@ __all__ = [
     "SyntheticCoco",
     "SyntheticImage",
     "SyntheticObject",
+    "SyntheticVoc",
     "coco_bbox_for",
     "render_image",
     "write_coco20k_filelist",
@@ -104,6 +111,29 @@ class SyntheticImage:
             gt_boxes_xyxy=self.gt_boxes_xyxy(no_hard),
             gt_labels=tuple(o.name for o in objs),
         )
+
+
+def _moved(images: Sequence[SyntheticImage], src: Path, dest: Path) -> list[SyntheticImage]:
+    return [dataclasses.replace(im, path=dest / im.path.relative_to(src)) for im in images]
+
+
+class SyntheticVoc(NamedTuple):
+    """A written VOC dataset: ``root`` (holds ``VOCdevkit/``, what ``dataset.root`` takes) and its
+    images in ``trainval`` order (as :func:`write_voc_dataset` returns them)."""
+
+    root: Path
+    images: list[SyntheticImage]
+
+    @property
+    def image_dir(self) -> Path:
+        """``.../VOC<year>/JPEGImages``: the images as a folder dataset."""
+        return self.images[0].path.parent
+
+    def copy_to(self, dest: str | Path) -> SyntheticVoc:
+        """A copy of the whole tree at ``dest`` (which must not exist), with its images' paths."""
+        dest = Path(dest)
+        shutil.copytree(self.root, dest)
+        return SyntheticVoc(dest, _moved(self.images, self.root, dest))
 
 
 # ---------------------------------------------------------------------------- pixels
@@ -383,11 +413,22 @@ def _uncompressed_rle(box: tuple[int, int, int, int], width: int, height: int) -
 
 @dataclass(frozen=True)
 class SyntheticCoco:
-    """A written COCO-format dataset: the json, the image folder, the images (json order)."""
+    """A written COCO-format dataset: the json, the image folder, the images (json order), and the
+    folder everything was written under (a COCO20k layout's ``dataset.root``)."""
 
     annotation_json: Path
     image_dir: Path
     images: list[SyntheticImage]
+    root: Path | None = None
+
+    def copy_to(self, dest: str | Path) -> SyntheticCoco:
+        """A copy of ``root``'s tree at ``dest`` (which must not exist), with the paths moved there."""
+        assert self.root is not None, "copy_to needs the root the dataset was written under"
+        dest = Path(dest)
+        shutil.copytree(self.root, dest)
+        return SyntheticCoco(dest / self.annotation_json.relative_to(self.root),
+                             dest / self.image_dir.relative_to(self.root),
+                             _moved(self.images, self.root, dest), dest)
 
 
 def write_coco_dataset(
@@ -472,7 +513,7 @@ def write_coco_dataset(
         "categories": categories,
     }
     ann_path.write_text(json.dumps(data))
-    return SyntheticCoco(ann_path, image_dir, images)
+    return SyntheticCoco(ann_path, image_dir, images, root)
 
 
 def write_coco20k_root(root: str | Path, n_images: int = 8, seed: int = 0, flat: bool = False) -> SyntheticCoco:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import random
-from pathlib import Path
 
 import pytest
 
@@ -18,9 +17,9 @@ def pred(image_id: str, box: list[int] | None, gt: list[list[int]]) -> dict:
             "error": None if box is not None else "failed"}
 
 
-def test_pseudo_boxes_equal_to_gt_give_ap_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    images = synthetic.write_voc_dataset(tmp_path, n_images=12, seed=11, max_objects=1,
-                                         sizes=((160, 120), (121, 97), (99, 150)))
+def test_pseudo_boxes_equal_to_gt_give_ap_one(voc_one_object12: synthetic.SyntheticVoc,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    images = voc_one_object12.images
     preds = [pred(im.image_id, list(im.objects[0].box_xyxy), [list(im.objects[0].box_xyxy)]) for im in images]
     result = pseudo_box_ap(preds)
     assert result["ap"] == pytest.approx(1.0, abs=1e-12)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import run_command
 from omegaconf import OmegaConf
 
 from lostreg.cli.main import main
@@ -85,9 +86,7 @@ def parse_markdown(text: str) -> tuple[list[str], dict[tuple[str, str, str], dic
 
 
 def compare(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(["compare", *argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_command(capsys, "compare", *argv)
 
 
 # ------------------------------------------------------------------------------ published data

@@ -11,17 +11,10 @@ from pathlib import Path
 
 import pytest
 
-import synthetic
+from synthetic import SyntheticVoc
 from lostreg.cli.main import main
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-@pytest.fixture(scope="module")
-def voc(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("voc")
-    synthetic.write_voc_dataset(root, n_images=2, seed=11, sizes=((64, 48),))
-    return root
 
 
 @pytest.fixture()
@@ -68,12 +61,13 @@ EVAL_CASES = [
 
 
 @pytest.mark.parametrize("overrides, words", EVAL_CASES, ids=[" ".join(c[0]) for c in EVAL_CASES])
-def test_eval_refuses_bad_settings_before_writing(overrides: list[str], words: list[str], voc: Path, tmp_path: Path,
-                                                  offline: None, capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_refuses_bad_settings_before_writing(overrides: list[str], words: list[str], voc_small: SyntheticVoc,
+                                                  tmp_path: Path, offline: None,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = tmp_path / "run"
     values = {"corrupt": corrupt_weights(tmp_path), "folder": tmp_path}
     overrides = [o.format(**values) for o in overrides]
-    code = main(["eval", "--no-progress", "dataset=voc07", f"dataset.root={voc}", "num_workers=0",
+    code = main(["eval", "--no-progress", "dataset=voc07", f"dataset.root={voc_small.root}", "num_workers=0",
                  f"run_dir={run_dir}", *overrides])
     line = one_error_line(capsys.readouterr().err)
     assert code == 2
@@ -81,12 +75,12 @@ def test_eval_refuses_bad_settings_before_writing(overrides: list[str], words: l
     assert not run_dir.exists(), "a refused configuration writes nothing"
 
 
-def test_a_refused_start_does_not_poison_the_run_directory(voc: Path, tmp_path: Path, offline: None,
+def test_a_refused_start_does_not_poison_the_run_directory(voc_small: SyntheticVoc, tmp_path: Path, offline: None,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     """The offline failure used to leave config.yaml behind, and the same command with
     weights=random was then refused as "another configuration"."""
-    base = ["eval", "--no-progress", "backbone=dino", "dataset=voc07", f"dataset.root={voc}", "num_workers=0",
-            f"run_dir={tmp_path / 'run'}"]
+    base = ["eval", "--no-progress", "backbone=dino", "dataset=voc07", f"dataset.root={voc_small.root}",
+            "num_workers=0", f"run_dir={tmp_path / 'run'}"]
     assert main(base) == 2
     assert main(base + ["weights=random"]) == 0, capsys.readouterr().err
 
@@ -105,12 +99,12 @@ DISCOVER_CASES = [
 
 
 @pytest.mark.parametrize("flags, words", DISCOVER_CASES, ids=[" ".join(c[0]) for c in DISCOVER_CASES])
-def test_discover_refuses_bad_settings_once(flags: list[str], words: list[str], voc: Path, tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_discover_refuses_bad_settings_once(flags: list[str], words: list[str], voc_small: SyntheticVoc,
+                                            tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     existing = tmp_path / "taken.txt"
     existing.write_text("not a folder")
     flags = [f.format(file=existing) for f in flags]
-    images = voc / "VOCdevkit" / "VOC2007" / "JPEGImages"
+    images = voc_small.image_dir
     args = ["discover", str(images), "--backbone", "pixels", *flags]
     if "--output" not in flags:
         args += ["--output", str(tmp_path / "out")]
@@ -127,12 +121,12 @@ def test_discover_refuses_bad_settings_once(flags: list[str], words: list[str], 
     (["--output", "{file}"], ["exists and is not a folder"]),
     (["--max-size", "-1"], ["--max-size must be >= 0"]),
 ])
-def test_inspect_refuses_bad_settings_once(flags: list[str], words: list[str], voc: Path, tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_inspect_refuses_bad_settings_once(flags: list[str], words: list[str], voc_small: SyntheticVoc,
+                                           tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     existing = tmp_path / "taken.txt"
     existing.write_text("not a folder")
     flags = [f.format(file=existing) for f in flags]
-    image = next((voc / "VOCdevkit" / "VOC2007" / "JPEGImages").iterdir())
+    image = next(voc_small.image_dir.iterdir())
     args = ["inspect", str(image), "--backbone", "pixels", *flags]
     if "--output" not in flags:
         args += ["--output", str(tmp_path / "out")]

@@ -6,17 +6,12 @@ import time
 from pathlib import Path
 
 import pytest
-from synthetic import write_coco20k_filelist, write_coco20k_root, write_voc_dataset
+from helpers import run_command
+from synthetic import SyntheticCoco, SyntheticVoc, write_coco20k_filelist, write_voc_dataset
 
 import lostreg.cli.data_cmd as data_cmd
 from lostreg.cli.main import main
 from lostreg.datasets import FileListDownloadError
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(["data", *argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def field(out: str, name: str) -> str:
@@ -25,10 +20,11 @@ def field(out: str, name: str) -> str:
     return line.split(":", 1)[1].strip()
 
 
-def test_check_complete_split_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    images = write_voc_dataset(tmp_path, year="2007", n_images=6)
+def test_check_complete_split_exits_0(voc6: SyntheticVoc, capsys: pytest.CaptureFixture[str]) -> None:
+    root, images = voc6
     # train.txt (even positions) has no published size, so a complete copy is simply OK.
-    code, out, err = run_cli(capsys, "check", "dataset=voc07", f"dataset.root={tmp_path}", "dataset.split=train")
+    code, out, err = run_command(capsys, "data", "check", "dataset=voc07", f"dataset.root={root}",
+                                 "dataset.split=train")
     assert code == 0, err
     train = images[0::2]
     assert field(out, "dataset").endswith("(voc07)") and "VOC07" in field(out, "dataset")
@@ -38,12 +34,11 @@ def test_check_complete_split_exits_0(tmp_path: Path, capsys: pytest.CaptureFixt
     assert field(out, "expected") == "no published size for this split"
     assert field(out, "missing images") == "0"
     assert field(out, "status") == "OK"
-    assert f"root: {tmp_path}" in out  # the settings that were read
+    assert f"root: {root}" in out  # the settings that were read
 
 
-def test_check_trainval_size_mismatch_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    write_voc_dataset(tmp_path, year="2007", n_images=4)
-    code, out, _ = run_cli(capsys, "check", "dataset=voc07", f"dataset.root={tmp_path}")
+def test_check_trainval_size_mismatch_exits_1(voc4: SyntheticVoc, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_command(capsys, "data", "check", "dataset=voc07", f"dataset.root={voc4.root}")
     assert code == 1
     assert field(out, "images") == "4"
     assert field(out, "expected") == "5011 (MISMATCH: found 4)"
@@ -54,8 +49,8 @@ def test_check_lists_missing_images(tmp_path: Path, capsys: pytest.CaptureFixtur
     images = write_voc_dataset(tmp_path, year="2012", n_images=6)
     for im in images[:3]:
         im.path.unlink()
-    code, out, _ = run_cli(capsys, "check", "dataset=voc12", f"dataset.root={tmp_path}", "dataset.split=trainval",
-                           "--max-listed", "2")
+    code, out, _ = run_command(capsys, "data", "check", "dataset=voc12", f"dataset.root={tmp_path}",
+                               "dataset.split=trainval", "--max-listed", "2")
     assert code == 1
     assert field(out, "missing images") == "3"
     assert str(images[0].path) in out and str(images[1].path) in out
@@ -63,31 +58,31 @@ def test_check_lists_missing_images(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert field(out, "expected") == "11540 (MISMATCH: found 6)"
 
 
-def test_check_coco20k(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    coco = write_coco20k_root(tmp_path / "COCO", n_images=5)
-    filelist = write_coco20k_filelist(tmp_path / "list.txt", [int(im.image_id) for im in coco.images])
-    code, out, _ = run_cli(capsys, "check", "dataset=coco20k", f"dataset.root={tmp_path / 'COCO'}",
-                           f"dataset.filelist_path={filelist}", f"dataset.cache_dir={tmp_path / 'cache'}")
+def test_check_coco20k(coco20k_layout: SyntheticCoco, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    coco = coco20k_layout
+    filelist = write_coco20k_filelist(tmp_path / "list.txt", [int(im.image_id) for im in coco.images[:5]])
+    code, out, _ = run_command(capsys, "data", "check", "dataset=coco20k", f"dataset.root={coco.root}",
+                               f"dataset.filelist_path={filelist}", f"dataset.cache_dir={tmp_path / 'cache'}")
     assert code == 1  # 5 images, not the published 19817
     assert field(out, "images") == "5" and field(out, "expected") == "19817 (MISMATCH: found 5)"
 
 
 def test_check_missing_layout_exits_2_with_expected_tree(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run_cli(capsys, "check", "dataset=voc07", f"dataset.root={tmp_path / 'nowhere'}")
+    code, out, err = run_command(capsys, "data", "check", "dataset=voc07", f"dataset.root={tmp_path / 'nowhere'}")
     assert code == 2 and out == ""
     assert err.startswith("lostreg: error: ")
     assert "Expected layout:" in err and "VOCdevkit/" in err and "VOC2007/" in err and "trainval.txt" in err
 
 
 def test_check_bad_override_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run_cli(capsys, "check", "dataset=imagenet")
+    code, out, err = run_command(capsys, "data", "check", "dataset=imagenet")
     assert code == 2 and out == ""
     assert err.startswith("lostreg: error: ") and "imagenet" in err
     assert len(err.strip().splitlines()) == 1
 
 
 def test_check_missing_required_value_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run_cli(capsys, "check", "dataset=folder")
+    code, _, err = run_command(capsys, "data", "check", "dataset=folder")
     assert code == 2 and "dataset.root" in err
 
 
@@ -101,8 +96,8 @@ def test_fetch_offline_fails_fast(tmp_path: Path, capsys: pytest.CaptureFixture[
     dest = tmp_path / "lists" / "coco_20k_filenames.txt"
     start = time.monotonic()
     # Port 9 (discard) on localhost refuses the connection at once: offline without waiting.
-    code, out, err = run_cli(capsys, "fetch-coco20k-list", "--dest", str(dest),
-                             "--url", "http://127.0.0.1:9/coco_20k_filenames.txt", "--timeout", "5")
+    code, out, err = run_command(capsys, "data", "fetch-coco20k-list", "--dest", str(dest),
+                                 "--url", "http://127.0.0.1:9/coco_20k_filenames.txt", "--timeout", "5")
     assert time.monotonic() - start < 5
     assert code == 2 and out == ""
     assert err.startswith("lostreg: error: could not download the COCO20k file list from http://127.0.0.1:9/")
@@ -120,7 +115,7 @@ def test_fetch_success_path(tmp_path: Path, capsys: pytest.CaptureFixture[str], 
         return Path(dest)
 
     monkeypatch.setattr(data_cmd, "download_coco20k_filelist", fake_download)
-    code, out, _ = run_cli(capsys, "fetch-coco20k-list", "--dest", str(tmp_path / "x.txt"))
+    code, out, _ = run_command(capsys, "data", "fetch-coco20k-list", "--dest", str(tmp_path / "x.txt"))
     assert code == 0 and out.strip() == f"wrote {tmp_path / 'x.txt'}"
     assert calls["url"].startswith("https://") and calls["timeout"] == 30.0
 
@@ -128,7 +123,7 @@ def test_fetch_success_path(tmp_path: Path, capsys: pytest.CaptureFixture[str], 
         raise FileListDownloadError("downloaded COCO20k file list does not verify: 3 lines, expected 19817")
 
     monkeypatch.setattr(data_cmd, "download_coco20k_filelist", failing)
-    code, _, err = run_cli(capsys, "fetch-coco20k-list")
+    code, _, err = run_command(capsys, "data", "fetch-coco20k-list")
     assert code == 2 and err.strip() == (
         "lostreg: error: downloaded COCO20k file list does not verify: 3 lines, expected 19817")
 
@@ -143,39 +138,39 @@ def test_fetch_default_dest_is_the_config_default() -> None:
 # ---------------------------------------------------------------------------- expected_count
 
 
-def test_expected_count_states_a_subsets_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    write_voc_dataset(tmp_path, year="2007", n_images=20)
-    base = ["check", "dataset=voc07", f"dataset.root={tmp_path}"]
-    code, out, _ = run_cli(capsys, *base)  # trainval of 20 images: not the published 5011
+def test_expected_count_states_a_subsets_size(voc20: SyntheticVoc, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["check", "dataset=voc07", f"dataset.root={voc20.root}"]
+    code, out, _ = run_command(capsys, "data", *base)  # trainval of 20 images: not the published 5011
     assert code == 1 and field(out, "expected") == "5011 (MISMATCH: found 20)"
     assert "dataset.expected_count=20" in out  # the hint says how to state a subset's size
-    code, out, err = run_cli(capsys, *base, "dataset.expected_count=20")
+    code, out, err = run_command(capsys, "data", *base, "dataset.expected_count=20")
     assert code == 0, out + err
     assert field(out, "expected") == "20 from dataset.expected_count (matches)"
     assert field(out, "status") == "OK" and "expected_count: 20" in out
-    code, out, _ = run_cli(capsys, *base, "dataset.expected_count=19")
+    code, out, _ = run_command(capsys, "data", *base, "dataset.expected_count=19")
     assert code == 1 and field(out, "expected") == "19 from dataset.expected_count (MISMATCH: found 20)"
     # A split without a published size is checked too once a size is stated.
-    code, out, _ = run_cli(capsys, *base, "dataset.split=train", "dataset.expected_count=11")
+    code, out, _ = run_command(capsys, "data", *base, "dataset.split=train", "dataset.expected_count=11")
     assert code == 1 and field(out, "expected") == "11 from dataset.expected_count (MISMATCH: found 10)"
-    code, out, err = run_cli(capsys, *base, "dataset.expected_count=-3")
+    code, out, err = run_command(capsys, "data", *base, "dataset.expected_count=-3")
     assert code == 2 and out == "" and err.startswith("lostreg: error: dataset.expected_count must be")
-    code, out, err = run_cli(capsys, *base, "dataset.expected_count=many")
+    code, out, err = run_command(capsys, "data", *base, "dataset.expected_count=many")
     assert code == 2 and out == "" and "dataset.expected_count" in err
 
 
-def test_expected_count_for_a_coco20k_list_of_6(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    coco = write_coco20k_root(tmp_path / "COCO", n_images=6)
-    filelist = write_coco20k_filelist(tmp_path / "list.txt", [int(im.image_id) for im in coco.images])
-    code, out, err = run_cli(capsys, "check", "dataset=coco20k", f"dataset.root={tmp_path / 'COCO'}",
-                             f"dataset.filelist_path={filelist}", f"dataset.cache_dir={tmp_path / 'cache'}",
-                             "dataset.expected_count=6")
+def test_expected_count_for_a_coco20k_list_of_6(coco20k_layout: SyntheticCoco, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    coco = coco20k_layout
+    filelist = write_coco20k_filelist(tmp_path / "list.txt", [int(im.image_id) for im in coco.images[:6]])
+    code, out, err = run_command(capsys, "data", "check", "dataset=coco20k", f"dataset.root={coco.root}",
+                                 f"dataset.filelist_path={filelist}", f"dataset.cache_dir={tmp_path / 'cache'}",
+                                 "dataset.expected_count=6")
     assert code == 0, out + err
     assert field(out, "images") == "6" and field(out, "expected") == "6 from dataset.expected_count (matches)"
 
 
 def test_expected_count_is_not_a_reader_argument_nor_part_of_a_runs_identity(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    voc3: SyntheticVoc, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import yaml
 
@@ -186,9 +181,8 @@ def test_expected_count_is_not_a_reader_argument_nor_part_of_a_runs_identity(
         assert compose_config([f"dataset={name}", *required.get(name, [])]).dataset.expected_count is None
         cfg = compose_config([f"dataset={name}", "dataset.expected_count=3", *required.get(name, [])])
         assert cfg.dataset.expected_count == 3 and "expected_count" not in dataset_kwargs(cfg)
-    write_voc_dataset(tmp_path / "voc", year="2007", n_images=3, sizes=((64, 48),))
     run_dir = tmp_path / "run"
-    argv = ["eval", "--no-progress", "backbone=pixels", "dataset=voc07", f"dataset.root={tmp_path / 'voc'}",
+    argv = ["eval", "--no-progress", "backbone=pixels", "dataset=voc07", f"dataset.root={voc3.root}",
             "num_workers=0", f"run_dir={run_dir}"]
     assert main([*argv, "dataset.expected_count=3"]) == 0
     capsys.readouterr()
@@ -204,8 +198,10 @@ def test_expected_count_is_not_a_reader_argument_nor_part_of_a_runs_identity(
 # ---------------------------------------------------------------------------- every problem
 
 
-def test_check_collects_every_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    images = write_voc_dataset(tmp_path, year="2007", n_images=12)
+def test_check_collects_every_problem(voc_mixed12: SyntheticVoc, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    voc = voc_mixed12.copy_to(tmp_path / "voc")  # a copy to damage
+    images = voc.images
     ann = images[0].path.parents[1] / "Annotations"
     (ann / f"{images[1].image_id}.xml").unlink()                        # missing annotation
     (ann / f"{images[2].image_id}.xml").write_text("<annotation><size>")  # not XML
@@ -217,8 +213,8 @@ def test_check_collects_every_problem(tmp_path: Path, capsys: pytest.CaptureFixt
     images[7].path.write_bytes(images[7].path.read_bytes()[:150])        # cut in the header
     images[8].path.write_text("<html>not an image</html>")               # not an image
     images[1].path.unlink()  # the image of a missing annotation is still checked
-    code, out, err = run_cli(capsys, "check", "dataset=voc07", f"dataset.root={tmp_path}",
-                             "dataset.expected_count=12", "--max-listed", "100")
+    code, out, err = run_command(capsys, "data", "check", "dataset=voc07", f"dataset.root={voc.root}",
+                                 "dataset.expected_count=12", "--max-listed", "100")
     assert code == 1, err
     assert field(out, "images") == "12" and field(out, "expected") == "12 from dataset.expected_count (matches)"
     assert field(out, "annotation problems") == "3"
@@ -238,27 +234,30 @@ def test_check_collects_every_problem(tmp_path: Path, capsys: pytest.CaptureFixt
         f"unreadable image: {images[7].path}: image file is truncated or corrupt",
         f"unreadable image: {images[8].path}: not an image file (cannot identify image format)",
     ]
-    code, out, _ = run_cli(capsys, "check", "dataset=voc07", f"dataset.root={tmp_path}", "--max-listed", "4")
+    code, out, _ = run_command(capsys, "data", "check", "dataset=voc07", f"dataset.root={voc.root}",
+                               "--max-listed", "4")
     assert code == 1 and "  ... and 5 more" in out.splitlines()
     # eval keeps refusing the damaged copy at its first bad annotation, before any model runs.
-    assert main(["eval", "backbone=pixels", "dataset=voc07", f"dataset.root={tmp_path}",
+    assert main(["eval", "backbone=pixels", "dataset=voc07", f"dataset.root={voc.root}",
                  f"run_dir={tmp_path / 'run'}"]) == 2
     assert f"missing VOC annotation {ann / (images[1].image_id + '.xml')}" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 
-def test_full_decode_catches_what_the_header_check_cannot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_full_decode_catches_what_the_header_check_cannot(voc_small: SyntheticVoc, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
     from PIL import Image
 
-    images = write_voc_dataset(tmp_path, year="2007", n_images=2)
+    voc = voc_small.copy_to(tmp_path / "voc")  # a copy to damage
+    images = voc.images
     # A BMP cut inside its pixel rows: its header is whole and PIL cannot verify BMP pixels
     # without decoding them. (The .jpg name does not matter: the decoder judges the content.)
     Image.open(images[0].path).save(images[1].path, format="BMP")
     images[1].path.write_bytes(images[1].path.read_bytes()[:-500])
-    base = ["check", "dataset=voc07", f"dataset.root={tmp_path}", "dataset.expected_count=2"]
-    code, out, _ = run_cli(capsys, *base)
+    base = ["check", "dataset=voc07", f"dataset.root={voc.root}", "dataset.expected_count=2"]
+    code, out, _ = run_command(capsys, "data", *base)
     assert code == 0 and field(out, "unreadable images") == "0"
-    code, out, _ = run_cli(capsys, *base, "--full")
+    code, out, _ = run_command(capsys, "data", *base, "--full")
     assert code == 1 and field(out, "unreadable images") == "1"
     assert f"unreadable image: {images[1].path}: image file is truncated or corrupt" in out
 
@@ -282,8 +281,8 @@ def test_check_collects_malformed_coco_entries(tmp_path: Path, capsys: pytest.Ca
     with pytest.raises(AnnotationError, match=r"malformed COCO annotation file .*instances\.json: annotations\[1\]"):
         CocoDataset(coco.annotation_json, coco.image_dir)
     assert issubclass(AnnotationError, DatasetLayoutError)
-    code, out, err = run_cli(capsys, "check", "dataset=coco", f"dataset.annotation_json={coco.annotation_json}",
-                             f"dataset.image_dir={coco.image_dir}")
+    code, out, err = run_command(capsys, "data", "check", "dataset=coco",
+                                 f"dataset.annotation_json={coco.annotation_json}", f"dataset.image_dir={coco.image_dir}")
     assert code == 1, err
     assert field(out, "annotation problems") == "3" and field(out, "images") == "5"
     assert "annotations[1] has no 'id'" in out

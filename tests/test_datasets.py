@@ -13,7 +13,6 @@ from synthetic import (
     SyntheticObject,
     write_coco20k_filelist,
     write_coco20k_root,
-    write_coco_dataset,
     write_voc_dataset,
     write_voc_image,
     write_voc_split,
@@ -64,15 +63,8 @@ def test_record_refuses_unconverted_boxes():
 # ---------------------------------------------------------------------------- VOC
 
 
-@pytest.fixture(scope="module")
-def voc07(tmp_path_factory):
-    root = tmp_path_factory.mktemp("voc07")
-    images = write_voc_dataset(root, "2007", n_images=8, seed=3, all_hard=(2,), difficult_prob=0.3)
-    return root, images
-
-
-def test_voc_reads_every_object_by_default(voc07):
-    root, images = voc07
+def test_voc_reads_every_object_by_default(voc07_set):
+    root, images = voc07_set
     ds = VOCDataset(root, year="2007")
     assert ds.name == "VOC07_trainval" and len(ds) == len(images)
     assert list(ds) == [im.record() for im in images]
@@ -81,8 +73,8 @@ def test_voc_reads_every_object_by_default(voc07):
     assert ds.get(images[2].image_id).num_gt == len(images[2].objects)
 
 
-def test_voc_no_hard_drops_objects_and_skips_images(voc07):
-    root, images = voc07
+def test_voc_no_hard_drops_objects_and_skips_images(voc07_set):
+    root, images = voc07_set
     ds = VOCDataset(root, year="2007", no_hard=True)
     expected = [im.record(no_hard=True) for im in images if im.gt_objects(no_hard=True)]
     assert list(ds) == expected
@@ -91,8 +83,8 @@ def test_voc_no_hard_drops_objects_and_skips_images(voc07):
     assert ds.name == "VOC07_trainval-nohards"
 
 
-def test_voc_accepts_three_roots(voc07):
-    root, _ = voc07
+def test_voc_accepts_three_roots(voc07_set):
+    root, _ = voc07_set
     ref = list(VOCDataset(root))
     assert list(VOCDataset(root / "VOCdevkit")) == ref
     assert list(VOCDataset(root / "VOCdevkit" / "VOC2007")) == ref
@@ -100,18 +92,18 @@ def test_voc_accepts_three_roots(voc07):
         VOCDataset(root, year="2012")
 
 
-def test_voc_other_splits(voc07):
-    root, images = voc07
+def test_voc_other_splits(voc07_set):
+    root, images = voc07_set
     assert VOCDataset(root, split="val").image_ids == [im.image_id for im in images[1::2]]
     with pytest.raises(DatasetLayoutError, match=r"ImageSets/Main/test\.txt"):
         VOCDataset(root, split="test")
 
 
-def test_voc_float_coordinates_and_voc12_ids(tmp_path):
-    images = write_voc_dataset(tmp_path, "2012", n_images=3, seed=1, float_coords=True)
+def test_voc_float_coordinates_and_voc12_ids(voc12_set):
+    root, images = voc12_set
     xml = images[0].path.parent.parent / "Annotations" / f"{images[0].image_id}.xml"
     assert ".0</xmin>" in xml.read_text()
-    ds = build_dataset("voc12", root=tmp_path)
+    ds = build_dataset("voc12", root=root)
     assert ds.image_ids[0].startswith("2008_")
     assert list(ds) == [im.record() for im in images]
 
@@ -136,15 +128,15 @@ def test_voc_object_fields(tmp_path):
     assert len(VOCDataset(voc, year="2012", no_hard=True)) == 1
 
 
-def _copy_voc(voc07, tmp_path) -> Path:
-    root, _ = voc07
+def _copy_voc(voc07_set, tmp_path) -> Path:
+    root, _ = voc07_set
     dst = tmp_path / "copy"
     shutil.copytree(root, dst)
     return dst / "VOCdevkit" / "VOC2007"
 
 
-def test_voc_missing_imagesets_shows_layout(voc07, tmp_path):
-    voc = _copy_voc(voc07, tmp_path)
+def test_voc_missing_imagesets_shows_layout(voc07_set, tmp_path):
+    voc = _copy_voc(voc07_set, tmp_path)
     shutil.rmtree(voc / "ImageSets")
     with pytest.raises(DatasetLayoutError) as err:
         VOCDataset(tmp_path / "copy")
@@ -153,14 +145,14 @@ def test_voc_missing_imagesets_shows_layout(voc07, tmp_path):
     assert "Expected layout" in msg and "JPEGImages/" in msg and "VOC2007/" in msg
 
 
-def test_voc_missing_annotations_shows_layout(voc07, tmp_path):
-    voc = _copy_voc(voc07, tmp_path)
+def test_voc_missing_annotations_shows_layout(voc07_set, tmp_path):
+    voc = _copy_voc(voc07_set, tmp_path)
     shutil.rmtree(voc / "Annotations")
     with pytest.raises(DatasetLayoutError, match="Annotations") as err:
         VOCDataset(voc)
     assert "Expected layout" in str(err.value)
     # One missing file is named too.
-    voc2 = _copy_voc(voc07, tmp_path / "b")
+    voc2 = _copy_voc(voc07_set, tmp_path / "b")
     (voc2 / "Annotations" / "000003.xml").unlink()
     with pytest.raises(DatasetLayoutError, match=r"missing VOC annotation .*000003\.xml"):
         VOCDataset(voc2)
@@ -176,8 +168,8 @@ def test_voc_missing_annotations_shows_layout(voc07, tmp_path):
         ("<annotation><size><width>ten</width><height>8</height></size></annotation>", "not a number"),
     ],
 )
-def test_voc_malformed_xml_names_the_file(voc07, tmp_path, content, reason):
-    voc = _copy_voc(voc07, tmp_path)
+def test_voc_malformed_xml_names_the_file(voc07_set, tmp_path, content, reason):
+    voc = _copy_voc(voc07_set, tmp_path)
     (voc / "Annotations" / "000004.xml").write_text(content)
     with pytest.raises(DatasetLayoutError) as err:
         VOCDataset(voc)
@@ -188,8 +180,8 @@ def test_voc_malformed_xml_names_the_file(voc07, tmp_path, content, reason):
     assert "Expected layout" in str(err.value)
 
 
-def test_voc_lenient_mode_records_every_bad_annotation(voc07, tmp_path):
-    voc = _copy_voc(voc07, tmp_path)
+def test_voc_lenient_mode_records_every_bad_annotation(voc07_set, tmp_path):
+    voc = _copy_voc(voc07_set, tmp_path)
     (voc / "Annotations" / "000002.xml").unlink()
     (voc / "Annotations" / "000004.xml").write_text("<annotation><size><width>10</wid")
     (voc / "Annotations" / "000005.xml").unlink()
@@ -197,7 +189,7 @@ def test_voc_lenient_mode_records_every_bad_annotation(voc07, tmp_path):
     ds = VOCDataset(voc, strict=False)
     ids = [p.image_id for p in ds.problems]
     assert ids == ["000002", "000004", "000005"] and "000002" not in ds.image_ids
-    assert len(ds) == len(voc07[1]) - 3
+    assert len(ds) == len(voc07_set[1]) - 3
     missing, malformed, unreadable = ds.problems
     assert unreadable.kind == "unreadable annotation" and unreadable.reason.startswith("cannot read (")
     assert (missing.kind, missing.path, missing.reason) == ("missing annotation", voc / "Annotations" / "000002.xml",
@@ -205,7 +197,7 @@ def test_voc_lenient_mode_records_every_bad_annotation(voc07, tmp_path):
     assert malformed.kind == "malformed annotation" and malformed.skipped
     assert malformed.image == voc / "JPEGImages" / "000004.jpg"
     assert str(malformed).startswith(f"{voc / 'Annotations' / '000004.xml'}: ")
-    assert VOCDataset(voc07[0]).problems == []  # a sound copy has none
+    assert VOCDataset(voc07_set[0]).problems == []  # a sound copy has none
     with pytest.raises(DatasetLayoutError, match="missing VOC annotation"):
         VOCDataset(voc)  # strict, the default: lostreg eval stops at the first
 
@@ -220,60 +212,53 @@ def test_voc_root_not_found(tmp_path):
 # ---------------------------------------------------------------------------- COCO
 
 
-@pytest.fixture(scope="module")
-def coco(tmp_path_factory):
-    root = tmp_path_factory.mktemp("coco")
-    return write_coco_dataset(
-        root, n_images=7, seed=5, crowd_images=(0, 1), crowd_only_images=(3,), unannotated_images=(4,)
-    )
-
-
-def test_coco_matches_written_ground_truth(coco):
-    ds = CocoDataset(coco.annotation_json, coco.image_dir)
-    by_id = {im.image_id: im for im in coco.images}
+def test_coco_matches_written_ground_truth(coco_set):
+    ds = CocoDataset(coco_set.annotation_json, coco_set.image_dir)
+    by_id = {im.image_id: im for im in coco_set.images}
     assert ds.image_ids == sorted(by_id, key=int)  # ascending COCO id
     for rec in ds:
         assert rec == by_id[rec.image_id].record()
         assert rec.path.is_file()
 
 
-def test_coco_crowd_skipped_and_empty_images_listed(coco):
-    ds = CocoDataset(coco.annotation_json, coco.image_dir)
-    data = json.loads(coco.annotation_json.read_text())
+def test_coco_crowd_skipped_and_empty_images_listed(coco_set):
+    ds = CocoDataset(coco_set.annotation_json, coco_set.image_dir)
+    data = json.loads(coco_set.annotation_json.read_text())
     crowd = [a for a in data["annotations"] if a["iscrowd"] == 1]
     assert len(crowd) == 3
     n_noncrowd = len(data["annotations"]) - len(crowd)
     assert sum(r.num_gt for r in ds) == n_noncrowd
-    crowd_only = coco.images[3].image_id
-    unannotated = coco.images[4].image_id
+    crowd_only = coco_set.images[3].image_id
+    unannotated = coco_set.images[4].image_id
     assert ds.get(crowd_only).gt_boxes_xyxy.shape == (0, 4)
     assert ds.get(unannotated).gt_boxes_xyxy.shape == (0, 4)
     # float bboxes really are fractional in the file, and still round to the extents
     assert any(v != int(v) for a in data["annotations"] for v in a["bbox"])
 
 
-def test_coco_image_id_subset_and_errors(coco, tmp_path):
-    ids = [int(coco.images[5].image_id), coco.images[1].image_id]
-    ds = CocoDataset(coco.annotation_json, coco.image_dir, image_ids=ids)
-    assert ds.image_ids == [coco.images[5].image_id, coco.images[1].image_id]
+def test_coco_image_id_subset_and_errors(coco_set, tmp_path):
+    ids = [int(coco_set.images[5].image_id), coco_set.images[1].image_id]
+    ds = CocoDataset(coco_set.annotation_json, coco_set.image_dir, image_ids=ids)
+    assert ds.image_ids == [coco_set.images[5].image_id, coco_set.images[1].image_id]
     with pytest.raises(KeyError):
-        CocoDataset(coco.annotation_json, coco.image_dir, image_ids=[999_999])
+        CocoDataset(coco_set.annotation_json, coco_set.image_dir, image_ids=[999_999])
     bad = tmp_path / "bad.json"
     bad.write_text('{"images": [')
     with pytest.raises(DatasetLayoutError, match=r"malformed COCO annotation file .*bad\.json"):
-        CocoDataset(bad, coco.image_dir)
+        CocoDataset(bad, coco_set.image_dir)
     with pytest.raises(DatasetLayoutError, match="missing COCO annotation file"):
-        CocoDataset(tmp_path / "none.json", coco.image_dir)
+        CocoDataset(tmp_path / "none.json", coco_set.image_dir)
     with pytest.raises(DatasetLayoutError, match="missing COCO image folder"):
-        CocoDataset(coco.annotation_json, tmp_path / "noimg")
+        CocoDataset(coco_set.annotation_json, tmp_path / "noimg")
 
 
 # ---------------------------------------------------------------------------- COCO20k
 
 
 @pytest.fixture()
-def coco20k(tmp_path):
-    written = write_coco20k_root(tmp_path / "COCO", n_images=8, seed=2)
+def coco20k(coco20k_layout, tmp_path):
+    """A copy of the shared layout (reading it writes a cache into <root>/annotations) and a list."""
+    written = coco20k_layout.copy_to(tmp_path / "COCO")
     listed = written.images[1:7]  # 6 of the 8 images; image 0 (crowd) is left out
     filelist = write_coco20k_filelist(tmp_path / "list.txt", [im.image_id for im in listed])
     return tmp_path / "COCO", filelist, written, listed
@@ -434,13 +419,13 @@ def test_folder_errors(tmp_path):
 # ---------------------------------------------------------------------------- factory / check
 
 
-def test_build_dataset_names(voc07, coco, tmp_path):
-    root, _ = voc07
+def test_build_dataset_names(voc07_set, coco_set, tmp_path):
+    root, _ = voc07_set
     assert isinstance(build_dataset("voc07", root=root), VOCDataset)
     assert isinstance(build_dataset("VOC07", root=root, split="train"), VOCDataset)
-    built = build_dataset("coco", annotation_json=coco.annotation_json, image_dir=coco.image_dir)
+    built = build_dataset("coco", annotation_json=coco_set.annotation_json, image_dir=coco_set.image_dir)
     assert isinstance(built, CocoDataset)
-    assert isinstance(build_dataset("folder", root=coco.image_dir), FolderDataset)
+    assert isinstance(build_dataset("folder", root=coco_set.image_dir), FolderDataset)
     with pytest.raises(KeyError, match="unknown dataset"):
         build_dataset("imagenet")
     with pytest.raises(ValueError):

@@ -560,9 +560,9 @@ def test_discover_cli_with_random_dinov3(tmp_path: Path, capsys: pytest.CaptureF
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_eval_cli_with_random_dinov3_on_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    images = synthetic.write_voc_dataset(tmp_path / "voc", n_images=2, seed=5, sizes=((96, 64), (70, 90)))
-    folder = images[0].path.parent
+def test_eval_cli_with_random_dinov3_on_a_folder(voc_two_sizes: synthetic.SyntheticVoc, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    folder = voc_two_sizes.image_dir
     run_dir = tmp_path / "run"
     code = main(["eval", "--no-progress", "backbone=dinov3", "weights=random", "dataset=folder",
                  f"dataset.root={folder}", "num_workers=0", f"run_dir={run_dir}"])

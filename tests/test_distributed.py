@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import synthetic
+from helpers import sorted_pred_lines
 from lostreg.cli.main import main
 from lostreg.evaluation.distributed import shard
 
@@ -33,31 +34,21 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _sorted_lines(run_dir: Path) -> list[str]:
-    return sorted((run_dir / "preds.jsonl").read_text().splitlines())
-
-
-@pytest.fixture(scope="module")
-def voc(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("voc")
-    synthetic.write_voc_dataset(root, n_images=12, seed=4, sizes=((160, 120), (120, 160), (150, 100)))
-    return root
-
-
 def _torchrun(nproc: int, args: list[str]) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
                f"--master_port={_free_port()}", "-m", "lostreg", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=600)
 
 
-def test_two_processes_equal_one_and_resume_with_another_world_size(voc: Path, tmp_path: Path) -> None:
-    args = ["eval", "--no-progress", "backbone=pixels", "dataset=voc07", f"dataset.root={voc}", "num_workers=0",
-            "batch_size=2"]
+def test_two_processes_equal_one_and_resume_with_another_world_size(voc_mixed12: synthetic.SyntheticVoc,
+                                                                     tmp_path: Path) -> None:
+    args = ["eval", "--no-progress", "backbone=pixels", "dataset=voc07", f"dataset.root={voc_mixed12.root}",
+            "num_workers=0", "batch_size=2"]
     assert main(args + [f"run_dir={tmp_path / 'one'}"]) == 0
 
     two = _torchrun(2, args + [f"run_dir={tmp_path / 'two'}"])
     assert two.returncode == 0, two.stderr[-3000:]
-    assert _sorted_lines(tmp_path / "two") == _sorted_lines(tmp_path / "one")
+    assert sorted_pred_lines(tmp_path / "two") == sorted_pred_lines(tmp_path / "one")
     assert not list((tmp_path / "two").glob("preds.rank*.jsonl")), "rank files are merged"
     assert two.stdout.count("CorLoc: ") == 1, "rank 0 reports for everyone"
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
@@ -68,11 +59,13 @@ def test_two_processes_equal_one_and_resume_with_another_world_size(voc: Path, t
     assert main(args + [f"run_dir={tmp_path / 'mixed'}", "limit=5"]) == 0
     mixed = _torchrun(2, args + [f"run_dir={tmp_path / 'mixed'}"])
     assert mixed.returncode == 0, mixed.stderr[-3000:]
-    assert _sorted_lines(tmp_path / "mixed") == _sorted_lines(tmp_path / "one")
+    assert sorted_pred_lines(tmp_path / "mixed") == sorted_pred_lines(tmp_path / "one")
 
 
-def test_rank_files_left_by_a_killed_job_are_merged_by_the_next_session(voc: Path, tmp_path: Path) -> None:
-    args = ["eval", "--no-progress", "backbone=pixels", "dataset=voc07", f"dataset.root={voc}", "num_workers=0"]
+def test_rank_files_left_by_a_killed_job_are_merged_by_the_next_session(voc_mixed12: synthetic.SyntheticVoc,
+                                                                         tmp_path: Path) -> None:
+    args = ["eval", "--no-progress", "backbone=pixels", "dataset=voc07", f"dataset.root={voc_mixed12.root}",
+            "num_workers=0"]
     assert main(args + [f"run_dir={tmp_path / 'full'}"]) == 0
     lines = (tmp_path / "full" / "preds.jsonl").read_text().splitlines()
     cut = tmp_path / "cut"
@@ -86,7 +79,7 @@ def test_rank_files_left_by_a_killed_job_are_merged_by_the_next_session(voc: Pat
                                                         *lines[4:7], lines[9]]}
     assert set(RunDir(cut).read_predictions()) == seen, "readers see unmerged rank files (not half lines)"
     assert main(args + [f"run_dir={cut}"]) == 0
-    assert _sorted_lines(cut) == _sorted_lines(tmp_path / "full")
+    assert sorted_pred_lines(cut) == sorted_pred_lines(tmp_path / "full")
     ids = [json.loads(line)["image_id"] for line in (cut / "preds.jsonl").read_text().splitlines()]
     assert len(ids) == len(set(ids)) == 12
     assert not list(cut.glob("preds.rank*.jsonl"))

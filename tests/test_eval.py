@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import synthetic
+from helpers import sorted_pred_lines
 from lostreg.cli.main import main
 from lostreg.evaluation import runner
 from lostreg.evaluation.engine import DiscoveryEngine
@@ -40,10 +41,6 @@ def read_preds(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "preds.jsonl").read_text().splitlines()]
 
 
-def sorted_lines(run_dir: Path) -> list[str]:
-    return sorted((run_dir / "preds.jsonl").read_text().splitlines())
-
-
 def metrics_without_timings(run_dir: Path) -> dict:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     metrics.pop("timings")
@@ -54,26 +51,10 @@ def voc_gt(images: list[synthetic.SyntheticImage]) -> dict[str, list[tuple[int, 
     return {im.image_id: [o.box_xyxy for o in im.objects] for im in images}
 
 
-@pytest.fixture(scope="module")
-def simple_voc(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[synthetic.SyntheticImage]]:
-    root = tmp_path_factory.mktemp("voc_simple")
-    images = synthetic.write_voc_dataset(
-        root, n_images=30, sizes=((500, 375), (375, 500)), max_objects=1, seed=3, scene="simple"
-    )
-    return root, images
-
-
-@pytest.fixture(scope="module")
-def small_voc(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[synthetic.SyntheticImage]]:
-    root = tmp_path_factory.mktemp("voc_small")
-    images = synthetic.write_voc_dataset(root, n_images=12, seed=4, sizes=((160, 120), (120, 160), (150, 100)))
-    return root, images
-
-
 def test_pixels_baseline_on_simple_single_object_scenes(
-    simple_voc: tuple[Path, list], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    voc_simple30: synthetic.SyntheticVoc, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    root, images = simple_voc
+    root, images = voc_simple30
     run_dir = tmp_path / "run"
     code = main(["eval", "--no-progress", "backbone=pixels", "dataset=voc07", f"dataset.root={root}",
                  "batch_size=8", "num_workers=2", f"run_dir={run_dir}"])
@@ -94,9 +75,9 @@ def test_pixels_baseline_on_simple_single_object_scenes(
 
 
 def test_random_vit_end_to_end_matches_independent_corloc(
-    small_voc: tuple[Path, list], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    voc_mixed12: synthetic.SyntheticVoc, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    root, images = small_voc
+    root, images = voc_mixed12
     run_dir = tmp_path / "vit"
     code = main(["eval", "--no-progress", "backbone=dinov2_reg", "weights=random", "dataset=voc07",
                  f"dataset.root={root}", "num_workers=0", f"run_dir={run_dir}"])
@@ -113,22 +94,23 @@ def test_random_vit_end_to_end_matches_independent_corloc(
         assert x1 % 14 == 0 and y1 % 14 == 0, "boxes start on the patch grid"
 
 
-def test_batch_size_never_changes_a_box(simple_voc: tuple[Path, list], tmp_path: Path) -> None:
+def test_batch_size_never_changes_a_box(voc_simple30: synthetic.SyntheticVoc, tmp_path: Path) -> None:
     """Batch 1 and batch 8 (VOC's 500x375 / 375x500 sizes) give identical predictions.
 
     Bitwise-identical features need batch-invariant float kernels; on CPU they are at these
     sizes (README: tiny images of a few patches may differ in the last bit).
     """
-    root, _ = simple_voc
+    root, _ = voc_simple30
     for batch, workers in ((1, 0), (8, 2)):
         assert main(["eval", "--no-progress", "backbone=dino", "weights=random", "dataset=voc07",
                      f"dataset.root={root}", f"batch_size={batch}", f"num_workers={workers}",
                      f"run_dir={tmp_path / str(batch)}"]) == 0
-    assert sorted_lines(tmp_path / "1") == sorted_lines(tmp_path / "8")
+    assert sorted_pred_lines(tmp_path / "1") == sorted_pred_lines(tmp_path / "8")
 
 
-def test_coco_format_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    coco = synthetic.write_coco_dataset(tmp_path / "coco", n_images=8, seed=5, crowd_images=(0, 3))
+def test_coco_format_dataset(coco_crowds8: synthetic.SyntheticCoco, tmp_path: Path,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    coco = coco_crowds8
     run_dir = tmp_path / "run"
     code = main(["eval", "--no-progress", "backbone=pixels", "dataset=coco",
                  f"dataset.annotation_json={coco.annotation_json}", f"dataset.image_dir={coco.image_dir}",
@@ -142,8 +124,9 @@ def test_coco_format_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert all(len(p["gt_boxes_xyxy"]) == len(gt[p["image_id"]]) for p in preds), "crowd boxes are not GT"
 
 
-def test_coco20k_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    coco = synthetic.write_coco20k_root(tmp_path / "COCO", n_images=6, seed=6)
+def test_coco20k_layout(coco20k_layout: synthetic.SyntheticCoco, tmp_path: Path,
+                        capsys: pytest.CaptureFixture[str]) -> None:
+    coco = coco20k_layout.copy_to(tmp_path / "COCO")  # eval writes its subset cache into <root>/annotations
     chosen = [int(im.image_id) for im in coco.images[:4]]
     filelist = synthetic.write_coco20k_filelist(tmp_path / "list.txt", chosen)
     code = main(["eval", "--no-progress", "backbone=pixels", "dataset=coco20k", f"dataset.root={tmp_path / 'COCO'}",
@@ -169,26 +152,27 @@ def test_bad_image_is_recorded_and_the_run_goes_on(tmp_path: Path, capsys: pytes
     assert "1 images failed" in captured.err
 
 
-def test_run_dir_of_another_config_is_refused(small_voc: tuple[Path, list], tmp_path: Path,
+def test_run_dir_of_another_config_is_refused(voc_mixed12: synthetic.SyntheticVoc, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
-    root, _ = small_voc
+    root, _ = voc_mixed12
     base = ["eval", "--no-progress", "backbone=pixels", "dataset=voc07", f"dataset.root={root}",
             "num_workers=0", f"run_dir={tmp_path / 'run'}"]
     assert main(base) == 0
-    before = sorted_lines(tmp_path / "run")
+    before = sorted_pred_lines(tmp_path / "run")
     assert main(base + ["lost.k_patches=50"]) == 2
     err = capsys.readouterr().err
     assert "another configuration" in err and "lost.k_patches: 100 in the run dir, 50 now" in err
-    assert sorted_lines(tmp_path / "run") == before
+    assert sorted_pred_lines(tmp_path / "run") == before
     # Execution settings cannot change a box, so they may differ on resume.
     assert main(base + ["batch_size=3"]) == 0
-    assert sorted_lines(tmp_path / "run") == before
+    assert sorted_pred_lines(tmp_path / "run") == before
 
 
 def test_keyboard_interrupt_then_resume_equals_uninterrupted(
-    small_voc: tuple[Path, list], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    voc_mixed12: synthetic.SyntheticVoc, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    root, _ = small_voc
+    root, _ = voc_mixed12
     args = ["eval", "--no-progress", "backbone=dino", "weights=random", "dataset=voc07", f"dataset.root={root}",
             "batch_size=2", "num_workers=0"]
     assert main(args + [f"run_dir={tmp_path / 'full'}"]) == 0
@@ -210,7 +194,7 @@ def test_keyboard_interrupt_then_resume_equals_uninterrupted(
     assert json.loads((tmp_path / "cut" / "metrics.json").read_text())["complete"] is False
     monkeypatch.setattr(DiscoveryEngine, "process", real)
     assert main(args + [f"run_dir={tmp_path / 'cut'}"]) == 0
-    assert sorted_lines(tmp_path / "cut") == sorted_lines(tmp_path / "full")
+    assert sorted_pred_lines(tmp_path / "cut") == sorted_pred_lines(tmp_path / "full")
     assert metrics_without_timings(tmp_path / "cut") == metrics_without_timings(tmp_path / "full")
     sessions = json.loads((tmp_path / "cut" / "run.json").read_text())["sessions"]
     assert [s["interrupted"] for s in sessions] == [True, False]
@@ -243,8 +227,9 @@ _KILLER = textwrap.dedent("""
 """)
 
 
-def test_sigkill_mid_write_then_resume_equals_uninterrupted(small_voc: tuple[Path, list], tmp_path: Path) -> None:
-    root, _ = small_voc
+def test_sigkill_mid_write_then_resume_equals_uninterrupted(voc_mixed12: synthetic.SyntheticVoc,
+                                                            tmp_path: Path) -> None:
+    root, _ = voc_mixed12
     args = ["eval", "--no-progress", "backbone=pixels", "dataset=voc07", f"dataset.root={root}",
             "batch_size=2", "num_workers=2"]
     assert main(args + [f"run_dir={tmp_path / 'full'}"]) == 0
@@ -258,15 +243,15 @@ def test_sigkill_mid_write_then_resume_equals_uninterrupted(small_voc: tuple[Pat
     resumed = subprocess.run([sys.executable, "-m", "lostreg.cli.main", *args, f"run_dir={tmp_path / 'cut'}"],
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    assert sorted_lines(tmp_path / "cut") == sorted_lines(tmp_path / "full")
+    assert sorted_pred_lines(tmp_path / "cut") == sorted_pred_lines(tmp_path / "full")
     assert metrics_without_timings(tmp_path / "cut") == metrics_without_timings(tmp_path / "full")
     ids = [p["image_id"] for p in read_preds(tmp_path / "cut")]
     assert len(ids) == len(set(ids)) == 12, "no image counted twice"
 
 
-def test_multirun_sweeps_and_prints_the_table(small_voc: tuple[Path, list], tmp_path: Path,
+def test_multirun_sweeps_and_prints_the_table(voc_mixed12: synthetic.SyntheticVoc, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
-    root, _ = small_voc
+    root, _ = voc_mixed12
     code = main(["eval", "--multirun", "--no-progress", "backbone=pixels", "dataset=voc07", f"dataset.root={root}",
                  "lost.k_patches=10,100", "num_workers=0", f"run_dir={tmp_path}/k${{lost.k_patches}}"])
     out = capsys.readouterr().out
@@ -275,9 +260,9 @@ def test_multirun_sweeps_and_prints_the_table(small_voc: tuple[Path, list], tmp_
     assert out.count("CorLoc: ") == 2 and "|" in out
 
 
-def test_folder_dataset_has_boxes_but_no_corloc(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    images = synthetic.write_voc_dataset(tmp_path / "voc", n_images=3, seed=8)
-    folder = images[0].path.parent
+def test_folder_dataset_has_boxes_but_no_corloc(voc3: synthetic.SyntheticVoc, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    folder = voc3.image_dir
     code = main(["eval", "--no-progress", "backbone=pixels", "dataset=folder", f"dataset.root={folder}",
                  "num_workers=0", f"run_dir={tmp_path / 'run'}"])
     out = capsys.readouterr().out
@@ -299,11 +284,11 @@ def test_bad_override_is_one_clear_error(capsys: pytest.CaptureFixture[str]) -> 
     assert "backbone/nonexistent" in err and "dinov2_reg" in err
 
 
-def test_a_killed_run_is_visible_and_honest(small_voc: tuple[Path, list], tmp_path: Path,
+def test_a_killed_run_is_visible_and_honest(voc_mixed12: synthetic.SyntheticVoc, tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     """After SIGKILL, metrics.json reflects the batches done (complete: false): compare, report and
     export all show the partial run as incomplete, and resuming says how much was done."""
-    root, _ = small_voc
+    root, _ = voc_mixed12
     args = ["eval", "--no-progress", "backbone=pixels", "dataset=voc07", f"dataset.root={root}",
             "batch_size=2", "num_workers=0", f"run_dir={tmp_path / 'cut'}"]
     script = tmp_path / "killer.py"
@@ -327,9 +312,9 @@ def test_a_killed_run_is_visible_and_honest(small_voc: tuple[Path, list], tmp_pa
     assert "already complete (12/12 images)" in capsys.readouterr().err
 
 
-def test_limit_then_complete_and_overwrite(small_voc: tuple[Path, list], tmp_path: Path,
+def test_limit_then_complete_and_overwrite(voc_mixed12: synthetic.SyntheticVoc, tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    root, _ = small_voc
+    root, _ = voc_mixed12
     base = ["eval", "--no-progress", "backbone=pixels", "dataset=voc07", f"dataset.root={root}", "num_workers=0",
             f"run_dir={tmp_path / 'run'}"]
     assert main(base + ["limit=5"]) == 0
@@ -345,11 +330,11 @@ def test_limit_then_complete_and_overwrite(small_voc: tuple[Path, list], tmp_pat
     assert "k_patches: 3" in config and len(read_preds(tmp_path / "run")) == 12
 
 
-def test_default_run_dir_names_what_changes_results(small_voc: tuple[Path, list], tmp_path: Path,
+def test_default_run_dir_names_what_changes_results(voc_mixed12: synthetic.SyntheticVoc, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """The split, no_hard and weights are in the default run directory; an equivalent spelling of
     the dataset root (VOCdevkit itself) resumes the same run."""
-    root, _ = small_voc
+    root, _ = voc_mixed12
     monkeypatch.chdir(tmp_path)
     base = ["eval", "--no-progress", "backbone=pixels", "dataset=voc07", "num_workers=0"]
     assert main(base + [f"dataset.root={root}"]) == 0
@@ -359,9 +344,9 @@ def test_default_run_dir_names_what_changes_results(small_voc: tuple[Path, list]
     assert runs == ["outputs/voc07/pixels/k_layer-1_k100_bias0.0", "outputs/voc07_nohard/pixels/k_layer-1_k100_bias0.0"]
 
 
-def test_multirun_prints_the_table_of_the_runs_that_ran(small_voc: tuple[Path, list], tmp_path: Path,
+def test_multirun_prints_the_table_of_the_runs_that_ran(voc_mixed12: synthetic.SyntheticVoc, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    root, _ = small_voc
+    root, _ = voc_mixed12
     code = main(["eval", "--multirun", "--no-progress", "backbone=pixels", "dataset=voc07", f"dataset.root={root}",
                  "lost.k_patches=10,0", "num_workers=0", f"run_dir={tmp_path}/k${{lost.k_patches}}"])
     captured = capsys.readouterr()
@@ -370,8 +355,9 @@ def test_multirun_prints_the_table_of_the_runs_that_ran(small_voc: tuple[Path, l
     assert not (tmp_path / "k0").exists()
 
 
-def test_bf16_is_its_own_run(small_voc: tuple[Path, list], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    root, _ = small_voc
+def test_bf16_is_its_own_run(voc_mixed12: synthetic.SyntheticVoc, tmp_path: Path,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    root, _ = voc_mixed12
     monkeypatch.chdir(tmp_path)
     base = ["eval", "--no-progress", "backbone=dino", "weights=random", "dataset=voc07", f"dataset.root={root}",
             "num_workers=0", "limit=2"]

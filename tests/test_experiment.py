@@ -16,6 +16,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning"
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This file's own root (not conftest's): VOC07, VOC12 and COCO20k of 3-4 tiny images each, in
+    the layout the experiment reads, which its COCO20k run writes a cache into."""
     root = tmp_path_factory.mktemp("data")
     sizes = ((64, 48), (48, 64))
     synthetic.write_voc_dataset(root, year="2007", n_images=3, seed=1, sizes=sizes)
@@ -55,10 +57,10 @@ def test_registers_gap_end_to_end_and_resume(data_root: Path, tmp_path: Path, mo
     assert capsys.readouterr().err.count("already complete") == 9
 
 
-def test_a_missing_dataset_stops_the_experiment_before_any_backbone(tmp_path: Path,
+def test_a_missing_dataset_stops_the_experiment_before_any_backbone(voc_small: synthetic.SyntheticVoc,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    synthetic.write_voc_dataset(tmp_path, year="2007", n_images=2, seed=1, sizes=((64, 48),))
-    assert main(["experiment", "registers_gap", f"data_root={tmp_path}", "weights=random"]) == 2
+    # A data root with VOC2007 only (conftest's 2-image set; its content does not matter here).
+    assert main(["experiment", "registers_gap", f"data_root={voc_small.root}", "weights=random"]) == 2
     err = capsys.readouterr().err
     assert "VOC2012" in err and "RANDOM" not in err, "no backbone was built"
     assert main(["experiment", "nosuch", "data_root=x"]) == 2

@@ -15,7 +15,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 import synthetic
-from lostreg.cli.main import main
+from helpers import eval_pixels, run_command
 from lostreg.datasets.voc import parse_voc_xml
 from lostreg.evaluation.ap import pseudo_box_ap
 from lostreg.export import (
@@ -44,6 +44,7 @@ class VocRun:
 
 @pytest.fixture(scope="module")
 def voc_run(tmp_path_factory: pytest.TempPathFactory) -> VocRun:
+    """This file's own set (not conftest's: odd sizes, one image truncated) and its eval run."""
     base = tmp_path_factory.mktemp("export_voc")
     root = base / "data"
     # Odd sizes, so that the YOLO normalisation cannot be exact in binary.
@@ -51,17 +52,14 @@ def voc_run(tmp_path_factory: pytest.TempPathFactory) -> VocRun:
                                          sizes=((161, 121), (121, 163), (150, 97)))
     images[BAD].path.write_bytes(images[BAD].path.read_bytes()[:200])  # truncated JPEG
     run_dir = base / "run"
-    assert main(["eval", "--no-progress", "backbone=pixels", "dataset=voc07", f"dataset.root={root}",
-                 "num_workers=0", f"run_dir={run_dir}"]) == 0
+    eval_pixels(root, run_dir)
     run = VocRun(root, images, run_dir)
     assert len(run.preds) == 10 and run.preds[run.bad_id]["box_xyxy"] is None
     return run
 
 
-def export(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(["export", *map(str, args)])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+def export(args: list[object], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    return run_command(capsys, "export", *args)
 
 
 def expected_quality_line(preds: list[dict]) -> str:

@@ -7,9 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from lostreg.cli.main import main
 from lostreg.config import compose_config
@@ -45,36 +43,28 @@ def test_users_data_defaults_to_discovers_max_size_published_data_to_native() ->
         assert compose_config([f"dataset={dataset}"]).max_size is None
 
 
-@pytest.fixture(scope="module")
-def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(0)
-    x = np.linspace(0, 1, 3200)[None, :, None]
-    image = (170 + 60 * x + rng.normal(0, 8, (2400, 3200, 3))).clip(0, 255).astype(np.uint8)
-    image[800:1600, 1000:2200] = (40, 60, 30)
-    Image.fromarray(image).save(folder / "photo.jpg", quality=90)
-    return folder
-
-
-def test_a_run_that_cannot_fit_stops_before_any_write(photo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_a_run_that_cannot_fit_stops_before_any_write(big_photo_folder: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     import lostreg.memory as memory
 
     monkeypatch.setattr(memory, "available_memory_bytes", lambda device: 8 * GIB)
     code = main(["eval", "--no-progress", "backbone=pixels", "method=tokencut", "dataset=folder",
-                 f"dataset.root={photo}", "max_size=null", "num_workers=0", f"run_dir={tmp_path / 'run'}"])
+                 f"dataset.root={big_photo_folder}", "max_size=null", "num_workers=0",
+                 f"run_dir={tmp_path / 'run'}"])
     err = capsys.readouterr().err
     assert code == 2 and "photo.jpg: 3200x2400 px is 30000 patches" in err and "max_size=" in err
     assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow
-def test_a_3200x2400_photo_at_native_resolution_in_bounded_memory(photo: Path, tmp_path: Path) -> None:
+def test_a_3200x2400_photo_at_native_resolution_in_bounded_memory(big_photo_folder: Path, tmp_path: Path) -> None:
     """LOST on 30k patches (pixels backbone, no resize): peak resident memory under 3 GiB (16 GB
     when LOST held the N x N Gram matrix), and the object is found."""
     code = (
         "import resource, sys; from lostreg.cli.main import main; "
-        f"rc = main(['eval', '--no-progress', 'backbone=pixels', 'dataset=folder', 'dataset.root={photo}', "
+        "rc = main(['eval', '--no-progress', 'backbone=pixels', 'dataset=folder', "
+        f"'dataset.root={big_photo_folder}', "
         f"'max_size=null', 'num_workers=0', 'run_dir={tmp_path / 'run'}']); "
         "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)"
     )

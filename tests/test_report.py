@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 
 import synthetic
+from helpers import eval_pixels, preds_by_id
 from lostreg.cli.main import main
 from lostreg.report import ReportError, ReportRun, build_report, load_report_runs
 from lostreg.report.html import run_label
@@ -116,33 +117,22 @@ def parse_page(text: str) -> Node:
     return page
 
 
-def read_preds(run_dir: Path) -> dict[str, dict[str, Any]]:
-    lines = (run_dir / "preds.jsonl").read_text().splitlines()
-    return {str(p["image_id"]): p for p in map(json.loads, lines)}
-
-
 def expected_hits(runs: dict[str, Path], image_id: str) -> str:
-    return ",".join("1" if read_preds(d)[image_id]["hit"] else "0" for d in runs.values())
+    return ",".join("1" if preds_by_id(d)[image_id]["hit"] else "0" for d in runs.values())
 
 
 def hit_by_missed_by(runs: dict[str, Path], a: str, b: str) -> set[str]:
     """Ids hit by run ``a`` and missed by run ``b``, from preds.jsonl."""
-    pa, pb = read_preds(runs[a]), read_preds(runs[b])
+    pa, pb = preds_by_id(runs[a]), preds_by_id(runs[b])
     return {i for i in pa if pa[i]["hit"] and not pb[i]["hit"]}
 
 
-def eval_run(root: Path, run_dir: Path, *overrides: str, dataset: str = "voc07") -> Path:
-    assert main(["eval", "--no-progress", "backbone=pixels", f"dataset={dataset}", f"dataset.root={root}",
-                 "num_workers=0", f"run_dir={run_dir}", *overrides]) == 0
-    return run_dir
-
-
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def runs(voc_simple12: synthetic.SyntheticVoc, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    assert len(voc_simple12.images) == N_IMAGES
     base = tmp_path_factory.mktemp("report_runs")
-    synthetic.write_voc_dataset(base / "voc", n_images=N_IMAGES, seed=6, sizes=synthetic.SMALL_SIZES,
-                                max_objects=3, scene="simple")
-    out = {label: eval_run(base / "voc", base / f"run_{label}", *extra) for label, extra in PROTOCOLS.items()}
+    out = {label: eval_pixels(voc_simple12.root, base / f"run_{label}", *extra)
+           for label, extra in PROTOCOLS.items()}
     # The premise of the filter tests: each of A and B hits an image the other misses.
     assert hit_by_missed_by(out, "A", "B") and hit_by_missed_by(out, "B", "A")
     return out
@@ -184,9 +174,10 @@ def test_table_shows_each_runs_corloc(runs: dict[str, Path], report_page: Path) 
     assert rows["A"][3] == "default" and rows["B"][3] == "k=1" and rows["C"][3] == "max_size=80"
 
 
-def test_lost_and_tokencut_runs_share_the_table(runs: dict[str, Path], tmp_path: Path) -> None:
+def test_lost_and_tokencut_runs_share_the_table(runs: dict[str, Path], voc_simple12: synthetic.SyntheticVoc,
+                                                tmp_path: Path) -> None:
     """A TokenCut run beside a LOST run: each named by its method in the table, the legend and the title."""
-    cut = eval_run(runs["A"].parent / "voc", tmp_path / "cut", "method=tokencut")
+    cut = eval_pixels(voc_simple12.root, tmp_path / "cut", "method=tokencut")
     report = build_report(load_report_runs([runs["A"], cut]))
     page = parse_page(report.html)
     rows = {}
@@ -203,7 +194,7 @@ def test_lost_and_tokencut_runs_share_the_table(runs: dict[str, Path], tmp_path:
     assert "TokenCut pixels [default]" in page.find_all("title")[0].text
     # The gallery's boxes are the TokenCut run's own.
     items = {item.attrs["data-id"]: item for item in page.by_id("gallery").find_all("figure", "item")}
-    preds = read_preds(cut)
+    preds = preds_by_id(cut)
     assert set(items) == set(preds)
     assert all(item.attrs["data-hits"].split(",")[1] == ("1" if preds[i]["hit"] else "0") for i, item in items.items())
 
@@ -211,7 +202,7 @@ def test_lost_and_tokencut_runs_share_the_table(runs: dict[str, Path], tmp_path:
 def test_gallery_has_one_item_per_image_with_hits_from_preds(runs: dict[str, Path], report_page: Path) -> None:
     page = parse_page(report_page.read_text())
     items = page.by_id("gallery").find_all("figure", "item")
-    preds_a = read_preds(runs["A"])
+    preds_a = preds_by_id(runs["A"])
     assert sorted(item.attrs["data-id"] for item in items) == sorted(preds_a)
     assert len(items) == N_IMAGES
     for item in items:
@@ -304,11 +295,13 @@ def test_link_images_writes_files_beside_the_page(linked_page: Path) -> None:
         assert (linked_page.parent / src.replace("%20", " ")).is_file()
 
 
-def test_failed_images_get_an_error_badge(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    images = synthetic.write_voc_dataset(tmp_path / "voc", n_images=4, seed=7)
+def test_failed_images_get_an_error_badge(voc4: synthetic.SyntheticVoc, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    voc = voc4.copy_to(tmp_path / "voc")  # a copy to damage
+    images = voc.images
     images[1].path.write_bytes(images[1].path.read_bytes()[:200])  # truncated JPEG: LOST fails on it
-    a = eval_run(tmp_path / "voc", tmp_path / "a")
-    b = eval_run(tmp_path / "voc", tmp_path / "b", "lost.k_patches=1")
+    a = eval_pixels(voc.root, tmp_path / "a")
+    b = eval_pixels(voc.root, tmp_path / "b", "lost.k_patches=1")
     output = tmp_path / "report.html"
     capsys.readouterr()
     assert main(["report", str(a), str(b), "-o", str(output), "--no-progress"]) == 0
@@ -318,7 +311,7 @@ def test_failed_images_get_an_error_badge(tmp_path: Path, capsys: pytest.Capture
     assert bad.attrs["data-errors"] == "1,1" and bad.attrs["data-hits"] == "0,0"
     badges = bad.find_all("span", "badge")
     assert [badge.text for badge in badges] == ["error", "error"]
-    error = read_preds(a)[images[1].image_id]["error"]
+    error = preds_by_id(a)[images[1].image_id]["error"]
     assert bad.find_all("span", "error")[0].attrs["title"] == error
     assert "image unavailable" in bad.find_all("div", "noimg")[0].text
     assert "errors (1)" in [b.text for b in page.find_all("button", "quick")]
@@ -327,10 +320,10 @@ def test_failed_images_get_an_error_badge(tmp_path: Path, capsys: pytest.Capture
 # ------------------------------------------------------------------------------ refusals
 
 
-def test_runs_on_different_datasets_are_refused(runs: dict[str, Path], tmp_path: Path,
+def test_runs_on_different_datasets_are_refused(runs: dict[str, Path], voc12_set: synthetic.SyntheticVoc,
+                                                voc_simple12: synthetic.SyntheticVoc, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    synthetic.write_voc_dataset(tmp_path / "voc12", year="2012", n_images=3, seed=1)
-    voc12 = eval_run(tmp_path / "voc12", tmp_path / "voc12_run", dataset="voc12")
+    voc12 = eval_pixels(voc12_set.root, tmp_path / "voc12_run", dataset="voc12")
     output = tmp_path / "report.html"
     capsys.readouterr()
     assert main(["report", str(runs["A"]), str(voc12), "-o", str(output), "--no-progress"]) == 2
@@ -340,8 +333,7 @@ def test_runs_on_different_datasets_are_refused(runs: dict[str, Path], tmp_path:
     assert not output.exists()
 
     # Same dataset name, other ground truth (difficult objects dropped): also another dataset.
-    voc07_root = runs["A"].parent / "voc"
-    no_hard = eval_run(voc07_root, tmp_path / "no_hard", "dataset.no_hard=true")
+    no_hard = eval_pixels(voc_simple12.root, tmp_path / "no_hard", "dataset.no_hard=true")
     with pytest.raises(ReportError, match="different datasets.*no_hard=True"):
         load_report_runs([runs["A"], no_hard])
 
@@ -370,7 +362,7 @@ def test_preds_are_read_without_touching_the_file(runs: dict[str, Path], tmp_pat
         f.write('{"image_id": "cut sh')
     before = preds.read_bytes()
     [run] = load_report_runs([run_dir])
-    assert run.preds == read_preds(runs["A"])
+    assert run.preds == preds_by_id(runs["A"])
     assert run.dataset_config["name"] == "voc07" and run.dataset_config["root"]
     assert preds.read_bytes() == before
 
@@ -478,7 +470,7 @@ def test_report_renders_and_filters_in_headless_chromium(
     _wait_for_first_image(driver)
 
     count = driver.find_element(By.ID, "shown-count")
-    assert _visible_ids(driver) == set(read_preds(runs["A"]))
+    assert _visible_ids(driver) == set(preds_by_id(runs["A"]))
     assert count.text == f"{N_IMAGES} of {N_IMAGES} images shown"
 
     for a, b in (("A", "B"), ("B", "A"), ("B", "C")):
@@ -493,7 +485,7 @@ def test_report_renders_and_filters_in_headless_chromium(
     # The selects alone: everything run C missed.
     driver.find_element(By.XPATH, "//button[starts-with(normalize-space(.), 'all')]").click()
     Select(driver.find_element(By.ID, "missed-by")).select_by_value("2")
-    missed_by_c = {i for i, p in read_preds(runs["C"]).items() if not p["hit"]}
+    missed_by_c = {i for i, p in preds_by_id(runs["C"]).items() if not p["hit"]}
     assert _visible_ids(driver) == missed_by_c
     driver.find_element(By.XPATH, "//button[starts-with(normalize-space(.), 'hit by A, missed by B')]").click()
     driver.save_screenshot(str(tmp_path / "report.png"))  # for a human look; not kept
@@ -510,8 +502,8 @@ def test_failure_text_wraps_inside_its_card_in_headless_chromium(chromium: Any, 
     root = tmp_path / ("a_long_folder_name_without_any_space_" * 5) / "voc"
     images = synthetic.write_voc_dataset(root, n_images=3, seed=7)
     images[1].path.write_bytes(images[1].path.read_bytes()[:200])  # truncated: discovery fails, no thumbnail
-    a = eval_run(root, tmp_path / "a")
-    b = eval_run(root, tmp_path / "b", "lost.k_patches=1")
+    a = eval_pixels(root, tmp_path / "a")
+    b = eval_pixels(root, tmp_path / "b", "lost.k_patches=1")
     output = tmp_path / "report.html"
     assert main(["report", str(a), str(b), "-o", str(output), "--no-progress"]) == 0
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import synthetic
+from helpers import sorted_pred_lines
 from lostreg.cli.main import main
 from lostreg.config import compose_config, protocol_from_config
 from lostreg.evaluation.engine import DiscoveryEngine
@@ -20,26 +21,15 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 GRID = ["sweep.which=[k,q]", "sweep.layer=[-1,-2]", "sweep.gram_bias=[0,-0.2]"]
 
 
-@pytest.fixture(scope="module")
-def voc(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("voc")
-    synthetic.write_voc_dataset(root, n_images=8, seed=4, sizes=((160, 120), (120, 160), (150, 100)))
-    return root
-
-
-def base(voc: Path) -> list[str]:
-    return ["--no-progress", "backbone=dino", "weights=random", f"dataset.root={voc}", "dataset=voc07",
+def base(voc: synthetic.SyntheticVoc) -> list[str]:
+    return ["--no-progress", "backbone=dino", "weights=random", f"dataset.root={voc.root}", "dataset=voc07",
             "num_workers=0", "batch_size=4"]
 
 
-def lines_of(run_dir: Path) -> list[str]:
-    return sorted((run_dir / "preds.jsonl").read_text().splitlines())
-
-
 @pytest.fixture(scope="module")
-def swept(voc: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def swept(voc_mixed8: synthetic.SyntheticVoc, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("sweep") / "s"
-    assert main(["sweep", *base(voc), *GRID, f"run_dir={out}"]) == 0
+    assert main(["sweep", *base(voc_mixed8), *GRID, f"run_dir={out}"]) == 0
     return out
 
 
@@ -51,15 +41,16 @@ def test_grid_expansion_and_feature_sets() -> None:
     assert len({p.name for p in grid.configurations}) == 8
 
 
-def test_every_configuration_equals_its_own_eval_run(swept: Path, voc: Path, tmp_path: Path) -> None:
+def test_every_configuration_equals_its_own_eval_run(swept: Path, voc_mixed8: synthetic.SyntheticVoc,
+                                                      tmp_path: Path) -> None:
     configs = sorted(p.name for p in (swept / "configs").iterdir())
     assert len(configs) == 8
     for name, overrides in [("q_layer-2_k100_bias-0.2", ["features.which=q", "features.layer=-2",
                                                           "lost.gram_bias=-0.2"]),
                             ("k_layer-1_k100_bias0.0", [])]:
         assert name in configs
-        assert main(["eval", *base(voc), *overrides, f"run_dir={tmp_path / name}"]) == 0
-        assert lines_of(swept / "configs" / name) == lines_of(tmp_path / name)
+        assert main(["eval", *base(voc_mixed8), *overrides, f"run_dir={tmp_path / name}"]) == 0
+        assert sorted_pred_lines(swept / "configs" / name) == sorted_pred_lines(tmp_path / name)
         metrics = json.loads((swept / "configs" / name / "metrics.json").read_text())
         alone = json.loads((tmp_path / name / "metrics.json").read_text())
         assert {k: metrics[k] for k in ("corloc", "hits", "total", "ap50")} == \
@@ -80,8 +71,8 @@ def test_table_best_first_and_csv(swept: Path, capsys: pytest.CaptureFixture[str
     assert "sweep of 8: best on the same data (oracle)" in capsys.readouterr().out
 
 
-def test_interrupt_then_resume_equals_uninterrupted(swept: Path, voc: Path, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch,
+def test_interrupt_then_resume_equals_uninterrupted(swept: Path, voc_mixed8: synthetic.SyntheticVoc,
+                                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     real = DiscoveryEngine.process  # one call per loader batch
     calls = {"n": 0}
@@ -94,16 +85,16 @@ def test_interrupt_then_resume_equals_uninterrupted(swept: Path, voc: Path, tmp_
 
     monkeypatch.setattr(DiscoveryEngine, "process", interrupt_on_second)
     cut = tmp_path / "cut"
-    assert main(["sweep", *base(voc), *GRID, f"run_dir={cut}"]) == 130
-    partial = lines_of(cut / "configs" / "k_layer-1_k100_bias0.0")
+    assert main(["sweep", *base(voc_mixed8), *GRID, f"run_dir={cut}"]) == 130
+    partial = sorted_pred_lines(cut / "configs" / "k_layer-1_k100_bias0.0")
     assert 0 < len(partial) < 8
     # A configuration that lost its last batch (as after a kill) is completed for that one only.
     victim = cut / "configs" / "q_layer-1_k100_bias0.0" / "preds.jsonl"
     victim.write_text("".join(victim.read_text().splitlines(keepends=True)[:-1]))
     monkeypatch.setattr(DiscoveryEngine, "process", real)
-    assert main(["sweep", *base(voc), *GRID, f"run_dir={cut}"]) == 0
+    assert main(["sweep", *base(voc_mixed8), *GRID, f"run_dir={cut}"]) == 0
     for sub in (swept / "configs").iterdir():
-        assert lines_of(cut / "configs" / sub.name) == lines_of(sub)
+        assert sorted_pred_lines(cut / "configs" / sub.name) == sorted_pred_lines(sub)
     assert "images done in every configuration" in capsys.readouterr().err
 
 
@@ -118,12 +109,12 @@ def test_presets_load_and_eval_takes_their_single_protocol() -> None:
     assert len(grid.feature_keys) == 12
 
 
-def test_select_on_reports_the_configuration_chosen_on_other_data(swept: Path, voc: Path, tmp_path: Path,
+def test_select_on_reports_the_configuration_chosen_on_other_data(swept: Path, voc_mixed8: synthetic.SyntheticVoc,
+                                                                  voc12_set: synthetic.SyntheticVoc, tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    voc12 = tmp_path / "voc12"
-    synthetic.write_voc_dataset(voc12, year="2012", n_images=6, seed=9, sizes=((160, 120),))
+    voc12 = voc12_set.root
     out = tmp_path / "s12"
-    args = [a for a in base(voc) if not a.startswith("dataset")] + [f"dataset.root={voc12}", "dataset=voc12"]
+    args = [a for a in base(voc_mixed8) if not a.startswith("dataset")] + [f"dataset.root={voc12}", "dataset=voc12"]
     assert main(["sweep", *args, *GRID, f"run_dir={out}", f"select_on={swept}"]) == 0
     stdout = capsys.readouterr().out
     chosen = json.loads((swept / "metrics.json").read_text())["best"]["protocol"]

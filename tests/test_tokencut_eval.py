@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 import synthetic
+from helpers import eval_pixels, preds_by_id
 from lostreg.backbones import build_backbone
 from lostreg.boxes import patch_box_to_pixels
 from lostreg.cli.main import main
@@ -30,13 +31,10 @@ SIZES = ((160, 128), (128, 160), (150, 100))
 FLAT_ID = "000002"
 
 
-def read_preds(run_dir: Path) -> dict[str, dict]:
-    lines = (run_dir / "preds.jsonl").read_text().splitlines()
-    return {p["image_id"]: p for p in map(json.loads, lines)}
-
-
 @pytest.fixture(scope="module")
 def voc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This file's own set (not conftest's): sizes chosen for TokenCut's padding and one image
+    replaced by a flat colour, which no other test wants."""
     root = tmp_path_factory.mktemp("voc_tokencut")
     images = synthetic.write_voc_dataset(root, n_images=9, seed=5, sizes=SIZES, max_objects=2, scene="simple")
     flat = next(im for im in images if im.image_id == FLAT_ID)
@@ -46,16 +44,10 @@ def voc(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def eval_run(voc: Path, run_dir: Path, *overrides: str) -> Path:
-    assert main(["eval", "--no-progress", "backbone=pixels", "dataset=voc07", f"dataset.root={voc}",
-                 "num_workers=0", "batch_size=4", f"run_dir={run_dir}", *overrides]) == 0
-    return run_dir
-
-
 @pytest.mark.parametrize("eig", ["torch64", "scipy"])
 def test_eval_boxes_are_tokencut_on_the_pixels_features(voc: Path, tmp_path: Path, eig: str) -> None:
-    run_dir = eval_run(voc, tmp_path / eig, "method=tokencut", f"tokencut.eig={eig}")
-    preds = read_preds(run_dir)
+    run_dir = eval_pixels(voc, tmp_path / eig, "batch_size=4", "method=tokencut", f"tokencut.eig={eig}")
+    preds = preds_by_id(run_dir)
     assert len(preds) == 9
     backbone = build_backbone("pixels")
     for image_id, pred in preds.items():

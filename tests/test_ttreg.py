@@ -602,32 +602,52 @@ def test_calibrate_cli_without_images(tmp_path: Path, capsys: pytest.CaptureFixt
 # --- ttreg=FILE / --ttreg FILE through eval and discover ------------------------------------------
 
 
-def test_eval_and_discover_run_with_a_neuron_file(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+def test_eval_and_discover_run_with_a_neuron_file(lab: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """eval ttreg=FILE and discover --ttreg FILE give the same boxes, and other boxes than without the register.
+
+    The lab's planted model (as a checkpoint file), its one-unit neuron file and its three images
+    (PNG): without the register LOST's seed is a planted artifact patch on every image. LOST with
+    k = 5: with the default k = 100 the seed expansion takes all 64 patches of these 8 x 8 grids
+    and the box is the whole image with or without the register. (A random ``dinov2`` as
+    build_backbone makes it has LayerScale 1e-5: a register moves its keys by ~1e-6 and no box.)
+    """
     import json as _json
 
-    import synthetic
     from lostreg.backbones import build_backbone
     from lostreg.cli.main import main
 
     monkeypatch.chdir(tmp_path)
-    synthetic.write_voc_dataset(tmp_path / "voc", n_images=3, seed=2, sizes=((70, 56),))
-    backbone = build_backbone("dinov2", weights="random", device="cpu")
-    neurons = tmp_path / "s14.json"
-    RegisterNeurons.from_layer_units(backbone, {3: [5, 9], 4: [100]}).save(neurons)
-    args = ["eval", "--no-progress", "backbone=dinov2", "weights=random", "dataset=voc07",
-            f"dataset.root={tmp_path / 'voc'}", "num_workers=0"]
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(_noise_images(2, seed=1) + _noise_images(1, seed=2)):  # the lab's batch
+        Image.fromarray(image).save(folder / f"{i}.png")
+    weights = tmp_path / "planted.pth"
+    torch.save(lab["planted"].model.state_dict(), weights)
+    neurons = lab["one"].save(tmp_path / "planted_unit.json")
+    args = ["eval", "--no-progress", "backbone=dinov2", f"weights={weights}", "dataset=folder",
+            f"dataset.root={folder}", "lost.k_patches=5", "num_workers=0"]
     assert main(args + [f"ttreg={neurons}"]) == 0
-    run = tmp_path / "outputs" / "voc07" / "dinov2_vits14-random-ttreg-s14" / "k_layer-1_k100_bias0.0"
+    run = (tmp_path / "outputs" / "folder_images" / "dinov2_vits14-planted-ttreg-planted_unit"
+           / "k_layer-1_k5_bias0.0_max1024")
     preds = [_json.loads(line) for line in (run / "preds.jsonl").read_text().splitlines()]
     assert len(preds) == 3
-    # The same boxes as discover --ttreg on each image, and other boxes than without the register.
-    images = sorted((tmp_path / "voc" / "VOCdevkit" / "VOC2007" / "JPEGImages").iterdir())
-    capsys.readouterr()
-    assert main(["discover", *map(str, images), "--backbone", "dinov2", "--weights", "random",
-                 "--ttreg", str(neurons), "--no-progress"]) == 0
-    found = {Path(r["image"]).name: r["box_xyxy"] for r in map(_json.loads, capsys.readouterr().out.splitlines())}
-    assert {Path(p["image"]).name: p["box_xyxy"] for p in preds} == found
+
+    def discover(*extra: str) -> dict[str, dict]:
+        capsys.readouterr()
+        assert main(["discover", *map(str, sorted(folder.iterdir())), "--backbone", "dinov2", "--weights",
+                     str(weights), "--k-patches", "5", "--no-progress", *extra]) == 0
+        return {Path(r["image"]).name: r for r in map(_json.loads, capsys.readouterr().out.splitlines())}
+
+    with_register, without = discover("--ttreg", str(neurons)), discover()
+    # The same boxes as discover --ttreg on each image ...
+    assert ({Path(p["image"]).name: p["box_xyxy"] for p in preds}
+            == {k: r["box_xyxy"] for k, r in with_register.items()})
+    # ... and other boxes than without the register, on every image: there the seed is an artifact.
+    differ = {k for k in without if without[k]["box_xyxy"] != with_register[k]["box_xyxy"]}
+    assert differ == {"0.png", "1.png", "2.png"}
+    assert all(tuple(r["seed_rc"]) in CHOSEN_RC for r in without.values())
+    assert not any(tuple(r["seed_rc"]) in CHOSEN_RC for r in with_register.values())
     # A file for another model is refused before anything is written.
     other = tmp_path / "b14.json"
     RegisterNeurons.from_layer_units(build_backbone("dinov2_vitb14", weights="random", device="cpu"),
