@@ -445,10 +445,16 @@ def protocol_from_config(cfg: DictConfig) -> DiscoveryProtocol:
 
 def dataset_kwargs(cfg: DictConfig) -> dict[str, Any]:
     """Keyword arguments for :func:`lostreg.datasets.build_dataset` from ``cfg.dataset``: its kind's
-    :meth:`~lostreg.datasets.registry.DatasetKind.reader_kwargs` (no ``name``, no check-only setting)."""
+    :meth:`~lostreg.datasets.registry.DatasetKind.reader_kwargs` (no ``name``, no check-only setting),
+    the locations made absolute."""
     settings = OmegaConf.to_container(cfg.dataset, resolve=True)
     assert isinstance(settings, dict)
-    return kind_of(settings).reader_kwargs(settings)
+    kind = kind_of(settings)
+    # Absolute locations: the images' paths in preds.jsonl then work from any folder (export, report).
+    for key in kind.location_keys:
+        if settings.get(key) is not None:
+            settings[key] = os.path.abspath(os.path.expanduser(str(settings[key])))
+    return kind.reader_kwargs(settings)
 
 
 # Re-exported for callers that catch configuration problems in one place.

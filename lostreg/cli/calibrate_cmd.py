@@ -102,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
     from lostreg.io.images import collect_image_paths
     from lostreg.preprocess import ImagePreparer
     from lostreg.ttreg.apply import require_forward_edits
-    from lostreg.ttreg.finder import NoOutliersError, SparsityFilter, calibrate
+    from lostreg.io.paths import check_output_file
+    from lostreg.ttreg.finder import NoImagesError, NoOutliersError, SparsityFilter, calibrate
 
     limits = (("--top-k", args.top_k, 1), ("--batch-size", args.batch_size, 1), ("--max-size", args.max_size, 0))
     for flag, value, low in limits:
@@ -113,6 +114,11 @@ def run(args: argparse.Namespace) -> int:
         rule = OutlierRule.parse(args.threshold)
     except ValueError as err:
         _error(f"--threshold: {err}")
+        return 2
+    try:
+        check_output_file(args.output, "--output")  # now, not after the calibration
+    except ConfigError as err:
+        _error(str(err))
         return 2
     paths, problems = collect_image_paths(args.images, recursive=args.recursive)
     for problem in problems:
@@ -164,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     except NoOutliersError as err:
         _error(str(err))
         return 1
-    except ValueError as err:  # e.g. every image failed to load
+    except NoImagesError as err:
         _error(str(err))
         return 2
 

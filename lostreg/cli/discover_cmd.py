@@ -90,6 +90,9 @@ def _png_name(image: str, used: set[str]) -> str:
 
 
 RESULTS_FILE = "discoveries.jsonl"
+#: From this many patches on, discover says what it is doing before the image (a 12-Mpixel photo at
+#: native resolution is 47k-61k patches; VOC images are about 1000).
+LONG_IMAGE_PATCHES = 16384
 
 
 def _remove_stale_pictures(output: Path) -> None:
@@ -141,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
             from lostreg.ttreg import attach_test_time_registers
 
             backbone = attach_test_time_registers(backbone, args.ttreg)
+            print(f"lostreg: {backbone.name} runs with {backbone.forward_edit} ({args.ttreg})", file=sys.stderr)
         engine = DiscoveryEngine(backbone, [protocol], max_size=args.max_size or None, precision=args.precision)
     except errors as err:
         report_user_error(err, as_flag(str(err)))
@@ -202,8 +206,8 @@ class _ReadStage:
                 image = load()
                 prepared = self.engine.preparer(image, name)
                 # A photo too large for this machine at this --max-size: its own error, not an OOM kill.
-                check_fits([(name, prepared.original_hw)], [], self.engine.protocols[0], backbone.patch_size,
-                           backbone.token_width, 1, self.max_size, backbone.device)
+                estimate = check_fits([(name, prepared.original_hw)], [], self.engine.protocols[0],
+                                      backbone.patch_size, backbone.token_width, 1, self.max_size, backbone.device)
             except ImageReadError as err:
                 failed.append(LoadedItem(index, record, None, str(err)))
                 continue
@@ -213,6 +217,12 @@ class _ReadStage:
             except InsufficientMemoryError as err:
                 failed.append(LoadedItem(index, record, None, str(err).replace("max_size=", "--max-size ")))
                 continue
+            if estimate is not None and estimate.patches >= LONG_IMAGE_PATCHES:
+                # Say what is happening before a long silence (a phone photo at --max-size 0).
+                height, width = prepared.image_hw
+                tqdm.write(f"lostreg: {name}: {width}x{height} px is {estimate.patches} patches at "
+                           f"p={backbone.patch_size}, about {estimate.total / 2**30:.1f} GiB; one image this large "
+                           f"takes minutes on a CPU (--max-size {DEFAULT_MAX_SIZE} is faster)", file=sys.stderr)
             if pending and (len(pending) == self.batch_size or prepared.padded_hw != pending[0].prepared.padded_hw):
                 yield flush()
             if self.keep_images:
@@ -227,6 +237,7 @@ class _DiscoverSink:
     picture per image and ``discoveries.jsonl`` (failures recorded there too)."""
 
     def __init__(self, args: argparse.Namespace, random_weights: bool, total: int) -> None:
+        self.ttreg: str | None = str(args.ttreg) if args.ttreg else None
         self.output: Path | None = args.output
         self.random_weights = random_weights
         self.total = total
@@ -262,6 +273,8 @@ class _DiscoverSink:
                 continue
             found = outcome.discovery
             record = found.to_json()
+            if self.ttreg is not None:
+                record["ttreg"] = self.ttreg  # the register neuron file the backbone ran with
             tqdm.write(json.dumps(record), file=sys.stdout)
             sys.stdout.flush()
             if self.output is not None:

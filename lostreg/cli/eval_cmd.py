@@ -1,11 +1,12 @@
-"""``lostreg eval``: CorLoc of LOST on a dataset, configured by hydra overrides.
+"""``lostreg eval``: CorLoc of a discovery method (LOST, TokenCut) on a dataset, configured by hydra overrides.
 
     lostreg eval backbone=dinov2_reg dataset=voc07 dataset.root=/data lost.k_patches=50
     lostreg eval --multirun backbone=dino,dinov2,dinov2_reg dataset=voc07,voc12,coco20k
 
-Exit codes: 0 done (images that failed are recorded in preds.jsonl and counted as misses),
-2 nothing could run (bad config, dataset layout, weights, or a run directory of another
-config), 130 interrupted (everything computed so far is saved; re-run to resume).
+Exit codes: 0 done (images that failed are recorded in preds.jsonl and counted as misses; a
+resume tries them again), 2 nothing could run (bad config, dataset layout, weights, or a run
+directory of another config), 130 interrupted (everything computed so far is saved; re-run to
+resume), 1 a bug stopped the run (its traceback is shown; everything computed so far is saved).
 """
 
 from __future__ import annotations
@@ -19,11 +20,15 @@ from lostreg.cli.common import build_backbone_loudly, error, report_user_error, 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("overrides", nargs="*",
-                        help="hydra overrides: backbone=NAME dataset=voc07|voc12|coco20k|coco|folder "
-                             "dataset.root=... lost.k_patches=100 lost.gram_bias=0 features.which=k "
-                             "features.layer=-1 features.l2_normalize=false weights=pretrained|random|PATH "
-                             "device=auto batch_size=8 num_workers=2 run_dir=...")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="hydra overrides (`lostreg eval --cfg` prints them all): backbone=NAME "
+                             "dataset=voc07|voc12|coco20k|coco|folder dataset.root=DIR weights=pretrained|random|PATH "
+                             "method=lost|tokencut features.which=k|q|v features.layer=-1 "
+                             "features.l2_normalize=false lost.k_patches=100 lost.gram_bias=0 "
+                             "lost.exclude_outliers=false tokencut.tau=0.2 tokencut.eig=torch64 "
+                             "protocol=lost_original|registers_paper|best_of (presets) ttreg=NEURON_FILE "
+                             "precision=fp32|tf32|bf16 max_size=null device=auto batch_size=8 num_workers=2 "
+                             "limit=N overwrite=false run_dir=DIR; flags may come anywhere among them")
     parser.add_argument("--multirun", "-m", action="store_true",
                         help="sweep comma-separated values (backbone=dino,dinov2,dinov2_reg), one run each")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -88,5 +93,6 @@ def _report(metrics: dict, run_dir: Path) -> None:
     else:
         print(f"{metrics['total']} images, no ground truth: boxes in {run_dir / 'preds.jsonl'}")
     if metrics["failed"]:
-        print(f"{metrics['failed']} images failed (counted as misses; see 'error' in preds.jsonl)", file=sys.stderr)
+        print(f"{metrics['failed']} images failed (counted as misses; see 'error' in preds.jsonl; a resume tries "
+              "them again)", file=sys.stderr)
     print(f"run directory: {run_dir}", file=sys.stderr)

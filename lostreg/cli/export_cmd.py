@@ -221,6 +221,7 @@ def _check_image_stems(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lostreg.evaluation.runs import sweep_choice
     from lostreg.export.formats import ExportError, check_output, export_records
     from lostreg.export.readers import default_root, read_run_config, read_run_predictions
     from lostreg.rundir import RunError
@@ -259,6 +260,10 @@ def run(args: argparse.Namespace) -> int:
             return code
     else:
         run_dir = Path(args.run)
+        choice = sweep_choice(run_dir)
+        if choice is not None:  # a sweep: its chosen (or best) configuration's ordinary run directory
+            run_dir, note = choice
+            warning(note)
 
     try:
         records = read_run_predictions(run_dir)

@@ -21,15 +21,15 @@ from lostreg.errors import LostregError
 
 #: name -> (module under lostreg.cli with ``add_arguments(parser)`` and ``run(args) -> int``, help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "discover": ("discover_cmd", "find the main object's box in images"),
-    "eval": ("eval_cmd", "CorLoc of LOST on a dataset (hydra overrides)"),
+    "discover": ("discover_cmd", "find the main object's box in images, folders or globs"),
+    "eval": ("eval_cmd", "CorLoc of a discovery method on a dataset (hydra overrides), resumable"),
     "sweep": ("sweep_cmd", "a grid of protocols on a dataset from one backbone pass per batch"),
     "experiment": ("experiment_cmd", "a whole comparison (e.g. registers_gap) in one command"),
-    "compare": ("compare_cmd", "CorLoc table of eval runs beside published numbers"),
+    "compare": ("compare_cmd", "CorLoc table of eval and sweep runs beside published numbers"),
     "data": ("data_cmd", "check dataset layouts, fetch the COCO20k list"),
     "export": ("export_cmd", "write pseudo-boxes for detector training"),
     "report": ("report_cmd", "self-contained HTML report of eval runs"),
-    "inspect": ("inspect_cmd", "diagnostic figures: token norms, attention, PCA, LOST internals"),
+    "inspect": ("inspect_cmd", "diagnostic figures: token norms, attention, PCA, the method's internals"),
     "calibrate": ("calibrate_cmd", "find a ViT's register neurons (test-time registers) from unlabeled images"),
     "backbones": ("backbones_cmd", "list the backbones lostreg knows"),
 }
@@ -48,7 +48,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """
     parser = argparse.ArgumentParser(
         prog="lostreg",
-        description="Unsupervised object discovery (LOST) with DINO, DINOv2 and DINOv2+registers.",
+        description="Unsupervised object discovery (LOST, TokenCut) with self-supervised Vision Transformers "
+                    "(DINO, DINOv2, DINOv2+registers, DINOv3, test-time registers): boxes, CorLoc beside the "
+                    "published numbers, pseudo-labels, and the diagnostics that show why registers matter.",
     )
     parser.add_argument("--version", action="version", version=f"lostreg {__version__}")
     parser.add_argument("--debug", action="store_true",

@@ -68,6 +68,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(results)} configurations, {job.grid and len(job.grid.feature_keys)} feature sets from one "
           f"backbone pass per batch", file=sys.stderr)
     print(sweep_table_markdown(results, selected.get("selected")))
+    failed = max((int(r.metrics.get("failed") or 0) for r in results), default=0)
+    if failed:  # as eval says it; read failures are the same in every configuration
+        print(f"{failed} images failed (counted as misses; see 'error' in configs/<protocol>/preds.jsonl; a resume "
+              "tries them again)", file=sys.stderr)
     print(f"run directory: {job.run_dir.path} (sweep.csv; one run directory per configuration in configs/)",
           file=sys.stderr)
     return 0

@@ -294,6 +294,8 @@ def table_text(table: Table) -> TableText:
                 why = " ".join(run.variant) or f"{run.num_images} images, not the published {published_size}"
                 footnotes.append(f"not comparable with published numbers: {row.label} "
                                  f"{dataset_label(d)}: {why} ({run.run_dir})")
+            if run is not None and run.sweep_role is not None:
+                footnotes.append(f"{row.label} {dataset_label(d)}: the configuration is {sweep_configuration(run)}")
             if d in published_cols:
                 value = published_value(row, d)
                 cells.append("-" if value is None else f"{value:.1f}")
@@ -320,6 +322,16 @@ def table_text(table: Table) -> TableText:
     return TableText(header, rows, numeric, notes)
 
 
+def sweep_configuration(run: RunSummary) -> str:
+    """The configuration a sweep row stands for, in words: ``which=q layer=-2 bias=-0.2`` (or ``default``)."""
+    parts = [part for part in run.discovery.departures() if not part.startswith("method=")]
+    return " ".join(parts) or DEFAULT_PROTOCOL_TEXT
+
+
+def _has_sweeps(table: Table) -> bool:
+    return any(run.sweep_role is not None for row in table.rows for run in row.runs.values())
+
+
 def to_markdown(table: Table) -> str:
     """Render :func:`table_text` as a markdown table followed by footnotes."""
     text = table_text(table)
@@ -333,8 +345,11 @@ def to_markdown(table: Table) -> str:
 def csv_header(table: Table) -> list[str]:
     """CSV columns of :func:`to_csv`."""
     header = ["row_type", "method", "backbone", "protocol", "random_weights"]
+    sweeps = _has_sweeps(table)
     for d in table.datasets:
         header += [f"{d}_ours", f"{d}_images_done", f"{d}_num_images", f"{d}_complete"]
+        if sweeps:
+            header.append(f"{d}_configuration")
         if d in table.published_columns():
             header.append(f"{d}_published")
     if table.published_columns():
@@ -345,6 +360,7 @@ def csv_header(table: Table) -> list[str]:
 def csv_rows(table: Table) -> list[list[str]]:
     """The rows of :func:`to_csv` (without header): numbers as plain text, empty when missing."""
     published_cols = table.published_columns()
+    sweeps = _has_sweeps(table)
     out = []
     for row in table.rows:
         cells = ["published" if row.is_published_only else "ours", row.method, row.backbone, row.protocol,
@@ -356,6 +372,8 @@ def csv_rows(table: Table) -> list[list[str]]:
             else:
                 cells += ["" if run.corloc is None else repr(run.corloc), str(run.total), str(run.num_images),
                           str(int(run.complete))]
+            if sweeps:
+                cells.append(sweep_configuration(run) if run is not None and run.sweep_role is not None else "")
             if d in published_cols:
                 value = published_value(row, d)
                 cells.append("" if value is None else repr(value))
@@ -370,8 +388,9 @@ def to_csv(table: Table, path: str | Path) -> Path:
 
     ``row_type`` is ``ours`` or ``published``; ``method`` the config value (``lost``,
     ``tokencut``); ``backbone``, ``protocol`` as in the markdown; per dataset ``<d>_ours`` (full precision),
-    ``<d>_images_done``, ``<d>_num_images``, ``<d>_complete`` (0/1) and, for VOC07 /
-    VOC12 / COCO20k, ``<d>_published``. Missing values are empty cells.
+    ``<d>_images_done``, ``<d>_num_images``, ``<d>_complete`` (0/1), when the table has sweep rows
+    ``<d>_configuration`` (the configuration the row stands for, e.g. ``which=q layer=-2``), and, for
+    VOC07 / VOC12 / COCO20k, ``<d>_published``. Missing values are empty cells.
 
     Returns:
         ``path``.

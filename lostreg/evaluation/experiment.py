@@ -37,6 +37,7 @@ from lostreg.datasets.base import DatasetLayoutError, ImageDataset
 from lostreg.errors import LostregError
 from lostreg.evaluation.runner import BackboneBuilder, EvalJob, resolved
 from lostreg.evaluation.sweep import SweepGrid, SweepJob, sweep_identity
+from lostreg.io.paths import check_output_folder
 from lostreg.rundir import RunDir
 
 __all__ = ["Experiment", "ExperimentRun", "experiment_names", "load_experiment"]
@@ -136,7 +137,7 @@ class Experiment:
             # The dataset the configuration is chosen on runs first for each backbone.
             datasets = [select_on] + [d for d in datasets if d != select_on]
         out = Path(own.get("out") or f"outputs/experiment_{name}_{size}" + (f"_{sweep}" if sweep else ""))
-        _check_output_folder(out)
+        check_output_folder(out, "out=")
         data_root = str(Path(own["data_root"]).expanduser())
         runs: list[ExperimentRun] = []
         plan = [(str(b), []) for b in spec.backbones[size]]
@@ -225,8 +226,6 @@ class Experiment:
             if path in run_dirs:
                 # A sweep is reported through its best configuration's ordinary run directory.
                 if self.sweep:
-                    from lostreg.rundir import RunDir
-
                     best = (RunDir(path).read_metrics() or {}).get("best")
                     path = RunDir(path).configuration(best["protocol"]).path if best else path
                 by_dataset.setdefault(run.dataset, []).append(path)
@@ -250,14 +249,3 @@ def _chosen_datasets(spec: DictConfig, chosen: str | None) -> list[str]:
     if unknown or not wanted:
         raise ConfigError(f"datasets={chosen}: this experiment's datasets are {', '.join(names)}")
     return [d for d in names if d in wanted]
-
-
-def _check_output_folder(out: Path) -> None:
-    """Refuse an ``out`` that cannot become a folder (a file, or a file on the way), before any work."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"out={out}: is a file, not a folder")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(f"out={out}: {parent} is a file, not a folder")
-            break

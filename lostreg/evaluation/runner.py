@@ -21,6 +21,7 @@ was computed is written (lines, metrics, the session with its error), then it pr
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -33,6 +34,7 @@ from lostreg.backbones import Backbone, build_backbone, resolve_device
 from lostreg.config import dataset_kwargs, protocol_from_config, run_identity, validate_execution
 from lostreg.datasets import build_dataset
 from lostreg.datasets.base import ImageDataset, ImageRecord
+from lostreg.datasets.registry import kind_of
 from lostreg.discovery import Discovery, ObjectDiscoverer
 from lostreg.evaluation.distributed import DistEnv, shard
 from lostreg.evaluation.engine import DiscoveryEngine, Outcome
@@ -97,9 +99,16 @@ def check_parts(cfg: DictConfig, dataset: ImageDataset | None = None,
 
 
 def resolved(cfg: DictConfig) -> dict[str, Any]:
-    """The config as plain data, interpolations resolved (what ``config.yaml`` holds)."""
+    """The config as plain data, interpolations resolved, the dataset's locations absolute: what
+    ``config.yaml`` holds, so that ``export`` and ``report`` find the images from any folder (the run
+    identity ignores how a location is spelled, :func:`lostreg.config.dataset_identity`)."""
     container = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(container, dict)
+    dataset = container.get("dataset")
+    if isinstance(dataset, dict):
+        for key in kind_of(dataset).location_keys:
+            if dataset.get(key) is not None:
+                dataset[key] = os.path.abspath(os.path.expanduser(str(dataset[key])))
     return container
 
 

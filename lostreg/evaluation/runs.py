@@ -22,7 +22,8 @@ from lostreg.methods import DEFAULT_METHOD
 from lostreg.protocol import DiscoveryProtocol, ProtocolError
 from lostreg.rundir import CONFIG_FILE, METRICS_FILE, RunDir, RunError
 
-__all__ = ["DEFAULT_PROTOCOL_TEXT", "RunError", "RunSummary", "load_run", "load_run_rows", "load_runs"]
+__all__ = ["DEFAULT_PROTOCOL_TEXT", "RunError", "RunSummary", "load_run", "load_run_rows", "load_runs",
+           "sweep_choice"]
 
 #: How a row with its method's default protocol (:class:`~lostreg.protocol.DiscoveryProtocol`
 #: defaults: features and that method's knobs) is named.
@@ -74,6 +75,13 @@ class RunSummary:
     selected_on: str | None = None
     #: The register-neuron file of a run with a test-time register (``ttreg=``), else None.
     ttreg: str | None = None
+    #: Where the row's ``preds.jsonl`` is when it is not ``run_dir`` (a sweep row: its configuration's directory).
+    predictions_dir: Path | None = field(default=None, compare=False)
+
+    @property
+    def source_dir(self) -> Path:
+        """The ordinary run directory holding this row's predictions."""
+        return self.predictions_dir or self.run_dir
 
     @property
     def method(self) -> str:
@@ -245,12 +253,37 @@ def load_run_rows(run_dir: str | Path) -> list[RunSummary]:
         except RunError as err:
             raise RunError(f"{run.path}: sweep configuration {entry['protocol']} unreadable ({err})") from None
         summary = _summary(sub, sub.read_config(), sub.read_metrics() or {})
-        rows.append(dataclasses.replace(summary, run_dir=run.path, sweep_size=size,
+        rows.append(dataclasses.replace(summary, run_dir=run.path, predictions_dir=sub.path, sweep_size=size,
                                         sweep_role="best" if role == "best" else "chosen",
                                         selected_on=entry.get("on")))
     if not rows:
         raise RunError(f"{run.path}: a sweep without results yet")
     return rows
+
+
+def sweep_choice(run_dir: str | Path) -> tuple[Path, str] | None:
+    """For a sweep directory, the configuration that stands for it and a one-line note; None otherwise.
+
+    The configuration chosen on other data (``select_on``) when there is one (the honest choice),
+    else the best one on the sweep's own data (an oracle, said in the note). Its directory is an
+    ordinary run directory (``configs/<protocol>/``) that ``export`` and ``report`` read.
+    """
+    run = RunDir(run_dir)
+    try:
+        metrics = run.read_metrics() or {}
+    except RunError:
+        return None
+    if metrics.get("kind") != "sweep":
+        return None
+    selected = metrics.get("selected")
+    best = _current_best(run, metrics) if not metrics.get("complete") else metrics.get("best")
+    entry, how = ((selected, f"the configuration chosen on {selected.get('on')}") if selected
+                  else (best, "its best configuration on the same data (an oracle)"))
+    if not entry:
+        return None
+    path = run.configuration(str(entry["protocol"])).path
+    return path, (f"{run.path} is a sweep of {len(metrics.get('configurations') or [])} configurations: using {how}, "
+                  f"{entry['protocol']} ({path}); pass another {path.parent}/<protocol> directory for another")
 
 
 def _current_best(run: RunDir, summary: Mapping[str, Any]) -> dict[str, Any] | None:

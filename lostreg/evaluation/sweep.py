@@ -53,6 +53,7 @@ from lostreg.evaluation.runner import (
     build_run_backbone,
     check_memory,
     check_parts,
+    resolved,
     retry_failed,
 )
 from lostreg.io.atomic import atomic_write_text
@@ -235,8 +236,7 @@ class SweepJob:
                     removed += result.run_dir.clear()
                 if removed:
                     log(f"overwrite=true: removed earlier results from {self.run_dir.path}")
-            container = OmegaConf.to_container(self.cfg, resolve=True)
-            assert isinstance(container, dict)
+            container = resolved(self.cfg)
             self.run_dir.pin_config(container, sweep_identity)
             for result in self.results:
                 sub = _configuration_config(container, result.protocol, result.run_dir.path)

@@ -14,6 +14,7 @@ from lostreg.export.records import (
     CATEGORY_NAME,
     ExportResult,
     Record,
+    check_images_exist,
     link_image,
     per_image,
     stale_files,
@@ -80,11 +81,14 @@ def write_yolo(
     * ``failed.txt``.
 
     Raises:
-        ExportError: two images share a file stem, or an image is outside ``root``.
+        ExportError: two images share a file stem, an image is outside ``root``, or (with
+            ``link_images``) an image is not where the run found it.
     """
     out = Path(out_dir)
     result = ExportResult("yolo", out)
     items, failed = per_image(records, root)  # checks every image before writing anything
+    if link_images:
+        check_images_exist(items)
     for it in items:
         result.files.append(write_text_file(out / "labels" / f"{it.stem}.txt", yolo_line(it.box_xyxy, *it.size) + "\n"))
         if link_images:
@@ -145,11 +149,14 @@ def write_voc(
     * ``failed.txt``.
 
     Raises:
-        ExportError: two images share a file stem, or an image is outside ``root``.
+        ExportError: two images share a file stem, an image is outside ``root``, or (with
+            ``link_images``) an image is not where the run found it.
     """
     out = Path(out_dir)
     result = ExportResult("voc", out)
     items, failed = per_image(records, root)  # checks every image before writing anything
+    if link_images:
+        check_images_exist(items)
     for it in items:
         xml = voc_xml(it.box_xyxy, *it.size, it.rel_path)
         result.files.append(write_text_file(out / "Annotations" / f"{it.stem}.xml", xml))

@@ -269,6 +269,20 @@ def stale_files(folder: Path, suffix: str, written: list[Path]) -> list[Path]:
     return sorted(p for p in folder.glob(f"*{suffix}") if p.resolve() not in keep)
 
 
+def check_images_exist(items: Sequence[PerImage]) -> None:
+    """Refuse to link images that are not where the run found them (a link would point nowhere).
+
+    Raises:
+        ExportError: how many are missing, the first few named.
+    """
+    missing = [str(it.record["image"]) for it in items if not Path(str(it.record["image"])).is_file()]
+    if missing:
+        hint = ("; relative paths are relative to the folder the run was made in: export from there"
+                if any(not Path(m).is_absolute() for m in missing) else "")
+        raise ExportError(f"{len(missing)} of {len(items)} images to link do not exist (e.g. "
+                          f"{', '.join(missing[:3])}){hint}")
+
+
 def link_image(target: str, link: Path) -> Path:
     link.parent.mkdir(parents=True, exist_ok=True)
     if link.is_symlink() or link.exists():

@@ -98,7 +98,7 @@ def load_report_runs(paths: Iterable[str | Path]) -> list[ReportRun]:
     """
     runs = []
     for summary in load_runs(paths):  # no on_error: the first bad directory is raised
-        runs.append(ReportRun(summary, _read_preds(summary.run_dir), dict(summary.dataset_config)))
+        runs.append(ReportRun(summary, _read_preds(summary.source_dir), dict(summary.dataset_config)))
     if not runs:
         raise ReportError("no run directory given")
     check_same_dataset(runs)

@@ -68,6 +68,11 @@ class TestTimeRegisters:
             raise ConfigError(f"test-time register mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         object.__setattr__(self, "_units", self.neurons.layer_units())
 
+    def __str__(self) -> str:
+        units = sum(len(u) for u in self._units.values())
+        return (f"one test-time register over {units} MLP unit{'s' if units != 1 else ''} in block"
+                f"{'s' if len(self._units) != 1 else ''} {', '.join(map(str, self.layers))} ({self.mode})")
+
     @property
     def layers(self) -> tuple[int, ...]:
         """Blocks whose MLP is edited (0-based, ascending)."""

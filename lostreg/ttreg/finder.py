@@ -49,6 +49,10 @@ from lostreg.ttreg.defaults import DEFAULT_DETECT_LAYER, DEFAULT_TOP_K
 from lostreg.ttreg.neurons import ModelIdentity, RegisterNeurons, RegisterUnit
 
 
+class NoImagesError(LostregError, ValueError):
+    """Not one calibration image could be read."""
+
+
 class NoOutliersError(LostregError, ValueError):
     """No calibration image had an outlier token, so no unit can be scored."""
 
@@ -213,7 +217,7 @@ def score_units(
         bar.close()
 
     if images == 0:
-        raise ValueError("no calibration images")
+        raise NoImagesError("no calibration images could be read")
     if with_outliers == 0:
         raise NoOutliersError(
             f"none of the {images} images has a patch token above the outlier threshold ({describe_rule(rule)}) at "
