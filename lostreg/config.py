@@ -316,9 +316,9 @@ def _schema_keys(section: str, cfg: DictConfig | None = None) -> list[str] | Non
 def _unknown_key_message(key: str, cfg: DictConfig | None = None) -> str:
     section, _, name = key.rpartition(".")
     known = _schema_keys(section, cfg)
-    where = f"{section} has" if section else "the config has"
-    listed = f"; {where}: {', '.join(known)}" if known else ""
-    return f"unknown key {key}{listed}"
+    where = section or "the config"
+    listed = f" ({', '.join(known)})" if known else ""
+    return f"unknown key {key}: not in {where}{listed}"
 
 
 def _refuse_unknown_keys(cfg: DictConfig) -> None:
