@@ -49,6 +49,7 @@ import yaml
 
 from lostreg.errors import LostregError
 from lostreg.io.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from lostreg.io.paths import check_output_folder
 
 __all__ = [
     "CONFIG_FILE",
@@ -613,19 +614,11 @@ class RunDir:
         before its model is built, not after).
 
         Raises:
-            RunError: the path (or a folder on the way to it) is a file, or cannot be created.
+            ConfigError: the path (or a folder on the way to it) is a file, or cannot be created.
             RunLockedError: another process holds the directory's lock; names that process.
         """
         path = self.path
-        if path.exists() and not path.is_dir():
-            raise RunError(f"{setting}={path}: is a file, not a folder")
-        for parent in path.parents:
-            if parent.exists():
-                if not parent.is_dir():
-                    raise RunError(f"{setting}={path}: {parent} is a file, not a folder")
-                if not os.access(parent, os.W_OK | os.X_OK):
-                    raise RunError(f"{setting}={path}: cannot create it in {parent} (no permission to write there)")
-                break
+        check_output_folder(path, f"{setting}=")
         if self.lock_path.is_file():
             with open(self.lock_path, "a+", encoding="utf-8") as handle:
                 if not _try_lock(handle):

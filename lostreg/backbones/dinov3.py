@@ -140,11 +140,7 @@ class DinoV3Backbone(TimmBackbone):
         batch, rows, cols, dim = x.shape
         rope = model.rope.get_embed(shape=(rows, cols))
         x = x.reshape(batch, rows * cols, dim)
-        prefix = []
-        if model.cls_token is not None:
-            prefix.append(model.cls_token.expand(batch, -1, -1))
-        if model.reg_token is not None:
-            prefix.append(model.reg_token.expand(batch, -1, -1))
+        prefix = self.prefix_tokens(batch)
         return torch.cat(prefix + [x], dim=1), rope
 
     def _pre_blocks(self, x: torch.Tensor) -> torch.Tensor:

@@ -308,6 +308,12 @@ class TimmBackbone(Backbone):
             x = self.run_block(index, x, state.context, reader)
         return state._replace(tokens=x, next_block=stop)
 
+    def prefix_tokens(self, batch: int) -> list["torch.Tensor"]:
+        """The model's prefix tokens, each expanded to the batch, in timm's order: CLS (B, 1, D), then the
+        trained registers (B, R, D); only those the model has."""
+        model = self.model
+        return [token.expand(batch, -1, -1) for token in (model.cls_token, model.reg_token) if token is not None]
+
     def patch_tokens(self, x: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
         """The patch part ``[P : P + rows*cols]`` of a token tensor (B, T, C) -> (B, rows*cols, C)."""
         start = self.num_prefix_tokens

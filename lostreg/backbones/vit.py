@@ -68,11 +68,7 @@ class TimmViTBackbone(TimmBackbone):
         batch, rows, cols, dim = x.shape
         x = x.reshape(batch, rows * cols, dim)
 
-        prefix = []
-        if model.cls_token is not None:
-            prefix.append(model.cls_token.expand(batch, -1, -1))
-        if model.reg_token is not None:
-            prefix.append(model.reg_token.expand(batch, -1, -1))
+        prefix = self.prefix_tokens(batch)
 
         if model.pos_embed is not None:
             # no_embed_class: position embeddings cover patches only (DINOv2+reg in timm);
