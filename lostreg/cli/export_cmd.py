@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from lostreg.cli.common import (
     DEFAULT_MAX_SIZE,
+    add_objects_argument,
     add_precision_argument,
     build_backbone_loudly,
     error,
@@ -89,6 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     found.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
                        help="extra eval config override, e.g. --set lost.k_patches=50 (repeatable)")
     found.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_objects_argument(found)
     add_precision_argument(found)
 
 

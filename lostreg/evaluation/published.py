@@ -188,7 +188,8 @@ def published_match(
     Rules (a row maps only to runs of its own method that follow its protocol):
 
     * pretrained weights, keys of the last layer, no ``features.l2_normalize`` (no published
-      row uses that fixed setting; TokenCut normalises its features itself either way);
+      row uses that fixed setting; TokenCut normalises its features itself either way), one
+      object per image;
     * the method's settings have the reference implementation's values
       (:func:`lostreg.knobs.follows_reference`: their defaults, and for TokenCut's eigen-solver
       ``scipy``, the reference's call, or ``torch64``, not the float32 ``torch32``), except the
@@ -207,6 +208,8 @@ def published_match(
     paper_features = FeatureConfig()  # every published row: raw keys of the last layer
     if key is None or weights != "pretrained" or protocol.features != paper_features:
         return None
+    if protocol.objects != 1:
+        return None  # several objects: box_xyxy is the most confident one, not the published protocol's
     result = published_by_key(key)
     # artifact-aware LOST (exclude_outliers) and torch32 are not the reference's values: no row.
     return result if follows_reference(protocol.method_knobs, result.free_knobs) else None
