@@ -11,7 +11,8 @@ the curve is deterministic. Images without a box (failed, or no prediction) rank
 ``metrics.json`` holds the curve as ``corloc_by_confidence``: a list of
 ``{"top_percent", "images", "hits", "corloc"}`` (CorLoc in percent), or null for a run whose
 lines have no scores (a method without a confidence, lines of earlier versions) or no ground
-truth. :func:`curve_cells` formats it for ``lostreg compare`` and ``lostreg report``.
+truth. :func:`confidence_table` lays the runs of ``lostreg compare`` and ``lostreg report`` out
+as a table: per run its AP50 ranked by the scores, its AP50 in image order, and the curve.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from typing import Any
 
 from lostreg.evaluation.ap import image_order_key
 
-__all__ = ["CURVE_PERCENTS", "confidence_curve", "curve_cells", "curve_header"]
+__all__ = ["CURVE_PERCENTS", "CONFIDENCE_NOTE", "confidence_curve", "confidence_markdown", "confidence_table",
+           "curve_cells", "curve_header"]
 
 #: The shares of images (most confident first) at which the curve is read, in percent.
 CURVE_PERCENTS: tuple[int, ...] = (10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
@@ -80,3 +82,48 @@ def curve_cells(curve: Sequence[Mapping[str, Any]] | None, percents: Sequence[in
     """The curve's CorLoc values as table cells (two decimals), ``-`` where a point is missing."""
     by_percent = {int(point["top_percent"]): point for point in curve or []}
     return [f"{by_percent[p]['corloc']:.2f}" if p in by_percent else "-" for p in percents]
+
+
+CONFIDENCE_NOTE = ("AP50 (scored): class-agnostic AP at IoU 0.5 of every box, ranked by the method's confidence; "
+                   "AP50 (image order): the same boxes all tied, ranked by image order (what a run without "
+                   "confidences gets). top p%: CorLoc (percent) of the p% of images whose most confident box "
+                   "scores highest; a useful confidence makes it fall from left to right.")
+
+
+def _fraction(value: float | None) -> str:
+    return "-" if value is None else f"{100.0 * value:.2f}"
+
+
+def confidence_table(runs: Iterable[Any]) -> tuple[list[str], list[list[str]]] | None:
+    """The runs with a confidence curve or an AP50 as ``(header, rows)``, in the order given.
+
+    Args:
+        runs: :class:`lostreg.evaluation.runs.RunSummary` items (their ``method_label``, ``backbone``,
+            ``protocol``, ``dataset``, ``ap50``, ``image_order_ap50`` and ``confidence_curve``).
+
+    Returns:
+        ``method | backbone | protocol | dataset | AP50 (scored) | AP50 (image order) | top 10% | ...``
+        (AP50 in percent, two decimals), or None when no run has either.
+    """
+    rows = []
+    for run in runs:
+        if run.confidence_curve is None and run.ap50 is None:
+            continue
+        rows.append([run.method_label, run.backbone, run.protocol, run.dataset, _fraction(run.ap50),
+                     _fraction(run.image_order_ap50), *curve_cells(run.confidence_curve)])
+    if not rows:
+        return None
+    header = ["method", "backbone", "protocol", "dataset", "AP50 (scored)", "AP50 (image order)", *curve_header()]
+    return header, rows
+
+
+def confidence_markdown(runs: Iterable[Any]) -> str | None:
+    """:func:`confidence_table` as a markdown section (title, table, note), or None."""
+    table = confidence_table(runs)
+    if table is None:
+        return None
+    header, rows = table
+    lines = ["CorLoc of the most confident images", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n\n" + CONFIDENCE_NOTE + "\n"

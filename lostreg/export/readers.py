@@ -35,7 +35,10 @@ __all__ = [
     "LabelBox",
     "RunNotFoundError",
     "VocLabels",
+    "coco_labels",
     "default_root",
+    "detectron2_labels",
+    "load_json",
     "parse_yolo_line",
     "read_coco_json",
     "read_detectron2_file",
@@ -187,7 +190,7 @@ def _score(entry: Mapping[str, Any], where: str) -> float | None:
     return float(_number(entry["score"], where))
 
 
-def _load_json(path: Path) -> Any:
+def load_json(path: Path) -> Any:
     import json
 
     try:
@@ -208,7 +211,12 @@ def read_coco_json(path: str | os.PathLike[str]) -> list[ImageLabels]:
         ValueError: not a COCO instances dict nor a results list, or a malformed entry (named).
     """
     path = Path(path)
-    data = _load_json(path)
+    return coco_labels(load_json(path), str(path))
+
+
+def coco_labels(data: Any, where: str) -> list[ImageLabels]:
+    """:func:`read_coco_json` on already parsed JSON (``where`` names it in errors)."""
+    path = where
     images: dict[str, ImageLabels] = {}
     boxes: dict[str, list[LabelBox]] = {}
     if isinstance(data, dict) and "annotations" in data:
@@ -260,7 +268,13 @@ def read_detectron2_file(path: str | os.PathLike[str]) -> list[ImageLabels]:
             raise ValueError(f"{path}: not a detectron2 predictions file torch can read as plain data ({err})") \
                 from None
     else:
-        data = _load_json(path)
+        data = load_json(path)
+    return detectron2_labels(data, str(path))
+
+
+def detectron2_labels(data: Any, where: str) -> list[ImageLabels]:
+    """:func:`read_detectron2_file` on already loaded data (``where`` names it in errors)."""
+    path = where
     if not isinstance(data, list):
         raise ValueError(f"{path}: a detectron2 file is a list of per-image dicts")
     out = []
