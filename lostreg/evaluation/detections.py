@@ -244,7 +244,7 @@ def read_predictions(path: str | os.PathLike[str], dataset: ImageDataset, fmt: s
             fmt = fmt or guess_format(path, data)
             labels = detectron2_labels(data, str(path)) if fmt == "detectron2" else coco_labels(data, str(path))
         numbered = read_coco_json(coco_images) if coco_images is not None else []
-    except (ValueError, KeyError, TypeError) as err:
+    except ValueError as err:  # a malformed file: the readers name it and the entry
         raise PredictionsError(f"{err}" if str(path) in str(err) else f"{path}: {err}") from None
     except OSError as err:
         raise PredictionsError(f"{err.filename or path}: {err.strerror or err}") from None

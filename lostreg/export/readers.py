@@ -220,7 +220,9 @@ def coco_labels(data: Any, where: str) -> list[ImageLabels]:
     images: dict[str, ImageLabels] = {}
     boxes: dict[str, list[LabelBox]] = {}
     if isinstance(data, dict) and "annotations" in data:
-        for image in data.get("images") or []:
+        for number, image in enumerate(data.get("images") or []):
+            if not isinstance(image, dict) or "id" not in image:
+                raise ValueError(f"{path}: image {number} needs an id")
             key = str(image["id"])
             lostreg_id = image.get("lostreg_image_id")
             images[key] = ImageLabels(key, image.get("file_name"), (), None if lostreg_id is None else str(lostreg_id))
@@ -247,6 +249,13 @@ def coco_labels(data: Any, where: str) -> list[ImageLabels]:
 
 
 _XYXY_ABS, _XYWH_ABS = 0, 1  # detectron2's BoxMode values
+
+
+def _entry(value: Any, where: str) -> Mapping[str, Any]:
+    """A box entry: a dict with a ``bbox``."""
+    if not isinstance(value, dict) or "bbox" not in value:
+        raise ValueError(f"{where}: needs a bbox")
+    return value
 
 
 def read_detectron2_file(path: str | os.PathLike[str]) -> list[ImageLabels]:
@@ -286,10 +295,12 @@ def detectron2_labels(data: Any, where: str) -> list[ImageLabels]:
         found = []
         if "instances" in entry:
             for k, inst in enumerate(entry["instances"] or []):
+                inst = _entry(inst, f"{where}, instance {k}")
                 found.append(LabelBox(inst.get("category_id", 0), _box_from_xywh(inst["bbox"], f"{where}, instance {k}"),
                                       _score(inst, where)))
         elif "annotations" in entry:
             for k, ann in enumerate(entry["annotations"] or []):
+                ann = _entry(ann, f"{where}, annotation {k}")
                 mode = ann.get("bbox_mode", _XYXY_ABS)
                 mode = getattr(mode, "value", mode)  # a BoxMode enum in a .pth
                 if mode == _XYXY_ABS:

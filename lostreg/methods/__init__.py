@@ -242,18 +242,24 @@ def run_method(protocol: Any, features: "torch.Tensor", grid_hw: tuple[int, int]
     Returns:
         One result per image, in batch order.
     """
+    spec = get_method(protocol.method)
+    return list(spec.run_function()(protocol.method_knobs, features, grid_hw, _extras(extras)))
+
+
+def _extras(extras: Mapping[FeatureKey, "torch.Tensor"] | "torch.Tensor | None") -> Mapping[FeatureKey, "torch.Tensor"]:
+    """The extra feature sets by key; a bare tensor is :data:`~lostreg.knobs.OUTPUT_NORMS`."""
     from lostreg.knobs import OUTPUT_NORMS
 
     if extras is None:
-        extras = {}
-    elif not isinstance(extras, Mapping):
-        extras = {OUTPUT_NORMS: extras}
-    spec = get_method(protocol.method)
-    return list(spec.run_function()(protocol.method_knobs, features, grid_hw, extras))
+        return {}
+    if not isinstance(extras, Mapping):
+        return {OUTPUT_NORMS: extras}
+    return extras
 
 
 def find_objects(protocol: Any, features: "torch.Tensor", grid_hw: tuple[int, int],
-                 extras: Mapping[FeatureKey, "torch.Tensor"] | None = None) -> list[list[MethodResult]]:
+                 extras: Mapping[FeatureKey, "torch.Tensor"] | "torch.Tensor | None" = None
+                 ) -> list[list[MethodResult]]:
     """Up to ``protocol.objects`` objects per image of a batch of same-grid images.
 
     With one object (the default) this is :func:`run_method`, each result alone in its list, so
@@ -270,4 +276,4 @@ def find_objects(protocol: Any, features: "torch.Tensor", grid_hw: tuple[int, in
         return [[result] for result in run_method(protocol, features, grid_hw, extras)]
     spec = get_method(protocol.method)
     return [list(found) for found in spec.run_objects_function()(protocol.method_knobs, features, grid_hw,
-                                                                 dict(extras or {}), protocol.objects)]
+                                                                 _extras(extras), protocol.objects)]
