@@ -30,8 +30,10 @@ __all__ = [
     "patch_box_to_pixels",
     "rescale_box_xyxy",
     "voc_to_xyxy",
+    "xywh_to_xyxy_real",
     "xyxy_to_voc",
     "xyxy_to_xywh",
+    "xyxy_to_xywh_real",
 ]
 
 Box = tuple[int, int, int, int]
@@ -258,3 +260,30 @@ def xyxy_to_xywh(box: Sequence[int]) -> Box:
     """Convert an integer xyxy box to ``(x, y, w, h)``: ``(x1, y1, x2 - x1, y2 - y1)``."""
     x1, y1, x2, y2 = _as_box(box)
     return x1, y1, x2 - x1, y2 - y1
+
+
+def xyxy_to_xywh_real(box: Sequence[float]) -> tuple[float, float, float, float]:
+    """:func:`xyxy_to_xywh` for boxes of real numbers (a detector's): ``(x1, y1, x2 - x1, y2 - y1)`` as floats.
+
+    Raises:
+        ValueError: not 4 values, or ``x2 < x1`` or ``y2 < y1``.
+    """
+    x1, y1, x2, y2 = (float(v) for v in _check_real_box(box))
+    return x1, y1, x2 - x1, y2 - y1
+
+
+def xywh_to_xyxy_real(bbox: Sequence[float]) -> tuple[float, float, float, float]:
+    """A COCO ``[x, y, w, h]`` of real numbers (a detector's results) to ``(x, y, x + w, y + h)``, not rounded.
+
+    Ground truth is rounded to integer pixels (:func:`coco_xywh_to_xyxy`, as the reference); a
+    detector's boxes are scored as they are, as the reference's CorLoc evaluation of LOST+CAD does.
+
+    Raises:
+        ValueError: not 4 finite values, or a negative width or height.
+    """
+    if len(bbox) != 4:
+        raise ValueError(f"COCO bbox must have 4 values (x, y, w, h), got {bbox!r}")
+    x, y, w, h = (float(v) for v in bbox)
+    if not all(math.isfinite(v) for v in (x, y, w, h)) or w < 0 or h < 0:
+        raise ValueError(f"COCO bbox must be 4 finite numbers with w, h >= 0, got {bbox!r}")
+    return x, y, x + w, y + h

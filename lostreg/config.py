@@ -63,8 +63,8 @@ def result_keys() -> tuple[str, ...]:
     """Config sections that can change a prediction (one section per registered method). A run
     directory refuses to mix results whose values here differ; device, batch_size, num_workers
     and run_dir may change freely."""
-    return ("backbone", "dataset", "weights", "ttreg", "method", *registered_methods(), "features", "max_size",
-            "precision")
+    return ("backbone", "dataset", "weights", "ttreg", "method", *registered_methods(), "features", "objects",
+            "max_size", "precision")
 
 
 def _schema_node(cls: type) -> type:
@@ -135,6 +135,8 @@ def _eval_node() -> type:
         #: a register-neuron file (`lostreg calibrate`): run the backbone with one test-time register
         ("ttreg", Optional[str], field(default=None)),
         ("method", str, field(default=DiscoveryProtocol().method)),
+        #: objects per image (1: the published single-object protocol; lostreg.protocol.OBJECTS_HELP)
+        ("objects", int, field(default=DiscoveryProtocol().objects)),
         ("features", FeatureNode, field(default_factory=FeatureNode)),
         *methods,
         #: downscale images whose longer side exceeds this (null or 0 = native resolution, the protocol)
@@ -208,7 +210,7 @@ def _protocol_dir(*, _root_: DictConfig) -> str:
     methods = registered_methods()
     if str(_root_.get("method")) not in methods:
         return str(_root_.get("method"))  # protocol validation reports the unknown method, one line
-    sections = {key: _root_.get(key) for key in ("method", "features", *methods)}
+    sections = {key: _root_.get(key) for key in ("method", "features", "objects", *methods)}
     name = DiscoveryProtocol.from_mapping(OmegaConf.to_container(OmegaConf.create(sections), resolve=True)).name
     max_size, precision = _root_.get("max_size"), _root_.get("precision")
     return name + (f"_max{max_size}" if max_size else "") + ("" if precision == "fp32" else f"_{precision}")

@@ -6,6 +6,9 @@ The stages are separate calls so that dataset runs can batch and cache them:
 * :meth:`ObjectDiscoverer.discover_batch` / :meth:`~ObjectDiscoverer.discover_packed` (device):
   normalise and pad the batch on the device, one backbone pass for images of the same padded
   size, the method batched on the device, boxes in original pixels.
+
+With ``protocol.objects > 1`` a discovery holds several objects (:attr:`Discovery.objects`),
+most confident first; its ``box_xyxy``, ``seed_rc`` and ``result`` are the most confident one's.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from lostreg.boxes import patch_box_to_pixels, rescale_box_xyxy
 from lostreg.errors import ConfigError
 from lostreg.io.images import load_image_rgb
 from lostreg.lost import LostResult
-from lostreg.methods import MethodResult, run_method
+from lostreg.methods import MethodResult, find_objects
 from lostreg.precision import check_precision
 from lostreg.preprocess import ImagePreparer, PreparedImage, batch_images
 from lostreg.protocol import OUTPUT_NORMS, DiscoveryProtocol, FeatureConfig, FeatureKey, LostConfig
@@ -31,6 +34,7 @@ from lostreg.protocol import OUTPUT_NORMS, DiscoveryProtocol, FeatureConfig, Fea
 __all__ = [
     "Discovery",
     "DiscoveryProtocol",
+    "FoundObject",
     "FeatureConfig",
     "ImagePreparer",
     "LostConfig",
@@ -48,8 +52,28 @@ def features_for_method(features: torch.Tensor, config: FeatureConfig) -> torch.
 
 
 @dataclass(frozen=True)
+class FoundObject:
+    """One object of an image, in pixels of the original image.
+
+    Attributes:
+        box_xyxy: (x1, y1, x2, y2) integers, max exclusive.
+        score: the method's confidence (:attr:`lostreg.methods.MethodSpec.confidence`; higher = more
+            confident), None for a method without one.
+        seed_rc: (row, col) of its seed in the patch grid of the processed image.
+        seed_box_xyxy: its seed patch, (x1, y1, x2, y2) pixels, max exclusive.
+        result: the method's patch-level result for this object.
+    """
+
+    box_xyxy: Box
+    score: float | None
+    seed_rc: tuple[int, int]
+    seed_box_xyxy: Box
+    result: MethodResult = field(repr=False)
+
+
+@dataclass(frozen=True)
 class Discovery:
-    """The main object of one image.
+    """The main object of one image (and, with ``protocol.objects > 1``, the others found).
 
     Attributes:
         image: the image's name (path as given).
@@ -62,6 +86,8 @@ class Discovery:
             mask, similars, degree, expansion map).
         processed_hw: (H, W) the backbone saw before padding (differs from the original
             only when ``max_size`` downscaled the image).
+        objects: every object found, most confident first (ties: discovery order); the first
+            is the one ``box_xyxy``, ``seed_rc``, ``seed_box_xyxy`` and ``result`` describe.
     """
 
     image: str
@@ -75,6 +101,19 @@ class Discovery:
     processed_hw: tuple[int, int]
     #: what the method adds to a prediction line (:attr:`lostreg.methods.MethodSpec.record_fields`)
     record_fields: dict[str, Any] = field(default_factory=dict, repr=False)
+    objects: tuple[FoundObject, ...] = field(default=(), repr=False)
+
+    @property
+    def boxes_xyxy(self) -> list[list[int]]:
+        """Every object's box, most confident first (``[x1, y1, x2, y2]`` pixels, max exclusive)."""
+        return [list(o.box_xyxy) for o in self.objects] if self.objects else [list(self.box_xyxy)]
+
+    @property
+    def scores(self) -> list[float] | None:
+        """Every object's confidence, most confident first; None for a method without one."""
+        if not self.objects or any(o.score is None for o in self.objects):
+            return None
+        return [float(o.score) for o in self.objects]  # type: ignore[arg-type]
 
     @property
     def lost(self) -> LostResult:
@@ -83,12 +122,17 @@ class Discovery:
             raise AttributeError(f"this discovery ran {type(self.result).__name__}, not LOST: use .result")
         return self.result
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, with_objects: bool = False) -> dict[str, Any]:
         """The JSON record printed by ``lostreg discover`` (plain Python types).
 
         A method's own fields follow (:attr:`lostreg.methods.MethodSpec.record_fields`; TokenCut's
         ``degenerate``: its spectrum gave no reliable split, the box is the spec's fixed fallback),
         as in eval's ``preds.jsonl`` lines.
+
+        Args:
+            with_objects: add ``boxes_xyxy`` (every object, most confident first) and ``scores``
+                (their confidences, or None), as ``preds.jsonl`` lines have them; off, the record
+                is the one of lostreg versions before several objects and scores.
         """
         record: dict[str, Any] = {
             "image": self.image,
@@ -98,6 +142,8 @@ class Discovery:
             "seed_rc": list(self.seed_rc),
             "backbone": self.backbone,
         }
+        if with_objects:
+            record.update(boxes_xyxy=self.boxes_xyxy, scores=self.scores)
         record.update(self.record_fields)
         return record
 
@@ -215,11 +261,12 @@ class ObjectDiscoverer:
         grid_hw = items[0].grid_hw
         key = self.protocol.features.key
         extras = {k: v for k, v in features.items() if k != key}
-        results = run_method(self.protocol, features_for_method(features[key], self.protocol.features), grid_hw,
+        found = find_objects(self.protocol, features_for_method(features[key], self.protocol.features), grid_hw,
                              extras)
-        return [self._discovery(item, result) for item, result in zip(items, results)]
+        return [self._discovery(item, results) for item, results in zip(items, found)]
 
-    def _discovery(self, item: PreparedImage, result: MethodResult) -> Discovery:
+    def _object(self, item: PreparedImage, result: MethodResult) -> FoundObject:
+        """One result's box and seed in original pixels, with the method's confidence."""
         p = self.backbone.patch_size
         processed_hw = item.image_hw
         row, col = result.seed_rc
@@ -228,15 +275,26 @@ class ObjectDiscoverer:
         if processed_hw != item.original_hw:
             box = rescale_box_xyxy(box, processed_hw, item.original_hw)
             seed_box = rescale_box_xyxy(seed_box, processed_hw, item.original_hw)
+        confidence = self.protocol.spec.confidence
+        score = None if confidence is None else float(confidence(result))
+        return FoundObject(box, score, (row, col), seed_box, result)
+
+    def _discovery(self, item: PreparedImage, results: Sequence[MethodResult]) -> Discovery:
+        objects = [self._object(item, result) for result in results]
+        # Most confident first; sorted() is stable, so ties keep discovery order (the first object
+        # of the single-object protocol stays first whatever the scores).
+        objects = sorted(objects, key=lambda o: -o.score if o.score is not None else 0.0)
+        top = objects[0]
         return Discovery(
             image=item.name,
             width=item.original_hw[1],
             height=item.original_hw[0],
-            box_xyxy=box,
-            seed_rc=(row, col),
-            seed_box_xyxy=seed_box,
+            box_xyxy=top.box_xyxy,
+            seed_rc=top.seed_rc,
+            seed_box_xyxy=top.seed_box_xyxy,
             backbone=self.backbone.name,
-            result=result,
-            processed_hw=processed_hw,
-            record_fields=self.protocol.spec.record_fields(result),
+            result=top.result,
+            processed_hw=item.image_hw,
+            record_fields=self.protocol.spec.record_fields(top.result),
+            objects=tuple(objects),
         )

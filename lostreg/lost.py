@@ -18,6 +18,17 @@ The behaviour follows the lostreg LOST specification, section 3 (reference: vale
 * ``excluded`` (lostreg extension, off by default): patches that may be neither seed nor
   potential, e.g. high-norm artifact tokens. They are skipped in the ascending-degree
   order; degrees still count them and the expansion map still covers them.
+
+Confidence (lostreg extension): each result has a ``score``, how far the seed's degree lies
+below the image's mean degree (:func:`seed_confidence`).
+
+Several objects (lostreg extension, :func:`lost_objects`): the first object is the plain
+LOST result; after each object, the patches of its mask join the excluded patches (they can
+no longer seed nor expand: they are never potentials, so never similars) and the next seed
+is the lowest-degree patch among the rest, with the degrees of the whole image. The next
+mask is the seed's 4-connected component of positive expansion among the patches not taken
+yet. It stops at ``objects`` objects, when no patch is left, or when the new seed is not in
+its own positive expansion (the case where the reference raises: no object).
 """
 
 from __future__ import annotations
@@ -31,10 +42,10 @@ import torch
 
 from lostreg.artifacts import outlier_mask
 from lostreg.knobs import OUTPUT_NORMS, FeatureKey
-from lostreg.lost_tiles import auto_chunk_rows, lost_tensors
+from lostreg.lost_tiles import auto_chunk_rows, lost_degrees, lost_expansion
 from lostreg.methods.lost import LostConfig
 
-__all__ = ["LostResult", "lost", "lost_batch", "run_lost"]
+__all__ = ["LostResult", "lost", "lost_batch", "lost_objects", "run_lost", "run_lost_objects", "seed_confidence"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,6 +66,7 @@ class LostResult:
             strictly positive (biased) dot product.
         expansion: (rows, cols) float32. The expansion map M (signed sum of the
             similars' Gram rows), row-major.
+        score: LOST's confidence in this object, in [0, 1] (:func:`seed_confidence`).
     """
 
     seed: int
@@ -64,6 +76,7 @@ class LostResult:
     seed_in_mask: bool
     degree: torch.Tensor
     expansion: torch.Tensor
+    score: float = 0.0
 
     @property
     def seed_rc(self) -> tuple[int, int]:
@@ -152,12 +165,39 @@ def _to_host(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     return _pack_to_host(tensors)
 
 
-def _seed_component(expansion: np.ndarray, seed: int) -> tuple[np.ndarray, bool]:
-    """The 4-connected component of ``expansion > 0`` holding the seed, or the seed alone."""
+def seed_confidence(degree: torch.Tensor, seed: int) -> float:
+    """LOST's confidence in the object grown from ``seed``: ``max(0, 1 - degree[seed] / mean(degree))``.
+
+    LOST's premise is that an object patch correlates positively with fewer patches than the
+    background does, so the further the seed's degree lies below the image's mean degree, the
+    more the seed stands out: 1 when it correlates with no other patch, 0 when it is as
+    connected as the average patch (or more: a later seed of several-object LOST that is
+    background-like). An image whose degrees are all 0 has no structure: 0. Measured on
+    generated scenes, ranking boxes by it gives a higher class-agnostic AP50 than image order
+    (docs/methods.md).
+
+    Args:
+        degree: (rows*cols,) int64 degrees of the whole image (:attr:`LostResult.degree`).
+        seed: flat index of the seed.
+
+    Returns:
+        A float in [0, 1], computed in float64 on the CPU (deterministic).
+    """
+    mean = float(degree.to(torch.float64).mean())
+    if mean <= 0:
+        return 0.0
+    return max(0.0, 1.0 - float(degree[seed]) / mean)
+
+
+def _seed_component(expansion: np.ndarray, seed: int,
+                    allowed: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
+    """The 4-connected component of ``expansion > 0`` (within ``allowed`` patches, if given)
+    holding the seed, or the seed alone."""
     rows, cols = expansion.shape
     seed_row, seed_col = divmod(seed, cols)
+    positive = expansion > 0 if allowed is None else (expansion > 0) & allowed
     # scipy's default structuring element in 2-D is the 4-neighbourhood cross.
-    labels, _ = scipy.ndimage.label(expansion > 0)
+    labels, _ = scipy.ndimage.label(positive)
     seed_label = labels[seed_row, seed_col]
     if seed_label != 0:
         return labels == seed_label, True
@@ -216,6 +256,56 @@ def lost_batch(
             patch of an image.
     """
     features = _check_features(features, 3, "(batch, rows*cols, d)")
+    return [objects[0] for objects in _lost_rounds(features, grid_hw, k_patches, gram_bias, 1, chunk_size, excluded)]
+
+
+def lost_objects(
+    features: torch.Tensor,
+    grid_hw: tuple[int, int],
+    k_patches: int = LostConfig.k_patches,
+    gram_bias: float = LostConfig.gram_bias,
+    objects: int = 1,
+    *,
+    chunk_size: int | None = None,
+    excluded: torch.Tensor | None = None,
+) -> list[list[LostResult]]:
+    """Up to ``objects`` objects per image with LOST, for a batch of images on one grid.
+
+    The first object of each image is exactly :func:`lost_batch`'s result. Each further object
+    follows the rule of the module docstring: the patches of the masks found so far can no
+    longer seed nor expand; the degrees (computed once, on the whole image) are not recomputed.
+    Each round is batched on the device (one ``K x N`` Gram pass per round, no new degree pass);
+    the components run per image on the CPU.
+
+    Args:
+        features, grid_hw, k_patches, gram_bias, chunk_size, excluded: as in :func:`lost_batch`.
+        objects: the most objects per image (>= 1).
+
+    Returns:
+        Per image, in batch order, 1 to ``objects`` :class:`LostResult` in discovery order
+        (``box`` in patch units, ``(x1, y1, x2, y2)``, max exclusive; masks disjoint). An image
+        stops early when no patch is left or when its next seed is not in its own positive
+        expansion.
+
+    Raises:
+        ValueError: as :func:`lost_batch`, or ``objects < 1``.
+    """
+    if isinstance(objects, bool) or int(objects) != objects or objects < 1:
+        raise ValueError(f"objects must be an integer >= 1, got {objects!r}")
+    features = _check_features(features, 3, "(batch, rows*cols, d)")
+    return _lost_rounds(features, grid_hw, k_patches, gram_bias, int(objects), chunk_size, excluded)
+
+
+def _lost_rounds(
+    features: torch.Tensor,
+    grid_hw: tuple[int, int],
+    k_patches: int,
+    gram_bias: float,
+    objects: int,
+    chunk_size: int | None,
+    excluded: torch.Tensor | None,
+) -> list[list[LostResult]]:
+    """:func:`lost_objects` on checked (B, N, d) features; ``objects == 1`` is :func:`lost_batch`."""
     feats, rows, cols = _check_arguments(features, grid_hw, k_patches, gram_bias, chunk_size)
     batch, n = feats.shape[0], rows * cols
     if excluded is not None:
@@ -229,36 +319,66 @@ def lost_batch(
     if batch == 0:
         return []
     chunk = chunk_size if chunk_size is not None else auto_chunk_rows(feats.device, batch, n)
+    k, bias = int(k_patches), float(gram_bias)
 
-    out = lost_tensors(feats, int(k_patches), float(gram_bias), int(chunk), excluded)
+    degree_dev = lost_degrees(feats, bias, int(chunk))
+    out = lost_expansion(feats, degree_dev, k, bias, int(chunk), excluded)
     degree, potentials, similar, expansion = _to_host(
         [out.degree, out.potentials, out.similar, out.expansion]
     )
+    found = [[_assemble(degree[b], potentials[b], similar[b], expansion[b], rows, cols)]
+             for b in range(batch)]
+    if objects == 1:
+        return found
 
-    results = []
-    for b in range(batch):
-        seed = int(potentials[b, 0])
-        exp_map = expansion[b].reshape(rows, cols).clone()
-        component, seed_in_mask = _seed_component(exp_map.numpy(), seed)
-        mask_rows, mask_cols = np.nonzero(component)
-        box = (
-            int(mask_cols.min()),
-            int(mask_rows.min()),
-            int(mask_cols.max()) + 1,
-            int(mask_rows.max()) + 1,
-        )
-        results.append(
-            LostResult(
-                seed=seed,
-                similars=potentials[b][similar[b]].clone(),
-                mask=torch.from_numpy(component),
-                box=box,
-                seed_in_mask=seed_in_mask,
-                degree=degree[b].clone(),
-                expansion=exp_map,
-            )
-        )
-    return results
+    # Several objects: the patches taken so far (CPU) join the excluded ones for the next round.
+    blocked_base = torch.zeros(batch, n, dtype=torch.bool) if excluded is None else excluded.cpu()
+    taken = torch.stack([objs[0].mask.reshape(-1) for objs in found])
+    active = [True] * batch
+    for _ in range(1, objects):
+        blocked = blocked_base | taken
+        active = [a and not bool(blocked[b].all()) for b, a in enumerate(active)]  # no patch left
+        if not any(active):
+            break
+        out = lost_expansion(feats, degree_dev, k, bias, int(chunk), blocked.to(feats.device))
+        potentials, similar, expansion = _to_host([out.potentials, out.similar, out.expansion])
+        for b in range(batch):
+            if not active[b]:
+                continue
+            result = _assemble(degree[b], potentials[b], similar[b], expansion[b], rows, cols,
+                               allowed=~taken[b].reshape(rows, cols).numpy())
+            if not result.seed_in_mask:
+                active[b] = False  # the seed is not in its own positive expansion: no object
+                continue
+            found[b].append(result)
+            taken[b] |= result.mask.reshape(-1)
+    return found
+
+
+def _assemble(degree: torch.Tensor, potentials: torch.Tensor, similar: torch.Tensor, expansion: torch.Tensor,
+              rows: int, cols: int, allowed: np.ndarray | None = None) -> LostResult:
+    """One image's :class:`LostResult` from its host tensors (degree (N,), potentials (K,), similar (K,),
+    expansion (N,)); the mask is restricted to ``allowed`` (rows, cols) patches when given."""
+    seed = int(potentials[0])
+    exp_map = expansion.reshape(rows, cols).clone()
+    component, seed_in_mask = _seed_component(exp_map.numpy(), seed, allowed)
+    mask_rows, mask_cols = np.nonzero(component)
+    box = (
+        int(mask_cols.min()),
+        int(mask_rows.min()),
+        int(mask_cols.max()) + 1,
+        int(mask_rows.max()) + 1,
+    )
+    return LostResult(
+        seed=seed,
+        similars=potentials[similar].clone(),
+        mask=torch.from_numpy(component),
+        box=box,
+        seed_in_mask=seed_in_mask,
+        degree=degree.clone(),
+        expansion=exp_map,
+        score=seed_confidence(degree, seed),
+    )
 
 
 def lost(
@@ -328,9 +448,30 @@ def run_lost(config: LostConfig, features: torch.Tensor, grid_hw: tuple[int, int
         extras: with ``config.exclude_outliers``, :data:`~lostreg.knobs.OUTPUT_NORMS`: (B, rows*cols, 1)
             norms of the output tokens, whose outliers (:func:`lostreg.artifacts.outlier_mask`) are excluded.
     """
-    excluded = None
-    if config.exclude_outliers:
-        if OUTPUT_NORMS not in extras:
-            raise ValueError("lost.exclude_outliers needs the output tokens' norms")
-        excluded = outlier_mask(extras[OUTPUT_NORMS])
-    return lost_batch(features, grid_hw, k_patches=config.k_patches, gram_bias=config.gram_bias, excluded=excluded)
+    return lost_batch(features, grid_hw, k_patches=config.k_patches, gram_bias=config.gram_bias,
+                      excluded=_outliers(config, extras))
+
+
+def _outliers(config: LostConfig, extras: Mapping[FeatureKey, torch.Tensor]) -> torch.Tensor | None:
+    """(B, rows*cols) bool high-norm outliers when ``config.exclude_outliers``, else None."""
+    if not config.exclude_outliers:
+        return None
+    if OUTPUT_NORMS not in extras:
+        raise ValueError("lost.exclude_outliers needs the output tokens' norms")
+    return outlier_mask(extras[OUTPUT_NORMS])
+
+
+def run_lost_objects(config: LostConfig, features: torch.Tensor, grid_hw: tuple[int, int],
+                     extras: Mapping[FeatureKey, torch.Tensor], objects: int) -> list[list[LostResult]]:
+    """Several-object LOST as a registered method: :func:`lost_objects` with ``config``.
+
+    Args:
+        config, features, grid_hw, extras: as :func:`run_lost`.
+        objects: the most objects per image (>= 1).
+
+    Returns:
+        Per image, its objects in discovery order (the first is :func:`run_lost`'s result).
+    """
+    excluded = _outliers(config, extras)
+    return lost_objects(features, grid_hw, k_patches=config.k_patches, gram_bias=config.gram_bias,
+                        objects=objects, excluded=excluded)

@@ -69,6 +69,8 @@ __all__ = [
     "LostTensors",
     "auto_chunk_rows",
     "available_memory_bytes",
+    "lost_degrees",
+    "lost_expansion",
     "lost_tensors",
     "tile_rows",
 ]
@@ -186,35 +188,22 @@ class LostTensors:
     expansion: torch.Tensor
 
 
-def lost_tensors(
-    feats: torch.Tensor,
-    k_patches: int,
-    gram_bias: float,
-    chunk_rows: int,
-    excluded: torch.Tensor | None = None,
-) -> LostTensors:
-    """Degrees, order, similars and expansion map of a batch (validated inputs).
+def lost_degrees(feats: torch.Tensor, gram_bias: float, chunk_rows: int) -> torch.Tensor:
+    """Step 2 for a batch: per patch, the strictly positive off-diagonal Gram entries (validated inputs).
 
     Args:
         feats: (B, N, d) float32, finite, contiguous, on the device to compute on.
-        k_patches: >= 1.
-        gram_bias: finite; added to every Gram entry before any threshold or sum.
+        gram_bias: finite; added to every Gram entry before the sign test.
         chunk_rows: >= 1, Gram rows per image held by one step (rounded to whole tiles).
-        excluded: (B, N) bool on the same device, or None. Excluded patches keep their
-            degree and their column of the expansion map but are never seed or potential.
-            Every image must have a patch that is not excluded.
 
     Returns:
-        A :class:`LostTensors` on the features' device. Nothing is copied to the host and
-        nothing waits for the device.
+        (B, N) int64 degrees on the features' device.
     """
     batch, n, _ = feats.shape
     tile = tile_rows(n)
     tiles_per_step = max(1, int(chunk_rows) // tile)
     bias = float(gram_bias)
-    device = feats.device
-
-    degree = torch.empty(batch, n, dtype=torch.int64, device=device)
+    degree = torch.empty(batch, n, dtype=torch.int64, device=feats.device)
     # float32 counts are exact up to 2**24; beyond, float64 (slower, never needed for images).
     count_dtype = torch.float32 if n < 2**24 else torch.float64
     with strict_fp32():
@@ -231,7 +220,40 @@ def lost_tensors(
             counts = block.sum(dim=-1, dtype=count_dtype).to(torch.int64)
             degree[:, r0 : r0 + block.shape[1]] = counts - diag_positive.to(torch.int64)
             del block
+    return degree
 
+
+def lost_expansion(
+    feats: torch.Tensor,
+    degree: torch.Tensor,
+    k_patches: int,
+    gram_bias: float,
+    chunk_rows: int,
+    excluded: torch.Tensor | None = None,
+) -> LostTensors:
+    """Steps 3-8 for a batch from its degrees: order, seed, potentials, similars, expansion map.
+
+    Several-object LOST (:func:`lostreg.lost.lost_objects`) calls it once per object with the
+    same degrees and the patches already taken ``excluded``.
+
+    Args:
+        feats: (B, N, d) float32 as in :func:`lost_degrees`.
+        degree: (B, N) int64 from :func:`lost_degrees` on the same features and bias.
+        k_patches: >= 1.
+        gram_bias: finite; added to every Gram entry before any threshold or sum.
+        chunk_rows: >= 1, Gram rows per image held by one step (rounded to whole tiles).
+        excluded: (B, N) bool on the same device, or None: patches that are never seed or
+            potential (they keep their degree and their column of the expansion map).
+
+    Returns:
+        A :class:`LostTensors` on the features' device (nothing copied to the host).
+    """
+    batch, n, _ = feats.shape
+    tile = tile_rows(n)
+    tiles_per_step = max(1, int(chunk_rows) // tile)
+    bias = float(gram_bias)
+    device = feats.device
+    with strict_fp32():
         # Degrees are < N, so adding N puts every excluded patch after every allowed one;
         # the stable sort keeps ascending flat index within equal keys.
         key = degree if excluded is None else degree + excluded.to(torch.int64) * n
@@ -263,3 +285,30 @@ def lost_tensors(
     return LostTensors(
         degree=degree, potentials=potentials, valid=valid, similar=similar, expansion=expansion
     )
+
+
+def lost_tensors(
+    feats: torch.Tensor,
+    k_patches: int,
+    gram_bias: float,
+    chunk_rows: int,
+    excluded: torch.Tensor | None = None,
+) -> LostTensors:
+    """Degrees, order, similars and expansion map of a batch (validated inputs):
+    :func:`lost_degrees` then :func:`lost_expansion`.
+
+    Args:
+        feats: (B, N, d) float32, finite, contiguous, on the device to compute on.
+        k_patches: >= 1.
+        gram_bias: finite; added to every Gram entry before any threshold or sum.
+        chunk_rows: >= 1, Gram rows per image held by one step (rounded to whole tiles).
+        excluded: (B, N) bool on the same device, or None. Excluded patches keep their
+            degree and their column of the expansion map but are never seed or potential.
+            Every image must have a patch that is not excluded.
+
+    Returns:
+        A :class:`LostTensors` on the features' device. Nothing is copied to the host and
+        nothing waits for the device.
+    """
+    degree = lost_degrees(feats, gram_bias, chunk_rows)
+    return lost_expansion(feats, degree, k_patches, gram_bias, chunk_rows, excluded)

@@ -6,7 +6,8 @@ Everything that decides a box besides the image, the backbone and its weights is
 settings section per registered method (``lost``: :class:`~lostreg.methods.lost.LostConfig`,
 ``tokencut``: :class:`~lostreg.methods.tokencut.TokenCutConfig`, ...), whose field defaults are
 THE defaults of lostreg (the LOST paper's protocol: raw keys of the last block, k = 100, no Gram
-bias).
+bias). Beside ``method`` and the sections, one protocol-level setting: ``objects``, how many
+objects per image (1, the published single-object protocol, unless set; see :data:`OBJECTS_HELP`).
 
 The hydra schema (:mod:`lostreg.config`), the argparse flags of every command
 (:func:`lostreg.cli.common.protocol_parent_parser`), the sweep axes, the run-directory names, the
@@ -40,6 +41,7 @@ from lostreg.methods.lost import LostConfig
 from lostreg.methods.tokencut import EIG_SOLVERS, TokenCutConfig
 
 __all__ = [
+    "DEFAULT_OBJECTS",
     "EIG_SOLVERS",
     "FEATURE_KINDS",
     "METHODS",
@@ -50,11 +52,22 @@ __all__ = [
     "FeatureKey",
     "FeatureKind",
     "LostConfig",
+    "OBJECTS_HELP",
     "ProtocolError",
     "RopeMode",
     "TokenCutConfig",
     "describe_protocol",
 ]
+
+#: Objects per image of the default protocol: one, as every published number (``objects=``, ``--objects``).
+DEFAULT_OBJECTS = 1
+#: What ``objects`` does, for ``--help`` and docs. A protocol-level setting rather than a knob of each
+#: method: setting names are flat (sweep axes, flags) and unique across methods, and both methods
+#: share it; it is not a feature setting either (docs/methods.md, "Several objects per image").
+OBJECTS_HELP = ("objects per image: after each object the method goes on without its patches (LOST: they no "
+                "longer seed or expand; TokenCut: they leave the graph, MaskCut's rule), up to this many or until "
+                f"nothing distinct is left (default {DEFAULT_OBJECTS}: the published single-object protocol)")
+
 
 def __getattr__(name: str) -> Any:
     # METHODS follows the registry (a method registered at run time is listed too).
@@ -69,12 +82,14 @@ class DiscoveryProtocol:
     ``DiscoveryProtocol(method="tokencut", features=FeatureConfig("q"), tokencut=TokenCutConfig(tau=0.3))``:
     one keyword per registered method holds that method's settings (missing ones take their
     defaults). Each method reads its own section; the others' are kept but play no part (and are
-    left out of names, identities and comparisons). Immutable, hashable, compared by value.
+    left out of names, identities and comparisons). ``objects`` (keyword only) is how many objects
+    per image the method looks for. Immutable, hashable, compared by value.
     """
 
-    __slots__ = ("_method", "_features", "_sections")
+    __slots__ = ("_method", "_features", "_sections", "_objects")
 
-    def __init__(self, method: str = DEFAULT_METHOD, features: FeatureConfig | None = None, **sections: Any) -> None:
+    def __init__(self, method: str = DEFAULT_METHOD, features: FeatureConfig | None = None, *,
+                 objects: int = DEFAULT_OBJECTS, **sections: Any) -> None:
         specs = registered_methods()
         unknown = sorted(set(sections) - set(specs))
         if unknown:
@@ -84,6 +99,7 @@ class DiscoveryProtocol:
         object.__setattr__(self, "_features", FeatureConfig() if features is None else features)
         object.__setattr__(self, "_sections", {name: sections.get(name) or spec.config()
                                                for name, spec in specs.items()})
+        object.__setattr__(self, "_objects", objects)
 
     # -- fields --------------------------------------------------------------------------
 
@@ -96,6 +112,11 @@ class DiscoveryProtocol:
     def features(self) -> FeatureConfig:
         """Which backbone features feed the method."""
         return self._features
+
+    @property
+    def objects(self) -> int:
+        """The most objects per image (1: the published single-object protocol)."""
+        return self._objects
 
     @property
     def spec(self) -> MethodSpec:
@@ -131,7 +152,7 @@ class DiscoveryProtocol:
         raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
 
     def _key(self) -> tuple[Any, ...]:
-        return (self._method, self._features, tuple(sorted(self._sections.items())))
+        return (self._method, self._features, tuple(sorted(self._sections.items())), self._objects)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, DiscoveryProtocol) and self._key() == other._key()
@@ -141,17 +162,19 @@ class DiscoveryProtocol:
 
     def __repr__(self) -> str:
         sections = ", ".join(f"{name}={config!r}" for name, config in self._sections.items())
-        return f"DiscoveryProtocol(method={self._method!r}, features={self._features!r}, {sections})"
+        objects = "" if self._objects == DEFAULT_OBJECTS else f", objects={self._objects!r}"
+        return f"DiscoveryProtocol(method={self._method!r}, features={self._features!r}{objects}, {sections})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (self._method, self._features, dict(self._sections)))
+        return (_rebuild, (self._method, self._features, dict(self._sections), self._objects))
 
     def replace(self, method: str | None = None, features: FeatureConfig | None = None,
-                **sections: Any) -> "DiscoveryProtocol":
+                objects: int | None = None, **sections: Any) -> "DiscoveryProtocol":
         """A copy with some fields replaced (``protocol.replace(features=..., lost=...)``)."""
         merged = {**self._sections, **sections}
         return DiscoveryProtocol(self._method if method is None else method,
-                                 self._features if features is None else features, **merged)
+                                 self._features if features is None else features,
+                                 objects=self._objects if objects is None else objects, **merged)
 
     def with_knobs(self, features: Mapping[str, Any] | None = None,
                    knobs: Mapping[str, Any] | None = None) -> "DiscoveryProtocol":
@@ -173,6 +196,10 @@ class DiscoveryProtocol:
         self._features.validate()
         for config in self._sections.values():
             config.validate()
+        if isinstance(self._objects, bool) or not isinstance(self._objects, int) or self._objects < 1:
+            raise ProtocolError(f"objects must be an integer >= 1, got {self._objects!r}")
+        if self._objects > 1 and not self.spec.finds_several:
+            raise ProtocolError(f"objects={self._objects}: method {self._method} finds one object per image")
         return self
 
     def knobs(self) -> dict[str, Any]:
@@ -183,15 +210,23 @@ class DiscoveryProtocol:
         """What can change a box: the method, the features and the chosen method's knobs only.
 
         Knobs declared ``omit_at_default`` (added after run directories existed, e.g.
-        ``exclude_outliers``) are left out at their default, so those directories keep their identity.
+        ``exclude_outliers``) are left out at their default, so those directories keep their identity;
+        so is ``objects`` at 1.
         """
-        return {"method": self._method, "features": dataclasses.asdict(self._features),
-                self._method: identity_of(self.method_knobs)}
+        identity = {"method": self._method, "features": dataclasses.asdict(self._features),
+                    self._method: identity_of(self.method_knobs)}
+        return identity | self._objects_entry()
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain nested dict (``{"method", "features": {...}, "lost": {...}, ...}``) for JSON summaries."""
+        """Plain nested dict (``{"method", "features": {...}, "lost": {...}, ...}``) for JSON summaries
+        (``objects`` only when not 1)."""
         return {"method": self._method, "features": dataclasses.asdict(self._features),
-                **{name: dataclasses.asdict(config) for name, config in self._sections.items()}}
+                **{name: dataclasses.asdict(config) for name, config in self._sections.items()},
+                **self._objects_entry()}
+
+    def _objects_entry(self) -> dict[str, int]:
+        # Left out at one object: files and identities of versions before the setting stay as they were.
+        return {} if self._objects == DEFAULT_OBJECTS else {"objects": self._objects}
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], typed: bool = False) -> "DiscoveryProtocol":
@@ -211,7 +246,12 @@ class DiscoveryProtocol:
         features = knobs_from_mapping(FeatureConfig, data.get("features"), "features", typed)
         sections = {name: knobs_from_mapping(spec.config, data.get(name), name, typed)
                     for name, spec in registered_methods().items()}
-        return cls(method=str(data.get("method", DEFAULT_METHOD)), features=features, **sections)
+        objects = data.get("objects", DEFAULT_OBJECTS)
+        if objects is None:
+            objects = DEFAULT_OBJECTS
+        if typed and (isinstance(objects, bool) or not isinstance(objects, int)):
+            raise ProtocolError(f"'objects' must be int, got {objects!r}")
+        return cls(method=str(data.get("method", DEFAULT_METHOD)), features=features, objects=objects, **sections)
 
     # -- words -----------------------------------------------------------------------------
 
@@ -222,24 +262,29 @@ class DiscoveryProtocol:
         Each method names itself (:attr:`MethodSpec.dir_name`); LOST keeps the form of the first
         lostreg versions, so their run directories are found again by the same command.
         """
-        return self.spec.dir_name(self._features, self.method_knobs) + ("_l2" if self._features.l2_normalize else "")
+        name = self.spec.dir_name(self._features, self.method_knobs) + ("_l2" if self._features.l2_normalize else "")
+        return name + ("" if self._objects == DEFAULT_OBJECTS else f"_obj{self._objects}")
 
     def departures(self) -> list[str]:
         """How this protocol differs from its method's defaults, e.g. ``["which=q", "layer=-2", "k=50"]``.
 
         Order: the method (when not the default one), the features' which and layer, the method's
-        knobs, then ``l2``. Booleans are named alone (``exclude_outliers``), floats with ``:g``.
+        knobs, then ``l2``, then ``objects=N``. Booleans are named alone (``exclude_outliers``),
+        floats with ``:g``.
         """
         parts = [] if self._method == DEFAULT_METHOD else [f"method={self._method}"]
         default_features = FeatureConfig()
         feature_parts = _changed(self._features, default_features)
         parts += [p for p in feature_parts if p != knob_label(_field(FeatureConfig, "l2_normalize"))]
         parts += _changed(self.method_knobs, self.spec.config())
-        return parts + [p for p in feature_parts if p == knob_label(_field(FeatureConfig, "l2_normalize"))]
+        parts += [p for p in feature_parts if p == knob_label(_field(FeatureConfig, "l2_normalize"))]
+        return parts + [f"{key}={value}" for key, value in self._objects_entry().items()]
 
 
-def _rebuild(method: str, features: FeatureConfig, sections: dict[str, Any]) -> DiscoveryProtocol:
-    return DiscoveryProtocol(method, features, **{k: v for k, v in sections.items() if k in registered_methods()})
+def _rebuild(method: str, features: FeatureConfig, sections: dict[str, Any],
+             objects: int = DEFAULT_OBJECTS) -> DiscoveryProtocol:
+    return DiscoveryProtocol(method, features, objects=objects,
+                             **{k: v for k, v in sections.items() if k in registered_methods()})
 
 
 def _field(cls: type, name: str) -> dataclasses.Field:
@@ -274,5 +319,7 @@ def describe_features(features: FeatureConfig) -> str:
 
 
 def describe_protocol(protocol: DiscoveryProtocol) -> str:
-    """The protocol in words, e.g. ``raw keys of the last layer, k=100, Gram bias 0``."""
-    return protocol.spec.describe(describe_features(protocol.features), protocol.method_knobs)
+    """The protocol in words, e.g. ``raw keys of the last layer, k=100, Gram bias 0`` (``, up to 3 objects
+    per image`` when it asks for several)."""
+    text = protocol.spec.describe(describe_features(protocol.features), protocol.method_knobs)
+    return text + ("" if protocol.objects == DEFAULT_OBJECTS else f", up to {protocol.objects} objects per image")

@@ -335,6 +335,7 @@ def write_voc_dataset(
     all_hard: Sequence[int] = (),
     float_coords: bool = False,
     scene: str = "gradient",
+    empty_images: Sequence[int] = (),
 ) -> list[SyntheticImage]:
     """Write ``<root>/VOCdevkit/VOC<year>/`` with ``n_images`` images.
 
@@ -355,7 +356,8 @@ def write_voc_dataset(
     for i in range(n_images):
         width, height = sizes[i % len(sizes)]
         image_id = f"{i + 1:06d}" if year == "2007" else f"2008_{i + 1:06d}"
-        boxes = random_boxes(width, height, int(rng.integers(1, max_objects + 1)), rng)
+        count = 0 if i in empty_images else int(rng.integers(1, max_objects + 1))
+        boxes = random_boxes(width, height, count, rng)
         objects = []
         for box in boxes:
             touches = box[0] == 0 or box[1] == 0 or box[2] == width or box[3] == height

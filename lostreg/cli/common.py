@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from lostreg.errors import LostregError, debug_enabled
 from lostreg.knobs import FeatureConfig, ProtocolError, flag_of, knob_choices, knob_fields, knob_help, knob_type
 from lostreg.methods import DEFAULT_METHOD, registered_methods
-from lostreg.protocol import PRECISIONS, DiscoveryProtocol
+from lostreg.protocol import DEFAULT_OBJECTS, OBJECTS_HELP, PRECISIONS, DiscoveryProtocol
 
 if TYPE_CHECKING:  # pragma: no cover
     from lostreg.backbones import Backbone
@@ -88,6 +88,15 @@ def protocol_parent_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_objects_argument(parser: argparse.ArgumentParser) -> None:
+    """``--objects N`` for commands that run discovery (``objects=`` in hydra commands).
+
+    A protocol-level setting, not a method's knob, so it is not among :func:`protocol_parent_parser`'s
+    flags (those are exactly the declared knobs); :func:`protocol_from_args` reads it when given.
+    """
+    parser.add_argument("--objects", type=int, default=DEFAULT_OBJECTS, metavar="N", help=OBJECTS_HELP)
+
+
 def add_precision_argument(parser: argparse.ArgumentParser) -> None:
     """``--precision fp32|tf32|bf16`` for commands that run a backbone over many images."""
     parser.add_argument("--precision", choices=PRECISIONS, default=PRECISIONS[0],
@@ -103,8 +112,9 @@ def protocol_from_args(args: argparse.Namespace) -> DiscoveryProtocol:
     """
     values = {section: {f.name: getattr(args, f.name) for f in knob_fields(cls)}
               for section, cls in _protocol_sections()}
+    objects = getattr(args, "objects", DEFAULT_OBJECTS)  # commands without --objects: one object
     try:
-        return DiscoveryProtocol.from_mapping({"method": args.method, **values}).validate()
+        return DiscoveryProtocol.from_mapping({"method": args.method, "objects": objects, **values}).validate()
     except ProtocolError as err:
         raise ProtocolError(as_flag(str(err))) from None
 
@@ -114,6 +124,8 @@ def protocol_overrides(args: argparse.Namespace) -> list[str]:
     protocol = protocol_from_args(args)
     default = DiscoveryProtocol()
     out = [] if protocol.method == default.method else [f"method={protocol.method}"]
+    if protocol.objects != default.objects:
+        out.append(f"objects={protocol.objects}")
     for section, cls in _protocol_sections():
         ours = protocol.features if section == "features" else protocol.section(section)
         for field in knob_fields(cls):
@@ -132,6 +144,8 @@ def as_flag(message: str) -> str:
                 return flag_of(field) + message[len(key):]
     if message.startswith("method "):
         return "--method" + message[len("method"):]
+    if message.startswith("objects"):
+        return "--objects" + message[len("objects"):]
     return message
 
 

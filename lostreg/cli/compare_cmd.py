@@ -2,7 +2,9 @@
 
 stdout: a markdown table (rows = method + backbone + protocol, in columns ``method``,
 ``backbone``, ``protocol``; column pairs ``<dataset> ours`` / ``<dataset> published``) and its
-footnotes; a published number stands only beside runs of its own method and protocol. stderr:
+footnotes; a published number stands only beside runs of its own method and protocol; then, for
+runs whose boxes have scores, the CorLoc of their most confident images and AP50 ranked by score
+and by image order (:mod:`lostreg.evaluation.confidence`). stderr:
 one line per bad run directory and per ambiguous cell. Exit code 0, 1 when any run directory was bad (the table still shows the
 others), 2 when none was usable.
 """
@@ -42,6 +44,11 @@ def run(args: argparse.Namespace) -> int:
     for text in table.warnings:
         warning(text)
     sys.stdout.write(to_markdown(table))
+    from lostreg.evaluation.confidence import confidence_markdown
+
+    ranking = confidence_markdown(runs)
+    if ranking is not None:
+        sys.stdout.write("\n" + ranking)
     if args.csv is not None:
         try:
             to_csv(table, args.csv)

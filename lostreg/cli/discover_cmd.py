@@ -1,8 +1,9 @@
 """``lostreg discover``: the main object's box for images, folders, globs or the bundled samples.
 
 stdout: one JSON object per image (``image``, ``width``, ``height``, ``box_xyxy`` in original
-pixels with exclusive max, ``seed_rc``, ``backbone``; with ``--method tokencut`` also
-``degenerate``). stderr: progress and one line per problem. Exit code 0 when every image succeeded,
+pixels with exclusive max, ``seed_rc``, ``backbone``; with ``--objects N`` (N > 1) or
+``--with-score`` also ``boxes_xyxy`` and ``scores``, every object most confident first, as in
+``preds.jsonl``; with ``--method tokencut`` also ``degenerate``). stderr: progress and one line per problem. Exit code 0 when every image succeeded,
 1 when any failed, 2 when nothing could run; a bug stops with its traceback (exit code 1).
 
 The discovery itself is the engine's (:mod:`lostreg.evaluation.engine`), as for ``lostreg eval``;
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 from lostreg.cli.common import (
     DEFAULT_MAX_SIZE,
+    add_objects_argument,
     add_precision_argument,
     as_flag,
     build_backbone_loudly,
@@ -63,6 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="images per forward pass (default 1); consecutive images of one padded size are "
                              "batched; boxes do not depend on it")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--with-score", action="store_true",
+                        help="add boxes_xyxy and scores (the method's confidence) to each JSON line; always there "
+                             "with --objects N > 1")
+    add_objects_argument(parser)
     add_precision_argument(parser)
 
 
@@ -240,6 +246,8 @@ class _DiscoverSink:
         self.ttreg: str | None = str(args.ttreg) if args.ttreg else None
         self.output: Path | None = args.output
         self.random_weights = random_weights
+        # Lines of earlier versions unless asked: scripts that parse them keep working.
+        self.with_objects = bool(args.with_score) or args.objects > 1
         self.total = total
         self.failed = 0
         self.used_names: set[str] = set()
@@ -272,7 +280,7 @@ class _DiscoverSink:
                 self._write({"image": name, "error": outcome.error})
                 continue
             found = outcome.discovery
-            record = found.to_json()
+            record = found.to_json(with_objects=self.with_objects)
             if self.ttreg is not None:
                 record["ttreg"] = self.ttreg  # the register neuron file the backbone ran with
             tqdm.write(json.dumps(record), file=sys.stdout)
@@ -281,8 +289,9 @@ class _DiscoverSink:
                 record["png"] = _png_name(name, self.used_names)
                 image = reader.images.pop(outcome.index)
                 label = found.backbone + (" (RANDOM weights)" if self.random_weights else "")
-                save_png(draw_discovery(image, found.box_xyxy, found.seed_box_xyxy, label=label),
-                         self.output / record["png"])
+                others = [o.box_xyxy for o in found.objects[1:]]
+                save_png(draw_discovery(image, found.box_xyxy, found.seed_box_xyxy, label=label,
+                                        other_boxes_xyxy=others), self.output / record["png"])
                 self._write(record)
 
     def _write(self, record: dict) -> None:  # type: ignore[type-arg]

@@ -7,8 +7,10 @@ From an eval run directory (its ``preds.jsonl``; the backbone is not run again),
 folder of images (runs ``lostreg eval`` on it first, into ``--run-dir``, resumable).
 Formats: ``coco`` (instances json; ``--results`` adds a COCO results json), ``detectron2``
 (json list of dataset dicts, XYXY_ABS), ``yolo`` (``labels/*.txt``, ``images.txt``,
-``data.yaml``) and ``voc`` (``Annotations/*.xml``). Failed images go to a ``failed.txt``
-side file, never into the labels. Paths are written relative to ``--root`` (default: the
+``data.yaml``) and ``voc`` (``Annotations/*.xml``), every box of an image (several for
+``objects=N`` runs). ``--with-score`` writes each box's confidence where the format can carry
+it; ``--min-score`` and ``--top-k-objects`` keep the confident boxes. Failed images go to a
+``failed.txt`` side file, never into the labels. Paths are written relative to ``--root`` (default: the
 run's dataset root).
 
 stdout: ``CorLoc: xx.xx (h/t) | AP50: xx.xx | AP: xx.xx`` when the run had ground truth
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from lostreg.cli.common import (
     DEFAULT_MAX_SIZE,
+    add_objects_argument,
     add_precision_argument,
     build_backbone_loudly,
     error,
@@ -70,6 +73,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--link-images", action="store_true",
                         help="yolo: symlink the images into OUT/images/ (where Ultralytics looks); "
                              "voc: into OUT/JPEGImages/")
+    scores = parser.add_argument_group("scores and filters (the method's confidence per box)")
+    scores.add_argument("--with-score", action="store_true",
+                        help="write each box's confidence: coco annotations and --results 'score' (else 1.0), "
+                             "detectron2 annotations 'score', yolo a sixth value (not for `yolo train`), "
+                             "voc a <score> per object")
+    scores.add_argument("--min-score", type=float, default=None, metavar="S",
+                        help="keep only boxes whose score is >= S; images left without a box are not written")
+    scores.add_argument("--top-k-objects", type=int, default=None, metavar="K",
+                        help="keep the K most confident boxes of each image (objects=N runs have several)")
 
     found = parser.add_argument_group("discovery from a folder of images (instead of RUN_DIR)")
     found.add_argument("--images", type=Path, default=None, metavar="DIR", help="folder of images to run LOST on")
@@ -89,6 +101,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     found.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
                        help="extra eval config override, e.g. --set lost.k_patches=50 (repeatable)")
     found.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_objects_argument(found)
     add_precision_argument(found)
 
 
@@ -187,6 +200,11 @@ def quality_line(metrics: Mapping[str, Any]) -> str | None:
 def _report(result: "ExportResult", args: argparse.Namespace) -> None:
     what = "file" if result.format in FILE_FORMATS else "folder"
     print(f"wrote {result.images} pseudo-boxes ({result.format}) to {what} {result.out}", file=sys.stderr)
+    if result.boxes != result.images:
+        print(f"  {result.boxes} boxes in all (several per image)", file=sys.stderr)
+    if result.dropped:
+        print(f"{len(result.dropped)} images kept no box after --min-score / --top-k-objects: not written "
+              f"(e.g. {', '.join(result.dropped[:3])})", file=sys.stderr)
     if args.results is not None:
         print(f"wrote COCO results to {args.results}", file=sys.stderr)
     if result.failed:
@@ -245,6 +263,10 @@ def run(args: argparse.Namespace) -> int:
         return _error("--link-images goes with --format yolo or voc")
     if args.root is not None and not args.root.is_dir():
         return _error(f"--root {args.root} is not a folder")
+    if args.top_k_objects is not None and args.top_k_objects < 1:
+        return _error(f"--top-k-objects must be >= 1, got {args.top_k_objects}")
+    if args.min_score is not None and not math.isfinite(args.min_score):
+        return _error(f"--min-score must be a finite number, got {args.min_score}")
     try:
         # Before the run directory is read or discovery starts: a wrong --out would otherwise
         # cost a whole discovery run, then fail.
@@ -278,7 +300,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             root = args.root if args.root is not None else default_root(read_run_config(run_dir))
         result = export_records(records, args.format, args.out, root=root, results=args.results,
-                                link_images=args.link_images)
+                                link_images=args.link_images, with_score=args.with_score,
+                                min_score=args.min_score, top_k=args.top_k_objects)
     except (ExportError, RunError, ValueError) as err:
         return _error(err)
     except OSError as err:

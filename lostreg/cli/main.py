@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("compare_cmd", "CorLoc table of eval and sweep runs beside published numbers"),
     "data": ("data_cmd", "check dataset layouts, fetch the COCO20k list"),
     "export": ("export_cmd", "write pseudo-boxes for detector training"),
+    "score": ("score_cmd", "CorLoc, AP50 and AR of a detector's predictions (COCO, YOLO, detectron2) on a dataset"),
     "report": ("report_cmd", "self-contained HTML report of eval runs"),
     "inspect": ("inspect_cmd", "diagnostic figures: token norms, attention, PCA, the method's internals"),
     "calibrate": ("calibrate_cmd", "find a ViT's register neurons (test-time registers) from unlabeled images"),

@@ -27,6 +27,7 @@ from lostreg.evaluation.published import (
     PUBLIC_CHECKPOINT_NOTE,
     PUBLISHED,
     PUBLISHED_DATASETS,
+    PUBLISHED_DETECTORS,
     SOURCE_PUBLIC_SWEEP,
     SOURCE_REGISTERS,
     SOURCE_TOKENCUT,
@@ -43,6 +44,7 @@ from lostreg.evaluation.runs import (
     load_runs,
 )
 from lostreg.datasets.registry import dataset_kind, dataset_kinds
+from lostreg.evaluation.detector_runs import DETECTOR_METHOD
 from lostreg.methods import DEFAULT_METHOD, method_names
 from lostreg.protocol import DiscoveryProtocol, describe_protocol
 
@@ -87,6 +89,10 @@ def _default_note(method: str) -> str:
 
 
 DEFAULT_DATA_NOTE = "native resolution, pretrained weights (the papers' protocol)"
+DETECTOR_NOTE = ("detector: a detector's predictions scored by `lostreg score` (CorLoc of its most confident box per "
+                 "image); its protocol names the discovery run it was trained on. A published '+ CAD' number stands "
+                 "beside it only when that run follows the published protocol and the detector is scored on the "
+                 "data it was trained on; the detector itself (architecture, schedule) is not checked.")
 RANDOM_NOTE = "RANDOM weights: randomly initialised backbone, a pipeline test only; its CorLoc is meaningless"
 
 
@@ -194,7 +200,7 @@ def build_table(runs: Iterable[RunSummary], include_published: bool = True) -> T
         # Reference rows only for the methods compared here: a LOST-only table stays LOST-only.
         methods = {row.method for row in ordered}
         ordered += [Row(backbone=p.label, protocol=p.protocol, published=p, method=p.lostreg_method)
-                    for p in sorted(PUBLISHED, key=lambda p: _method_order(p.lostreg_method))
+                    for p in sorted(PUBLISHED + PUBLISHED_DETECTORS, key=lambda p: _method_order(p.lostreg_method))
                     if p.key not in shown and p.lostreg_method in methods]
     return Table(datasets=tuple(datasets), rows=ordered, include_published=include_published, warnings=warnings)
 
@@ -303,13 +309,15 @@ def table_text(table: Table) -> TableText:
             cells.append(f"[{sources.index(row.published.source) + 1}]" if row.published is not None else "")
         rows.append(cells)
 
-    methods = sorted({row.method for row in table.rows}, key=_method_order) or [DEFAULT_METHOD]
-    defaults = "; ".join(_default_note(m) if m in method_names() else m for m in methods)
+    methods = sorted({row.method for row in table.rows if row.method != DETECTOR_METHOD}, key=_method_order)
+    defaults = "; ".join(_default_note(m) if m in method_names() else m for m in methods or [DEFAULT_METHOD])
     notes = [f"protocol {DEFAULT_PROTOCOL_TEXT}: the method's default protocol ({defaults}), {DEFAULT_DATA_NOTE}; "
              "otherwise only the departures from it are named.",
              "ours: CorLoc in percent (hits / images evaluated), two decimals; - not run"
              + ("; n/a: the run has no CorLoc (a dataset without ground truth, such as a folder of images, "
                 "or no image done yet)." if any(c.startswith("n/a") for cells in rows for c in cells) else ".")]
+    if any(row.method == DETECTOR_METHOD for row in table.rows):
+        notes.append(DETECTOR_NOTE)
     notes += footnotes
     if any(row.is_random for row in table.rows):
         notes.append(RANDOM_NOTE + ".")

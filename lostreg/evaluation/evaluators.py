@@ -23,9 +23,11 @@ from lostreg.evaluation.corloc import CorLocEvaluator, ImageResult
 
 __all__ = [
     "ClassAgnosticAP",
+    "ConfidenceCurve",
     "CorLoc",
     "DatasetEvaluator",
     "DatasetEvaluators",
+    "ImageOrderAP",
     "metrics_from_lines",
     "prediction_counts",
 ]
@@ -81,12 +83,8 @@ class CorLoc(DatasetEvaluator):
         return {"corloc": scores["corloc"] if scores["total"] else None, "hits": scores["hits"]}
 
 
-class ClassAgnosticAP(DatasetEvaluator):
-    """COCO AP@[.5:.95] and AP50 of the pseudo-boxes, one category (:func:`lostreg.evaluation.ap.pseudo_box_ap`).
-
-    ``ap`` and ``ap50`` are fractions in [0, 1], None without any ground-truth box. COCOeval
-    takes seconds on a large dataset, so it runs at the end of a session only.
-    """
+class _LinesEvaluator(DatasetEvaluator):
+    """Keeps every line; its metrics are computed from all of them at the end of a session."""
 
     per_batch = False
 
@@ -99,11 +97,52 @@ class ClassAgnosticAP(DatasetEvaluator):
     def process(self, lines: Sequence[Line]) -> None:
         self._lines.extend(lines)
 
+
+def _fractions(scores: Mapping[str, Any], keys: Sequence[str], prefix: str = "") -> dict[str, Any]:
+    return {prefix + key: None if math.isnan(float(scores[key])) else float(scores[key]) for key in keys}
+
+
+class ClassAgnosticAP(_LinesEvaluator):
+    """COCO AP@[.5:.95] and AP50 of the boxes, one category (:func:`lostreg.evaluation.ap.pseudo_box_ap`),
+    every box of a line ranked by its score (ties when the lines have no scores).
+
+    ``ap`` and ``ap50`` are fractions in [0, 1], None without any ground-truth box; with
+    ``recall=True`` also ``ar1``, ``ar10``, ``ar100`` (COCO's AR@1, @10, @100) from the same
+    COCOeval run. COCOeval takes seconds on a large dataset, so it runs at the end of a session only.
+    """
+
+    def __init__(self, recall: bool = False) -> None:
+        super().__init__()
+        self.recall = recall
+
     def evaluate(self) -> dict[str, Any]:
         from lostreg.evaluation.ap import pseudo_box_ap  # pycocotools: only when asked
 
-        scores = pseudo_box_ap(self._lines)
-        return {key: None if math.isnan(float(scores[key])) else float(scores[key]) for key in ("ap", "ap50")}
+        keys = ("ap", "ap50", "ar1", "ar10", "ar100") if self.recall else ("ap", "ap50")
+        return _fractions(pseudo_box_ap(self._lines), keys)
+
+
+class ImageOrderAP(_LinesEvaluator):
+    """``ap50_image_order``: AP50 with every box tied at score 1.0 (image order), the value lostreg
+    reported before scores: the baseline the method's confidence must beat (``ap50``)."""
+
+    def evaluate(self) -> dict[str, Any]:
+        from lostreg.evaluation.ap import pseudo_box_ap
+
+        return _fractions(pseudo_box_ap(self._lines, scored=False), ("ap50",), prefix="image_order_")
+
+
+class ConfidenceCurve(_LinesEvaluator):
+    """``corloc_by_confidence``: CorLoc of the most confident 10%, 20%, ... of the images
+    (:func:`lostreg.evaluation.confidence.confidence_curve`; None without scores).
+
+    Reads the ``hit`` that :class:`CorLoc` decided: list it after CorLoc.
+    """
+
+    def evaluate(self) -> dict[str, Any]:
+        from lostreg.evaluation.confidence import confidence_curve
+
+        return {"corloc_by_confidence": confidence_curve(self._lines)}
 
 
 class DatasetEvaluators(DatasetEvaluator):
@@ -135,8 +174,11 @@ class DatasetEvaluators(DatasetEvaluator):
 
 
 def default_evaluators(has_ground_truth: bool) -> DatasetEvaluators:
-    """CorLoc and class-agnostic AP where the dataset has ground truth; none otherwise."""
-    return DatasetEvaluators([CorLoc(), ClassAgnosticAP()] if has_ground_truth else [])
+    """Where the dataset has ground truth: CorLoc, class-agnostic AP and AR (boxes ranked by their
+    scores), AP50 in image order, and the CorLoc of the most confident images; none otherwise."""
+    if not has_ground_truth:
+        return DatasetEvaluators([])
+    return DatasetEvaluators([CorLoc(), ClassAgnosticAP(recall=True), ImageOrderAP(), ConfidenceCurve()])
 
 
 def prediction_counts(lines: Iterable[Mapping[str, Any]], num_images: int) -> dict[str, Any]:
@@ -151,8 +193,9 @@ def prediction_counts(lines: Iterable[Mapping[str, Any]], num_images: int) -> di
 def metrics_from_lines(lines: Sequence[Line], num_images: int, has_ground_truth: bool) -> dict[str, Any]:
     """Every metric of stored lines (all already scored): what ``metrics.json`` holds, without timings.
 
-    Keys: ``corloc`` and ``hits`` (None without ground truth), ``ap`` and ``ap50`` (only with
-    ground truth), ``total``, ``failed``, ``num_images``, ``complete``.
+    Keys: ``corloc`` and ``hits`` (None without ground truth), ``ap``, ``ap50``, ``ar1``, ``ar10``,
+    ``ar100``, ``image_order_ap50`` and ``corloc_by_confidence`` (only with ground truth),
+    ``total``, ``failed``, ``num_images``, ``complete``.
     """
     evaluators = default_evaluators(has_ground_truth)
     evaluators.process(list(lines))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lostreg.evaluation.detector_runs import DETECTOR_METHOD
 from lostreg.knobs import follows_reference
 from lostreg.methods import DEFAULT_METHOD, method_label
 from lostreg.methods.tokencut import REFERENCE_SOLVERS
@@ -24,6 +25,7 @@ __all__ = [
     "BACKBONE_TO_PUBLISHED",
     "PUBLISHED",
     "PUBLISHED_DATASETS",
+    "PUBLISHED_DETECTORS",
     "PUBLIC_CHECKPOINT_NOTE",
     "TOKENCUT_BACKBONE_TO_PUBLISHED",
     "TOKENCUT_REFERENCE_SOLVERS",
@@ -32,6 +34,7 @@ __all__ = [
     "lostreg_backbone_for",
     "method_label",
     "published_by_key",
+    "published_detector_match",
     "published_for",
     "published_sweep_for",
     "published_match",
@@ -45,6 +48,9 @@ SOURCE_REGISTERS = 'Registers paper ("Vision Transformers Need Registers", Darce
 SOURCE_PUBLIC_SWEEP = "public DINOv2 checkpoints, swept protocol (lostreg spec lost.md, section 6)"
 SOURCE_TTREG = ('"Vision Transformers Don\'t Need Trained Registers" (Jiang et al., NeurIPS 2025), '
                 "Table 5 (as reported in lostreg spec test_time_registers_dinov3.md, A4)")
+SOURCE_LOST_CAD = ("LOST repository README (github valeoai/LOST, \"Towards unsupervised object detection\"): "
+                   "LOST+CAD, a class-agnostic Faster R-CNN (detectron2 R50-C4, DINO ResNet-50) trained on the boxes of "
+                   "LOST with DINO ViT-S/16, CorLoc of its most confident box per image")
 SOURCE_TOKENCUT = ("TokenCut README and paper (Wang et al., \"Self-Supervised Transformers for Unsupervised Object "
                    "Discovery using Normalized Cut\", CVPR 2022), CorLoc with DINO backbones")
 
@@ -117,6 +123,7 @@ _LOST_PROTOCOL = "keys of the last layer, k=100, no Gram bias"
 _T3_PROTOCOL = "authors' ViT-L/14 trained on ImageNet-22k (not the public checkpoints); keys; manual Gram bias"
 _SWEEP_PROTOCOL = "best of k/q/v over the last 4 layers, L2-normalised, Gram bias swept in [-1, 0]"
 _TOKENCUT_PROTOCOL = "keys of the last layer, binary graph tau=0.2, eps=1e-5, scipy eigh"
+_CAD_PROTOCOL = "class-agnostic detector trained on the pseudo-boxes of LOST (DINO ViT-S/16, keys, k=100) of the same data"
 
 PUBLISHED: tuple[PublishedResult, ...] = (
     PublishedResult("lost_dino_vits16", "LOST (DINO)", "ViT-S/16", _LOST_PROTOCOL, SOURCE_LOST, 61.9, 64.0, 50.7),
@@ -139,6 +146,13 @@ PUBLISHED: tuple[PublishedResult, ...] = (
                     67.3, 71.6, 60.7, lostreg_method="tokencut"),
     PublishedResult("tokencut_dino_vitb16", "TokenCut (DINO)", "ViT-B/16", _TOKENCUT_PROTOCOL, SOURCE_TOKENCUT,
                     68.8, 72.4, 59.0, lostreg_method="tokencut"),
+)
+
+#: Published CorLoc of detectors trained on a method's pseudo-boxes ("+ CAD"), beside ``lostreg score``
+#: runs (rows of method :data:`~lostreg.evaluation.detector_runs.DETECTOR_METHOD`; :func:`published_detector_match`).
+PUBLISHED_DETECTORS: tuple[PublishedResult, ...] = (
+    PublishedResult("lost_cad_dino_vits16", "LOST + CAD (DINO)", "ViT-S/16", _CAD_PROTOCOL, SOURCE_LOST_CAD,
+                    65.7, 70.4, 57.5, lostreg_method=DETECTOR_METHOD),
 )
 
 #: lostreg backbone name (canonical, as ``configs/backbone`` writes it) -> published LOST row key.
@@ -165,7 +179,7 @@ _BACKBONE_MAPS: dict[str, dict[str, str]] = {"lost": BACKBONE_TO_PUBLISHED, "tok
 
 def published_by_key(key: str) -> PublishedResult:
     """The published row with ``key`` (``KeyError`` if none)."""
-    for result in PUBLISHED:
+    for result in PUBLISHED + PUBLISHED_DETECTORS:
         if result.key == key:
             return result
     raise KeyError(f"no published result {key!r}")
@@ -188,7 +202,8 @@ def published_match(
     Rules (a row maps only to runs of its own method that follow its protocol):
 
     * pretrained weights, keys of the last layer, no ``features.l2_normalize`` (no published
-      row uses that fixed setting; TokenCut normalises its features itself either way);
+      row uses that fixed setting; TokenCut normalises its features itself either way), one
+      object per image;
     * the method's settings have the reference implementation's values
       (:func:`lostreg.knobs.follows_reference`: their defaults, and for TokenCut's eigen-solver
       ``scipy``, the reference's call, or ``torch64``, not the float32 ``torch32``), except the
@@ -207,6 +222,8 @@ def published_match(
     paper_features = FeatureConfig()  # every published row: raw keys of the last layer
     if key is None or weights != "pretrained" or protocol.features != paper_features:
         return None
+    if protocol.objects != 1:
+        return None  # several objects: box_xyxy is the most confident one, not the published protocol's
     result = published_by_key(key)
     # artifact-aware LOST (exclude_outliers) and torch32 are not the reference's values: no row.
     return result if follows_reference(protocol.method_knobs, result.free_knobs) else None
@@ -259,3 +276,21 @@ def published_sweep_for(backbone: str, weights: str = "pretrained", ttreg: bool 
     if ttreg:
         key = "public_sweep_dinov2_ttreg" if backbone == "dinov2_vitl14" else None
     return published_by_key(key) if key is not None and weights == "pretrained" else None
+
+
+#: Published single-protocol row -> the row of a detector trained on its boxes ("+ CAD"). Only LOST's is
+#: published by its authors (LOST README); TokenCut + CAD (71.4 / 75.3 / 62.6 as tabled by later papers)
+#: is not listed: lostreg could not check it against the TokenCut authors' own text.
+_CAD_OF: dict[str, str] = {"lost_dino_vits16": "lost_cad_dino_vits16"}
+
+
+def published_detector_match(backbone: str, protocol: DiscoveryProtocol, weights: str = "pretrained"
+                              ) -> PublishedResult | None:
+    """The published "+ CAD" row beside a detector trained on the pseudo-boxes of a run of ``backbone`` and
+    ``protocol``: only when that run matches the published row the detector was trained from
+    (:func:`published_match`). The caller checks that the detector is scored on the data it was trained on
+    (the published setting) and on the published split; the detector itself (architecture, schedule) is
+    the user's: the note of the table says so."""
+    source = published_match(backbone, protocol, weights)
+    key = None if source is None else _CAD_OF.get(source.key)
+    return None if key is None else published_by_key(key)

@@ -55,18 +55,22 @@ def prediction_record(record: ImageRecord, found: Discovery | None, error: str |
     """The ``preds.jsonl`` line of one image, before scoring.
 
     Keys: ``image_id``, ``image`` (path), ``width``, ``height``, ``box_xyxy`` (original pixels,
-    max exclusive; null on error), ``seed`` (flat patch index), ``seed_rc``, ``hit``, ``iou``
-    (null here: the CorLoc evaluator fills them where there is ground truth), ``gt_boxes_xyxy``,
-    ``error`` (null or one line); then the method's own fields (TokenCut: ``degenerate``, the
-    image's spectrum had no distinct object, see :mod:`lostreg.tokencut`).
+    max exclusive; null on error; the most confident object's box, the one CorLoc scores),
+    ``seed`` (flat patch index), ``seed_rc``, ``boxes_xyxy`` (every object found, most confident
+    first; one unless ``objects=N``), ``scores`` (their confidences, same order; null for a method
+    without one), ``hit``, ``iou`` (null here: the CorLoc evaluator fills them where there is
+    ground truth), ``gt_boxes_xyxy``, ``error`` (null or one line); then the method's own fields
+    (TokenCut: ``degenerate``, the image's spectrum had no distinct object, see :mod:`lostreg.tokencut`).
     """
     line: dict[str, Any] = {"image_id": record.image_id, "image": str(record.path)}
     if found is None:
-        line.update(width=record.width, height=record.height, box_xyxy=None, seed=None, seed_rc=None)
+        line.update(width=record.width, height=record.height, box_xyxy=None, seed=None, seed_rc=None,
+                    boxes_xyxy=None, scores=None)
     else:
         line.update(
             width=found.width, height=found.height, box_xyxy=list(found.box_xyxy),
             seed=found.result.seed, seed_rc=list(found.seed_rc),
+            boxes_xyxy=found.boxes_xyxy, scores=found.scores,
         )
     line.update(hit=None, iou=None, gt_boxes_xyxy=np.asarray(record.gt_boxes_xyxy).tolist(), error=error)
     if found is not None:

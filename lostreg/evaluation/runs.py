@@ -17,7 +17,14 @@ from typing import Any
 
 from lostreg.backbones.registry import is_weight_free
 from lostreg.datasets.registry import dataset_kind
-from lostreg.evaluation.published import PublishedResult, method_label, published_match, published_sweep_for
+from lostreg.evaluation.detector_runs import DETECTOR_METHOD, SCORE_KIND, DetectorInfo
+from lostreg.evaluation.published import (
+    PublishedResult,
+    method_label,
+    published_detector_match,
+    published_match,
+    published_sweep_for,
+)
 from lostreg.methods import DEFAULT_METHOD
 from lostreg.protocol import DiscoveryProtocol, ProtocolError
 from lostreg.rundir import CONFIG_FILE, METRICS_FILE, RunDir, RunError
@@ -75,6 +82,14 @@ class RunSummary:
     selected_on: str | None = None
     #: The register-neuron file of a run with a test-time register (``ttreg=``), else None.
     ttreg: str | None = None
+    #: For a ``lostreg score`` run: the detector (its backbone, discovery and weights are those of the run
+    #: it was trained on, when known); None for a discovery run.
+    detector: DetectorInfo | None = None
+    #: ``metrics.json``'s ``ap50``, ``image_order_ap50`` and ``corloc_by_confidence`` (None when absent:
+    #: runs of earlier versions, no ground truth).
+    ap50: float | None = field(default=None, compare=False)
+    image_order_ap50: float | None = field(default=None, compare=False)
+    confidence_curve: tuple[Mapping[str, Any], ...] | None = field(default=None, compare=False, repr=False)
     #: Where the row's ``preds.jsonl`` is when it is not ``run_dir`` (a sweep row: its configuration's directory).
     predictions_dir: Path | None = field(default=None, compare=False)
 
@@ -85,8 +100,9 @@ class RunSummary:
 
     @property
     def method(self) -> str:
-        """The discovery method, ``lost`` or ``tokencut`` (``method=`` of the config)."""
-        return self.discovery.method
+        """The discovery method, ``lost`` or ``tokencut`` (``method=`` of the config); ``detector`` for a
+        ``lostreg score`` run."""
+        return DETECTOR_METHOD if self.detector is not None else self.discovery.method
 
     @property
     def method_label(self) -> str:
@@ -147,6 +163,8 @@ class RunSummary:
         with tau 0.2, eps 1e-5 and the default solver on the keys of the last layer is
         ``"default"``, one with ``tokencut.tau=0.3`` is ``"tau=0.3"``.
         """
+        if self.detector is not None:
+            return " ".join([self.detector.protocol_text(), *self.variant])
         if self.sweep_role == "best":
             parts = [f"sweep of {self.sweep_size}: best on the same data (oracle)"]
         elif self.sweep_role == "chosen":
@@ -173,7 +191,12 @@ class RunSummary:
         return self.method, self.backbone, self.protocol
 
     def published(self) -> PublishedResult | None:
-        """The published row this run compares with (see :func:`~lostreg.evaluation.published.published_match`)."""
+        """The published row this run compares with (see :func:`~lostreg.evaluation.published.published_match`;
+        for a detector, the "+ CAD" row of what it was trained on, when it is scored on that same data)."""
+        if self.detector is not None:
+            if self.detector.trained_on is None or self.detector.trained_dataset != self.dataset:
+                return None
+            return published_detector_match(self.backbone, self.discovery, self.weights)
         if self.sweep_role is not None:
             return published_sweep_for(self.backbone, weights=self.weights, ttreg=bool(self.ttreg))
         if self.ttreg:
@@ -235,6 +258,8 @@ def load_run_rows(run_dir: str | Path) -> list[RunSummary]:
     run.require(CONFIG_FILE, METRICS_FILE)
     metrics = run.read_metrics()
     assert metrics is not None  # required above
+    if metrics.get("kind") == SCORE_KIND:
+        return [_score_summary(run, run.read_config(), metrics)]
     if metrics.get("kind") != "sweep":
         return [_summary(run, run.read_config(), metrics)]
     rows = []
@@ -301,6 +326,48 @@ def _current_best(run: RunDir, summary: Mapping[str, Any]) -> dict[str, Any] | N
     return None if best is None else {"protocol": best[1]}
 
 
+def _quality(metrics: Mapping[str, Any], source: Path) -> dict[str, Any]:
+    """The ranking metrics of ``metrics.json`` (absent in runs of earlier versions: None)."""
+    curve = metrics.get("corloc_by_confidence")
+    return {
+        "ap50": _typed(metrics.get("ap50"), float, "ap50", source, optional=True),
+        "image_order_ap50": _typed(metrics.get("image_order_ap50"), float, "image_order_ap50", source, optional=True),
+        "confidence_curve": tuple(curve) if isinstance(curve, list) else None,
+    }
+
+
+def _score_summary(run: RunDir, config: Mapping[str, Any], metrics: Mapping[str, Any]) -> RunSummary:
+    """A ``lostreg score`` run as a row: named by the discovery run the detector was trained on, when known."""
+    for key in _METRIC_KEYS:
+        if key not in metrics:
+            raise RunError(f"{run.metrics_path}: missing key {key!r}")
+    dataset = _select(config, "dataset", run.config_path)
+    detector = DetectorInfo.from_config(config)
+    trained = detector.trained_on or {}
+    try:
+        discovery = DiscoveryProtocol.from_mapping(trained.get("protocol") or {})
+    except ProtocolError as err:
+        raise RunError(f"{run.config_path}: trained_on: {err}") from None
+    corloc = _typed(metrics["corloc"], float, "corloc", run.metrics_path, optional=True)
+    return RunSummary(
+        run_dir=run.path,
+        backbone=str(trained.get("backbone") or "-"),
+        dataset=str(_select(config, "dataset.name", run.config_path)).lower(),
+        weights=str(trained.get("weights") or _DEFAULT_WEIGHTS),
+        discovery=discovery,
+        max_size=None,
+        corloc=None if corloc is None or math.isnan(corloc) else corloc,
+        hits=_typed(metrics["hits"], int, "hits", run.metrics_path, optional=True),
+        total=_typed(metrics["total"], int, "total", run.metrics_path),
+        failed=_typed(metrics.get("failed", 0), int, "failed", run.metrics_path),
+        num_images=_typed(metrics["num_images"], int, "num_images", run.metrics_path),
+        complete=_typed(metrics["complete"], bool, "complete", run.metrics_path),
+        dataset_config=dict(dataset),
+        detector=detector,
+        **_quality(metrics, run.metrics_path),
+    )
+
+
 def _summary(run: RunDir, config: Mapping[str, Any], metrics: Mapping[str, Any]) -> RunSummary:
     cfg = {key: _select(config, key, run.config_path) for key in _CONFIG_KEYS}
     for key in _METRIC_KEYS:
@@ -325,6 +392,7 @@ def _summary(run: RunDir, config: Mapping[str, Any], metrics: Mapping[str, Any])
         complete=_typed(metrics["complete"], bool, "complete", run.metrics_path),
         dataset_config=dict(config["dataset"]),  # a dict: _select found dataset.name in it
         ttreg=str(config["ttreg"]) if config.get("ttreg") else None,
+        **_quality(metrics, run.metrics_path),
     )
 
 

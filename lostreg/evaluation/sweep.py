@@ -88,9 +88,15 @@ class SweepGrid:
         """Expand ``cfg.sweep`` around ``base`` (a missing list is base's single value).
 
         Raises:
-            ConfigError: an empty list, or a setting of another method than ``base.method``;
+            ConfigError: an empty list, a setting of another method than ``base.method``, or
+                ``objects`` other than 1;
             ProtocolError: a value out of range (validated per configuration).
         """
+        if base.objects != 1:
+            # A sweep ranks protocols by the CorLoc of one box per image; objects= changes which
+            # boxes a run keeps, not how it finds the first: evaluate the chosen protocol with it.
+            raise ConfigError(f"objects={base.objects}: a sweep runs one object per image; run lostreg eval with "
+                              "objects= on the configuration you choose")
         sweep = OmegaConf.to_container(cfg.sweep, resolve=True)
         assert isinstance(sweep, dict)
         axes = sweep_axes()

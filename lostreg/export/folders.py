@@ -33,19 +33,24 @@ def _yolo_decimals(width: int, height: int) -> int:
     return max(6, math.ceil(math.log10(1.5 * max(width, height))) + 1)
 
 
-def yolo_line(box_xyxy: Sequence[int], width: int, height: int, class_id: int = 0) -> str:
-    """``"<class> cx cy w h"``, normalised to [0, 1] by the image size (no newline).
+def yolo_line(box_xyxy: Sequence[int], width: int, height: int, class_id: int = 0,
+              score: float | None = None) -> str:
+    """``"<class> cx cy w h"``, normalised to [0, 1] by the image size (no newline); with ``score``,
+    ``"<class> cx cy w h conf"``, the layout of Ultralytics' predictions (``save_conf``).
 
     Args:
         box_xyxy: ``(x1, y1, x2, y2)`` pixels, max exclusive.
         width: Image width W.
         height: Image height H.
         class_id: YOLO class index (0: the single class ``object``).
+        score: the box's confidence, written as a sixth value (Ultralytics *training* reads five:
+            labels with scores are for reading back and scoring, not for ``yolo train``).
     """
     x, y, w, h = xyxy_to_xywh(box_xyxy)
     d = _yolo_decimals(width, height)
     values = ((2 * x + w) / (2 * width), (2 * y + h) / (2 * height), w / width, h / height)
-    return f"{class_id} " + " ".join(f"{v:.{d}f}" for v in values)
+    line = f"{class_id} " + " ".join(f"{v:.{d}f}" for v in values)
+    return line if score is None else f"{line} {score:.6f}"
 
 
 def _yolo_data_yaml(out_dir: Path) -> str:
@@ -69,10 +74,12 @@ def write_yolo(
     out_dir: str | os.PathLike[str],
     root: str | os.PathLike[str] | None = None,
     link_images: bool = False,
+    with_score: bool = False,
 ) -> ExportResult:
     """Write a YOLO (Ultralytics) detection dataset to ``out_dir``.
 
-    * ``labels/<stem>.txt``: one line ``0 cx cy w h`` (:func:`yolo_line`) per image;
+    * ``labels/<stem>.txt``: one line ``0 cx cy w h`` (:func:`yolo_line`) per box, most confident
+      first; with ``with_score``, ``0 cx cy w h conf`` (1.0 for a run without confidences);
     * ``images.txt``: the images, one per line, relative to ``root`` (absolute without one);
     * ``data.yaml``: ``path`` (``out_dir``, absolute), ``train``/``val`` (``images``),
       ``nc: 1``, ``names: ["object"]``;
@@ -90,7 +97,10 @@ def write_yolo(
     if link_images:
         check_images_exist(items)
     for it in items:
-        result.files.append(write_text_file(out / "labels" / f"{it.stem}.txt", yolo_line(it.box_xyxy, *it.size) + "\n"))
+        lines = [yolo_line(o.box_xyxy, *it.size, score=(1.0 if o.score is None else o.score) if with_score else None)
+                 for o in it.objects]
+        result.files.append(write_text_file(out / "labels" / f"{it.stem}.txt", "".join(line + "\n" for line in lines)))
+        result.boxes += len(lines)
         if link_images:
             result.files.append(link_image(str(it.record["image"]), out / "images" / Path(str(it.record["image"])).name))
     result.stale = stale_files(out / "labels", ".txt", result.files)
@@ -104,15 +114,18 @@ def write_yolo(
 # ---------------------------------------------------------------------------- voc
 
 
-def voc_xml(box_xyxy: Sequence[int], width: int, height: int, path: str, name: str = CATEGORY_NAME) -> str:
-    """A PASCAL VOC annotation with one object.
+def voc_xml(box_xyxy: Sequence[int] | Sequence[Sequence[int]], width: int, height: int, path: str,
+            name: str = CATEGORY_NAME, scores: Sequence[float] | None = None) -> str:
+    """A PASCAL VOC annotation with one object per box.
 
     Corners are 1-based inclusive: ``(x1 + 1, y1 + 1, x2, y2)`` for the 0-based,
-    max-exclusive ``box_xyxy``. ``<filename>`` is the base name of ``path``; ``<path>``
-    is ``path`` itself (relative to the export root, or absolute). ``<depth>`` is 3:
-    lostreg reads every image as RGB.
+    max-exclusive ``box_xyxy`` (one box, or a list of boxes). ``<filename>`` is the base name
+    of ``path``; ``<path>`` is ``path`` itself (relative to the export root, or absolute).
+    ``<depth>`` is 3: lostreg reads every image as RGB. With ``scores`` (one per box) each
+    object gets a ``<score>`` element, which VOC has no field for: VOC loaders (detectron2's,
+    MMDetection's) ignore it.
     """
-    xmin, ymin, xmax, ymax = xyxy_to_voc(box_xyxy)
+    boxes = [box_xyxy] if box_xyxy and not isinstance(box_xyxy[0], Sequence) else list(box_xyxy)
     ann = ET.Element("annotation")
     ET.SubElement(ann, "folder").text = Path(path).parent.name
     ET.SubElement(ann, "filename").text = Path(path).name
@@ -123,14 +136,18 @@ def voc_xml(box_xyxy: Sequence[int], width: int, height: int, path: str, name: s
     for tag, value in (("width", width), ("height", height), ("depth", 3)):
         ET.SubElement(size, tag).text = str(value)
     ET.SubElement(ann, "segmented").text = "0"
-    obj = ET.SubElement(ann, "object")
-    ET.SubElement(obj, "name").text = name
-    ET.SubElement(obj, "pose").text = "Unspecified"
-    ET.SubElement(obj, "truncated").text = "0"
-    ET.SubElement(obj, "difficult").text = "0"
-    bndbox = ET.SubElement(obj, "bndbox")
-    for tag, value in (("xmin", xmin), ("ymin", ymin), ("xmax", xmax), ("ymax", ymax)):
-        ET.SubElement(bndbox, tag).text = str(value)
+    for i, box in enumerate(boxes):
+        xmin, ymin, xmax, ymax = xyxy_to_voc(box)  # type: ignore[arg-type]
+        obj = ET.SubElement(ann, "object")
+        ET.SubElement(obj, "name").text = name
+        ET.SubElement(obj, "pose").text = "Unspecified"
+        ET.SubElement(obj, "truncated").text = "0"
+        ET.SubElement(obj, "difficult").text = "0"
+        bndbox = ET.SubElement(obj, "bndbox")
+        for tag, value in (("xmin", xmin), ("ymin", ymin), ("xmax", xmax), ("ymax", ymax)):
+            ET.SubElement(bndbox, tag).text = str(value)
+        if scores is not None:
+            ET.SubElement(obj, "score").text = f"{float(scores[i]):.6f}"
     ET.indent(ann, space="\t")
     return ET.tostring(ann, encoding="unicode") + "\n"
 
@@ -140,10 +157,12 @@ def write_voc(
     out_dir: str | os.PathLike[str],
     root: str | os.PathLike[str] | None = None,
     link_images: bool = False,
+    with_score: bool = False,
 ) -> ExportResult:
     """Write VOC annotations to ``out_dir``.
 
-    * ``Annotations/<stem>.xml``: one per image (:func:`voc_xml`), class ``object``;
+    * ``Annotations/<stem>.xml``: one per image (:func:`voc_xml`), one object of class ``object``
+      per box, most confident first; with ``with_score``, a ``<score>`` per object;
     * ``ImageSets/Main/trainval.txt``: the stems, one per line (what VOC loaders list);
     * with ``link_images``: ``JPEGImages/<file name>`` symbolic links to the images;
     * ``failed.txt``.
@@ -158,7 +177,9 @@ def write_voc(
     if link_images:
         check_images_exist(items)
     for it in items:
-        xml = voc_xml(it.box_xyxy, *it.size, it.rel_path)
+        scores = [1.0 if o.score is None else o.score for o in it.objects] if with_score else None
+        xml = voc_xml([o.box_xyxy for o in it.objects], *it.size, it.rel_path, scores=scores)
+        result.boxes += len(it.objects)
         result.files.append(write_text_file(out / "Annotations" / f"{it.stem}.xml", xml))
         if link_images:
             result.files.append(link_image(str(it.record["image"]), out / "JPEGImages" / Path(str(it.record["image"])).name))

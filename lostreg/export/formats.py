@@ -5,8 +5,15 @@ The writers live in :mod:`lostreg.export.coco` (COCO, detectron2) and :mod:`lost
 
 Every writer takes prediction records, the lines of an eval run's ``preds.jsonl``
 (:func:`lostreg.evaluation.runner.prediction_record`), of which it uses ``image_id``,
-``image`` (path), ``width``, ``height``, ``box_xyxy`` and ``error``. It reads no run
-directory and no image: reading runs is :mod:`lostreg.export.readers`' job.
+``image`` (path), ``width``, ``height``, ``boxes_xyxy`` and ``scores`` (every object, most
+confident first; ``box_xyxy`` alone in lines of earlier versions) and ``error``. It reads no
+run directory and no image: reading runs is :mod:`lostreg.export.readers`' job.
+
+Scores and filters (:func:`export_records`): ``with_score`` writes each box's confidence where the
+format can carry it (COCO annotations and results ``score``, detectron2 annotations ``score``, a
+sixth YOLO value, a VOC ``<score>`` element); without it the files are those of lostreg before
+scores (COCO results all 1.0). ``min_score`` and ``top_k`` keep the confident boxes
+(:func:`lostreg.export.records.select_objects`).
 
 Box conventions. ``box_xyxy`` is ``[x1, y1, x2, y2]`` in integer pixels of the original
 image, 0-based, max exclusive (:mod:`lostreg.boxes`). The formats store it as:
@@ -43,11 +50,13 @@ from lostreg.export.records import (
     ExportResult,
     FailedImage,
     Record,
+    Selection,
     check_output,
     check_unique_stems,
     coco_image_ids,
     failed_file_for,
     relative_path,
+    select_objects,
     split_failed,
 )
 
@@ -67,6 +76,7 @@ __all__ = [
     "export_records",
     "failed_file_for",
     "relative_path",
+    "select_objects",
     "split_failed",
     "voc_xml",
     "write_coco",
@@ -87,15 +97,23 @@ def export_records(
     root: str | os.PathLike[str] | None = None,
     results: str | os.PathLike[str] | None = None,
     link_images: bool = False,
+    with_score: bool = False,
+    min_score: float | None = None,
+    top_k: int | None = None,
 ) -> ExportResult:
     """Write ``records`` in format ``fmt`` (one of :data:`FORMATS`) to ``out``.
 
     ``results`` (a COCO results file) is for ``coco`` only; ``link_images`` for ``yolo``
-    and ``voc`` only.
+    and ``voc`` only. ``with_score`` writes the confidences; ``min_score`` and ``top_k`` filter
+    the boxes first (images left without a box are not written).
+
+    Returns:
+        What was written (``dropped``: the images the filters left without a box).
 
     Raises:
         ExportError: an unknown format, an option the format does not take, an output path the
-            format cannot write (:func:`check_output`), or a writer's error.
+            format cannot write (:func:`check_output`), a filter the run cannot take, or a
+            writer's error.
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -104,10 +122,15 @@ def export_records(
     if link_images and fmt in FILE_FORMATS:
         raise ExportError("--link-images goes with --format yolo or voc")
     check_output(fmt, out, results)
+    selection = select_objects(records, min_score, top_k)
+    kept = selection.records
     if fmt == "coco":
-        return write_coco(records, out, root, results)
-    if fmt == "detectron2":
-        return write_detectron2(records, out, root)
-    if fmt == "yolo":
-        return write_yolo(records, out, root, link_images)
-    return write_voc(records, out, root, link_images)
+        result = write_coco(kept, out, root, results, with_score)
+    elif fmt == "detectron2":
+        result = write_detectron2(kept, out, root, with_score)
+    elif fmt == "yolo":
+        result = write_yolo(kept, out, root, link_images, with_score)
+    else:
+        result = write_voc(kept, out, root, link_images, with_score)
+    result.dropped = selection.dropped
+    return result

@@ -1,8 +1,9 @@
 """What every pseudo-box writer shares: the records they take, failed images, output checks, file writes.
 
 A record is a line of an eval run's ``preds.jsonl`` (:func:`lostreg.evaluation.runner.prediction_record`);
-writers use its ``image_id``, ``image`` (path), ``width``, ``height``, ``box_xyxy`` (``[x1, y1, x2,
-y2]`` integer pixels, max exclusive) and ``error``. See :mod:`lostreg.export.formats` for the formats.
+writers use its ``image_id``, ``image`` (path), ``width``, ``height``, ``boxes_xyxy`` and ``scores``
+(every object, most confident first; lines of earlier versions have only ``box_xyxy``: ``[x1, y1,
+x2, y2]`` integer pixels, max exclusive) and ``error``. See :mod:`lostreg.export.formats` for the formats.
 """
 
 from __future__ import annotations
@@ -39,6 +40,34 @@ class FailedImage:
     error: str
 
 
+@dataclass(frozen=True)
+class PseudoBox:
+    """One pseudo-box of an image: ``(x1, y1, x2, y2)`` integer pixels, max exclusive, and the method's
+    confidence (None when the run has none)."""
+
+    box_xyxy: tuple[int, int, int, int]
+    score: float | None
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What the score filters kept (:func:`select_objects`).
+
+    Attributes:
+        records: records with a box left (their ``boxes_xyxy``, ``scores`` and ``box_xyxy`` rewritten
+            to the kept boxes), and the failed records, unchanged, in input order.
+        dropped: image ids whose every box was filtered out: left out of the export (neither
+            written as images without objects nor listed as failed).
+        boxes_before: boxes of the records with a box, before the filters.
+        boxes_after: boxes kept.
+    """
+
+    records: list[Record]
+    dropped: list[str]
+    boxes_before: int
+    boxes_after: int
+
+
 @dataclass
 class ExportResult:
     """What a writer wrote.
@@ -52,6 +81,8 @@ class ExportResult:
         failed_file: The side file that lists ``failed``.
         stale: Label files already in the output folder that this export did not write
             (left from an earlier export or another dataset; never deleted here).
+        boxes: Pseudo-boxes written (several per image with ``objects=N`` runs).
+        dropped: Image ids left out because the score filters kept none of their boxes.
     """
 
     format: str
@@ -61,6 +92,8 @@ class ExportResult:
     failed: list[FailedImage] = field(default_factory=list)
     failed_file: Path | None = None
     stale: list[Path] = field(default_factory=list)
+    boxes: int = 0
+    dropped: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -123,6 +156,68 @@ def record_box(record: Record) -> tuple[int, int, int, int]:
     return x, y, x + w, y + h
 
 
+def record_objects(record: Record) -> list[PseudoBox]:
+    """Every pseudo-box of a record with a box, most confident first: ``boxes_xyxy`` with ``scores``
+    (``box_xyxy`` alone, score None, for lines of earlier versions).
+
+    Raises:
+        ExportError: a malformed box, or boxes and scores of different lengths.
+    """
+    boxes = record.get("boxes_xyxy")
+    if boxes is None:
+        boxes = [record["box_xyxy"]]
+    scores = record.get("scores")
+    if scores is not None and len(scores) != len(boxes):
+        raise ExportError(f"{record.get('image')}: {len(boxes)} boxes but {len(scores)} scores in the record")
+    out = []
+    for i, box in enumerate(boxes):
+        try:
+            x, y, w, h = xyxy_to_xywh(box)  # validates: 4 integers, x1 <= x2, y1 <= y2
+        except ValueError as err:
+            raise ExportError(f"{record.get('image')}: {err}") from None
+        out.append(PseudoBox((x, y, x + w, y + h), None if scores is None else float(scores[i])))
+    return out
+
+
+def select_objects(records: Sequence[Record], min_score: float | None = None,
+                   top_k: int | None = None) -> Selection:
+    """Keep, per image, the boxes with a score >= ``min_score``, then the ``top_k`` most confident.
+
+    Boxes are stored most confident first, so ``top_k`` keeps the first ones (for a run without
+    scores: the first found). An image left without a box is dropped from the export: a low
+    confidence is no proof that the image holds no object, so it is not written as a negative.
+
+    Raises:
+        ExportError: ``min_score`` on a run without scores, or ``top_k < 1``.
+    """
+    if top_k is not None and top_k < 1:
+        raise ExportError(f"--top-k-objects must be >= 1, got {top_k}")
+    kept: list[Record] = []
+    dropped: list[str] = []
+    before = after = 0
+    for record in records:
+        if is_failed(record):
+            kept.append(record)
+            continue
+        objects = record_objects(record)
+        before += len(objects)
+        if min_score is not None:
+            if any(o.score is None for o in objects):
+                raise ExportError(f"--min-score needs scores, but {record.get('image')} has none (a run of a method "
+                                  "without a confidence, or of a lostreg version before scores)")
+            objects = [o for o in objects if o.score is not None and o.score >= min_score]
+        if top_k is not None:
+            objects = objects[:top_k]
+        if not objects:
+            dropped.append(str(record["image_id"]))
+            continue
+        after += len(objects)
+        scores = None if objects[0].score is None else [o.score for o in objects]
+        kept.append({**record, "box_xyxy": list(objects[0].box_xyxy),
+                     "boxes_xyxy": [list(o.box_xyxy) for o in objects], "scores": scores})
+    return Selection(kept, dropped, before, after)
+
+
 def coco_image_ids(records: Sequence[Record]) -> list[int]:
     """Integer COCO image ids for ``records`` (in their order).
 
@@ -146,14 +241,20 @@ class PerImage:
     stem: str
     rel_path: str
     size: tuple[int, int]  # (width, height) pixels
-    box_xyxy: tuple[int, int, int, int]  # pixels, max exclusive
+    objects: tuple[PseudoBox, ...]  # most confident first; boxes in pixels, max exclusive
+
+    @property
+    def box_xyxy(self) -> tuple[int, int, int, int]:
+        """The most confident box."""
+        return self.objects[0].box_xyxy
 
 
 def per_image(records: Sequence[Record], root: str | os.PathLike[str] | None) -> tuple[list[PerImage], list[FailedImage]]:
     """Split off failed images and check stems, paths, sizes and boxes of the others, in input order."""
     ok, failed = split_failed(records)
     stems = record_stems(ok)
-    items = [PerImage(r, stem, relative_path(r["image"], root), record_size(r), record_box(r)) for r, stem in zip(ok, stems)]
+    items = [PerImage(r, stem, relative_path(r["image"], root), record_size(r), tuple(record_objects(r)))
+             for r, stem in zip(ok, stems)]
     return items, failed
 
 

@@ -16,6 +16,11 @@ A method is one :class:`MethodSpec`, registered once (:func:`register_method`):
   :data:`~lostreg.knobs.OUTPUT_NORMS`).
 * ``memory_bytes(config, patches, batch)``: the method's peak for a batch (:mod:`lostreg.memory`).
 * ``record_fields(result)``: what a prediction line adds for this method (TokenCut's ``degenerate``).
+* ``confidence(result)``: the method's confidence in a result (a float, higher = more confident),
+  or None when the method has none: every box then ties (score 1.0 in exports).
+* ``run_objects``: ``run_objects(config, features, grid_hw, extras, objects) -> per image, a list
+  of results in discovery order``, the several-object rule (the first result of each image is
+  ``run``'s); None when the method finds one object per image (``objects > 1`` is then refused).
 * ``dir_name(features, config)`` and ``describe(config)``: its run-directory name and its words.
 
 The built-in methods (:mod:`lostreg.methods.lost`, :mod:`lostreg.methods.tokencut`) register on
@@ -39,6 +44,7 @@ __all__ = [
     "DEFAULT_METHOD",
     "MethodResult",
     "MethodSpec",
+    "find_objects",
     "get_method",
     "method_label",
     "method_names",
@@ -72,6 +78,9 @@ class MethodResult(Protocol):
 
 
 RunFunction = Callable[[Any, "torch.Tensor", tuple[int, int], Mapping[FeatureKey, "torch.Tensor"]], Sequence[MethodResult]]
+#: ``(config, features, grid_hw, extras, objects) -> per image, its results in discovery order``.
+RunObjectsFunction = Callable[[Any, "torch.Tensor", tuple[int, int], Mapping[FeatureKey, "torch.Tensor"], int],
+                              Sequence[Sequence[MethodResult]]]
 
 
 def _no_extra_keys(config: Any) -> tuple[FeatureKey, ...]:
@@ -99,6 +108,10 @@ class MethodSpec:
         extra_keys: ``config -> feature keys`` the method needs besides the protocol's features.
         record_fields: ``result -> dict`` added to each prediction line.
         summary: one sentence for ``--help`` and docs.
+        confidence: ``result -> float``, the method's confidence in one result (higher = more
+            confident); None: the method has none.
+        run_objects: the several-object run function (or ``"module:function"``), None when the
+            method finds one object per image.
     """
 
     name: str
@@ -112,16 +125,33 @@ class MethodSpec:
     extra_keys: Callable[[Any], tuple[FeatureKey, ...]] = _no_extra_keys
     record_fields: Callable[[Any], dict[str, Any]] = _no_record_fields
     summary: str = ""
-    _resolved: dict[str, RunFunction] = field(default_factory=dict, init=False, repr=False, compare=False)
+    confidence: Callable[[Any], float] | None = None
+    run_objects: RunObjectsFunction | str | None = None
+    _resolved: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def run_function(self) -> RunFunction:
         """:attr:`run`, imported on first use when given as ``"module:function"``."""
-        if callable(self.run):
-            return self.run
-        if "run" not in self._resolved:
-            module, _, name = self.run.partition(":")
-            self._resolved["run"] = getattr(importlib.import_module(module), name)
-        return self._resolved["run"]
+        return self._resolve("run")
+
+    def run_objects_function(self) -> RunObjectsFunction:
+        """:attr:`run_objects`, imported on first use (ValueError when the method has none)."""
+        if self.run_objects is None:
+            raise ValueError(f"discovery method {self.name!r} finds one object per image")
+        return self._resolve("run_objects")
+
+    @property
+    def finds_several(self) -> bool:
+        """Whether the method can find several objects per image (:attr:`run_objects`)."""
+        return self.run_objects is not None
+
+    def _resolve(self, attribute: str) -> Any:
+        target = getattr(self, attribute)
+        if callable(target):
+            return target
+        if attribute not in self._resolved:
+            module, _, name = target.partition(":")
+            self._resolved[attribute] = getattr(importlib.import_module(module), name)
+        return self._resolved[attribute]
 
     def knob_names(self) -> tuple[str, ...]:
         """The method's settings, in declaration order."""
@@ -212,11 +242,38 @@ def run_method(protocol: Any, features: "torch.Tensor", grid_hw: tuple[int, int]
     Returns:
         One result per image, in batch order.
     """
+    spec = get_method(protocol.method)
+    return list(spec.run_function()(protocol.method_knobs, features, grid_hw, _extras(extras)))
+
+
+def _extras(extras: Mapping[FeatureKey, "torch.Tensor"] | "torch.Tensor | None") -> Mapping[FeatureKey, "torch.Tensor"]:
+    """The extra feature sets by key; a bare tensor is :data:`~lostreg.knobs.OUTPUT_NORMS`."""
     from lostreg.knobs import OUTPUT_NORMS
 
     if extras is None:
-        extras = {}
-    elif not isinstance(extras, Mapping):
-        extras = {OUTPUT_NORMS: extras}
+        return {}
+    if not isinstance(extras, Mapping):
+        return {OUTPUT_NORMS: extras}
+    return extras
+
+
+def find_objects(protocol: Any, features: "torch.Tensor", grid_hw: tuple[int, int],
+                 extras: Mapping[FeatureKey, "torch.Tensor"] | "torch.Tensor | None" = None
+                 ) -> list[list[MethodResult]]:
+    """Up to ``protocol.objects`` objects per image of a batch of same-grid images.
+
+    With one object (the default) this is :func:`run_method`, each result alone in its list, so
+    the single-object protocol runs exactly the code it always ran. With more, the method's
+    :attr:`MethodSpec.run_objects` (its first result per image is :func:`run_method`'s).
+
+    Args:
+        protocol, features, grid_hw, extras: as :func:`run_method`.
+
+    Returns:
+        Per image, in batch order, its results in discovery order (at least one).
+    """
+    if protocol.objects == 1:
+        return [[result] for result in run_method(protocol, features, grid_hw, extras)]
     spec = get_method(protocol.method)
-    return list(spec.run_function()(protocol.method_knobs, features, grid_hw, extras))
+    return [list(found) for found in spec.run_objects_function()(protocol.method_knobs, features, grid_hw,
+                                                                 _extras(extras), protocol.objects)]

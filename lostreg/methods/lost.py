@@ -6,6 +6,7 @@ Light (no torch): the run function is :func:`lostreg.lost.run_lost`, imported on
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from lostreg.knobs import OUTPUT_NORMS, FeatureConfig, FeatureKey, knob, validate_knobs
 from lostreg.methods import MethodSpec, register_method
@@ -46,6 +47,11 @@ def _memory_bytes(config: LostConfig, patches: int, batch: int) -> int:
     return min(MAX_STEP_BYTES, batch * patches * 4 * 128) + batch * patches * 64
 
 
+def _confidence(result: Any) -> float:
+    # How far the seed's degree lies below the image's mean degree (lostreg.lost.seed_confidence).
+    return float(result.score)
+
+
 def _dir_name(features: FeatureConfig, config: LostConfig) -> str:
     # The form of the first lostreg versions, so their run directories are found again.
     name = f"{features.which}_layer{features.layer}_k{config.k_patches}_bias{float(config.gram_bias)}"
@@ -67,6 +73,8 @@ SPEC = register_method(MethodSpec(
     describe=_describe,
     table_knobs=("gram_bias", "k_patches"),
     extra_keys=_extra_keys,
+    confidence=_confidence,
+    run_objects="lostreg.lost:run_lost_objects",
     summary="LOST (Simeoni et al., BMVC 2021): the lowest-degree seed of the patch-similarity graph, grown "
             "with its most similar low-degree patches",
 ))

@@ -54,6 +54,11 @@ def _record_fields(result: Any) -> dict[str, Any]:
     return {"degenerate": bool(result.degenerate)}
 
 
+def _confidence(result: Any) -> float:
+    # 1 - λ2, the relaxed normalised-cut value of the split; 0 when degenerate (lostreg.tokencut).
+    return float(result.score)
+
+
 def _dir_name(features: FeatureConfig, config: TokenCutConfig) -> str:
     default = TokenCutConfig()
     name = f"tokencut_{features.which}_layer{features.layer}_tau{float(config.tau)}"
@@ -75,5 +80,7 @@ SPEC = register_method(MethodSpec(
     describe=_describe,
     table_knobs=("tau",),
     record_fields=_record_fields,
+    confidence=_confidence,
+    run_objects="lostreg.tokencut:run_tokencut_objects",
     summary="TokenCut (Wang et al., CVPR 2022): a normalised cut of the thresholded patch-similarity graph",
 ))

@@ -1,6 +1,8 @@
 """A static, self-contained HTML page comparing ``lostreg eval`` runs of one dataset.
 
-The page has the CorLoc table of :mod:`lostreg.evaluation.compare` at the top, a legend, then
+The page has the CorLoc table of :mod:`lostreg.evaluation.compare` at the top (and, for runs
+whose boxes have scores, the CorLoc of their most confident images:
+:mod:`lostreg.evaluation.confidence`), a legend, then
 a gallery: one thumbnail per image with the ground truth and every run's box drawn on it,
 and per run a hit / miss / error chip. Filters ("hit by A", "missed by B", "disagreements",
 quick buttons per ordered pair of runs) are a few lines of JavaScript over ``data-``
@@ -33,6 +35,7 @@ from tqdm import tqdm
 
 from lostreg import __version__
 from lostreg.evaluation.compare import Table, build_table, corloc_cell, dataset_label, table_text
+from lostreg.evaluation.confidence import CONFIDENCE_NOTE, confidence_table
 from lostreg.io.atomic import atomic_write_text
 from lostreg.report.gallery import (
     DEFAULT_THUMB_SIZE,
@@ -125,6 +128,28 @@ def table_to_html(table: Table, run_labels: Mapping[Path, tuple[str, str]] | Non
     out.append('<div class="notes">' + "".join(f"<p>{_esc(n)}</p>" for n in text.notes) + "</div>")
     for warning in table.warnings:
         out.append(f'<p class="warning">{_esc(warning)}</p>')
+    return "\n".join(out)
+
+
+def confidence_to_html(runs: Sequence[ReportRun], run_labels: Sequence[str]) -> str:
+    """The confidence section: per run with scores, AP50 by score and by image order and the CorLoc of its
+    most confident images (:func:`~lostreg.evaluation.confidence.confidence_table`); empty when none has them."""
+    summaries = [run.summary for run in runs]
+    table = confidence_table(summaries)
+    if table is None:
+        return ""
+    header, rows = table
+    labels = [label for run, label in zip(summaries, run_labels)
+              if run.confidence_curve is not None or run.ap50 is not None]
+    out = ['<section id="confidence">', "<h2>CorLoc of the most confident images</h2>",
+           '<table class="corloc" id="confidence-table">',
+           "<thead><tr>" + "".join(f'<th scope="col">{_esc(h)}</th>' for h in ["run", *header]) + "</tr></thead>",
+           "<tbody>"]
+    for label, cells in zip(labels, rows):
+        tds = [f"<td>{_esc(label)}</td>"] + [f'<td class="num">{_esc(c)}</td>' if i >= 4 else f"<td>{_esc(c)}</td>"
+                                            for i, c in enumerate(cells)]
+        out.append(f"<tr>{''.join(tds)}</tr>")
+    out += ["</tbody></table>", f'<div class="notes"><p>{_esc(CONFIDENCE_NOTE)}</p></div>', "</section>"]
     return "\n".join(out)
 
 
@@ -310,6 +335,7 @@ def build_report(
         "<h2>CorLoc</h2>",
         table_html,
         "</section>",
+        confidence_to_html(runs, labels),
         '<section id="images">',
         "<h2>Images</h2>",
         "\n".join(legend),

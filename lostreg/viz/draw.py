@@ -12,6 +12,7 @@ import numpy as np
 BOX_COLOUR = (255, 40, 40)
 SEED_COLOUR = (255, 220, 0)
 GT_COLOUR = (40, 220, 40)
+OTHER_BOX_COLOUR = (255, 140, 40)
 
 
 def draw_discovery(
@@ -20,6 +21,7 @@ def draw_discovery(
     seed_box_xyxy: Sequence[int] | None = None,
     label: str | None = None,
     gt_boxes_xyxy: Sequence[Sequence[int]] = (),
+    other_boxes_xyxy: Sequence[Sequence[int]] = (),
 ) -> np.ndarray:
     """Return a copy of ``image_rgb`` with the box, the seed patch and optional GT drawn.
 
@@ -29,6 +31,7 @@ def draw_discovery(
         seed_box_xyxy: the seed patch in the same convention, filled translucent.
         label: text written above the box (e.g. the backbone name).
         gt_boxes_xyxy: ground-truth boxes in the same convention, drawn in green.
+        other_boxes_xyxy: the image's less confident objects (``--objects N``), drawn thinner in orange.
 
     Returns:
         (H, W, 3) uint8 RGB.
@@ -44,6 +47,8 @@ def draw_discovery(
         cv2.rectangle(overlay, (x1, y1), (x2 - 1, y2 - 1), SEED_COLOUR, thickness=-1)
         canvas = cv2.addWeighted(overlay, 0.5, canvas, 0.5, 0.0)
         _rectangle(canvas, seed_box_xyxy, SEED_COLOUR, max(1, thickness // 2))
+    for other in other_boxes_xyxy:
+        _rectangle(canvas, other, OTHER_BOX_COLOUR, max(1, thickness // 2))
     _rectangle(canvas, box_xyxy, BOX_COLOUR, thickness)
     if label:
         scale = max(0.4, max(h, w) / 900)
