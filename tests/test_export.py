@@ -96,7 +96,9 @@ def test_coco_round_trip(voc_run: VocRun, tmp_path: Path, capsys: pytest.Capture
     for det in dets.loadAnns(dets.getAnnIds()):
         x, y, w, h = det["bbox"]
         assert [x, y, x + w, y + h] == by_id[det["image_id"]]["box_xyxy"]
-        assert (det["category_id"], det["score"]) == (1, 1.0)
+        # The method's confidence (issue [15]; 1.0 before scores existed).
+        expected_score = (by_id[det["image_id"]].get("scores") or [1.0])[0]
+        assert (det["category_id"], det["score"]) == (1, pytest.approx(expected_score))
     assert len(dets.getAnnIds()) == len(voc_run.ok)
 
     assert stdout.splitlines() == [expected_quality_line(list(voc_run.preds.values()))]
@@ -115,7 +117,10 @@ def test_detectron2_round_trip(voc_run: VocRun, tmp_path: Path, capsys: pytest.C
         assert voc_run.root / d["file_name"] == Path(pred["image"])
         assert (d["width"], d["height"]) == (pred["width"], pred["height"])
         (ann,) = d["annotations"]
+        # With the box's confidence since issue [15] (the key detectron2's predictions use).
+        score = ann.pop("score")
         assert ann == {"bbox": pred["box_xyxy"], "bbox_mode": 0, "category_id": 0, "iscrowd": 0}
+        assert score == pytest.approx((pred.get("scores") or [1.0])[0])
 
 
 def ultralytics_label_path(image_path: str) -> str:

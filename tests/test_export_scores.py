@@ -1,7 +1,7 @@
 """``lostreg export`` with several boxes per image and their scores: every format round-trips them; filters.
 
 The run: TokenCut with ``objects=3`` on generated scenes (several boxes per image, each with TokenCut's
-confidence). Without ``--with-score`` the files are those of lostreg before scores (other tests pin
+confidence). COCO and detectron2 always carry the scores; YOLO and VOC with ``--with-score`` (other tests pin
 them: tests/test_export.py).
 """
 
@@ -54,7 +54,7 @@ def test_coco_instances_and_results_carry_every_box_and_score(run, tmp_path: Pat
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     run_dir, preds = run
     out, results = tmp_path / "p.json", tmp_path / "r.json"
-    code, _, err = export(capsys, run_dir, "--format", "coco", "--out", out, "--results", results, "--with-score")
+    code, _, err = export(capsys, run_dir, "--format", "coco", "--out", out, "--results", results)
     assert code == 0, err
     COCO(str(out))  # loads as COCO
     images = {im.lostreg_image_id: im for im in read_coco_json(out)}
@@ -66,17 +66,16 @@ def test_coco_instances_and_results_carry_every_box_and_score(run, tmp_path: Pat
     assert sum(len(im.boxes) for im in results_read) == sum(len(p["boxes_xyxy"]) for p in preds.values())
     for im in results_read:
         assert [(list(b.box_xyxy), b.score) for b in im.boxes] == _expected(preds[by_id[im.image_id]])
-    # Without --with-score: results tie at 1.0 as before, annotations carry no score.
-    export(capsys, run_dir, "--format", "coco", "--out", out, "--results", results)
-    assert {b.score for im in read_coco_json(results) for b in im.boxes} == {1.0}
-    assert {b.score for im in read_coco_json(out) for b in im.boxes} == {None}
+    # COCO always carries the scores: --with-score (for yolo and voc) is refused, not ignored.
+    code, _, err = export(capsys, run_dir, "--format", "coco", "--out", out, "--with-score")
+    assert code == 2 and "--with-score goes with --format yolo or voc" in err
 
 
 def test_detectron2_yolo_and_voc_round_trip_boxes_and_scores(run, tmp_path: Path,  # type: ignore[no-untyped-def]
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     run_dir, preds = run
     d2 = tmp_path / "d2.json"
-    assert export(capsys, run_dir, "--format", "detectron2", "--out", d2, "--with-score")[0] == 0
+    assert export(capsys, run_dir, "--format", "detectron2", "--out", d2)[0] == 0
     for image in read_detectron2_file(d2):
         assert [(list(b.box_xyxy), b.score) for b in image.boxes] == _expected(preds[image.image_id])
     yolo, voc = tmp_path / "yolo", tmp_path / "voc"
@@ -100,7 +99,7 @@ def test_min_score_and_top_k_keep_the_confident_boxes(run, tmp_path: Path,  # ty
     top_scores = sorted(p["scores"][0] for p in preds.values())
     threshold = top_scores[len(top_scores) // 2]
     out = tmp_path / "f.json"
-    code, _, err = export(capsys, run_dir, "--format", "detectron2", "--out", out, "--with-score",
+    code, _, err = export(capsys, run_dir, "--format", "detectron2", "--out", out,
                           "--min-score", threshold, "--top-k-objects", 2)
     assert code == 0, err
     written = {d["image_id"]: d for d in json.loads(out.read_text())}

@@ -59,10 +59,9 @@ def test_coco_yolo_and_detectron2_files_of_a_runs_boxes_score_as_the_run(voc, tm
     expected = metrics_of(run)
     data = ["dataset=voc07", f"dataset.root={root}"]
     assert run_command(capsys, "export", run, "--format", "coco", "--out", tmp_path / "c.json",
-                       "--results", tmp_path / "results.json", "--with-score")[0] == 0
+                       "--results", tmp_path / "results.json")[0] == 0
     assert run_command(capsys, "export", run, "--format", "yolo", "--out", tmp_path / "yolo", "--with-score")[0] == 0
-    assert run_command(capsys, "export", run, "--format", "detectron2", "--out", tmp_path / "d2.json",
-                       "--with-score")[0] == 0
+    assert run_command(capsys, "export", run, "--format", "detectron2", "--out", tmp_path / "d2.json")[0] == 0
     preds = read_run_predictions(run)
     (tmp_path / "instances.json").write_text(json.dumps(_instances(preds)))
     torch.save(_instances(preds), tmp_path / "instances_predictions.pth")
@@ -128,7 +127,7 @@ def test_ids_a_results_file_numbers_itself_need_the_coco_file_that_defines_them(
         voc12_set: synthetic.SyntheticVoc, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = eval_pixels(voc12_set.root, tmp_path / "run", dataset="voc12")
     assert run_command(capsys, "export", run, "--format", "coco", "--out", tmp_path / "c.json",
-                       "--results", tmp_path / "r.json", "--with-score")[0] == 0
+                       "--results", tmp_path / "r.json")[0] == 0
     data = ["dataset=voc12", f"dataset.root={voc12_set.root}"]
     code, _, err = score(capsys, tmp_path / "r.json", *data, "--run-dir", tmp_path / "no")
     assert code == 2 and "--coco-images" in err
@@ -182,7 +181,7 @@ def test_report_shows_a_score_run_beside_the_discovery_run(voc, tmp_path: Path, 
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     root, run = voc
     assert run_command(capsys, "export", run, "--format", "coco", "--out", tmp_path / "c.json",
-                       "--results", tmp_path / "r.json", "--with-score")[0] == 0
+                       "--results", tmp_path / "r.json")[0] == 0
     code, _, err = score(capsys, tmp_path / "r.json", "dataset=voc07", f"dataset.root={root}",
                          "--run-dir", tmp_path / "s", "--trained-on", run, "--label", "detector on LOST boxes")
     assert code == 0, err

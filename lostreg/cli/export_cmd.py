@@ -8,8 +8,8 @@ folder of images (runs ``lostreg eval`` on it first, into ``--run-dir``, resumab
 Formats: ``coco`` (instances json; ``--results`` adds a COCO results json), ``detectron2``
 (json list of dataset dicts, XYXY_ABS), ``yolo`` (``labels/*.txt``, ``images.txt``,
 ``data.yaml``) and ``voc`` (``Annotations/*.xml``), every box of an image (several for
-``objects=N`` runs). ``--with-score`` writes each box's confidence where the format can carry
-it; ``--min-score`` and ``--top-k-objects`` keep the confident boxes. Failed images go to a
+``objects=N`` runs). COCO and detectron2 carry each box's confidence (``score``); ``--with-score``
+adds it to YOLO and VOC labels; ``--min-score`` and ``--top-k-objects`` keep the confident boxes. Failed images go to a
 ``failed.txt`` side file, never into the labels. Paths are written relative to ``--root`` (default: the
 run's dataset root).
 
@@ -75,9 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "voc: into OUT/JPEGImages/")
     scores = parser.add_argument_group("scores and filters (the method's confidence per box)")
     scores.add_argument("--with-score", action="store_true",
-                        help="write each box's confidence: coco annotations and --results 'score' (else 1.0), "
-                             "detectron2 annotations 'score', yolo a sixth value (not for `yolo train`), "
-                             "voc a <score> per object")
+                        help="yolo: a sixth value per line, the box's confidence (`yolo train` does not read it); "
+                             "voc: a <score> per object. coco (annotations and --results) and detectron2 always "
+                             "carry the confidences")
     scores.add_argument("--min-score", type=float, default=None, metavar="S",
                         help="keep only boxes whose score is >= S; images left without a box are not written")
     scores.add_argument("--top-k-objects", type=int, default=None, metavar="K",

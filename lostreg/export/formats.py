@@ -9,10 +9,10 @@ Every writer takes prediction records, the lines of an eval run's ``preds.jsonl`
 confident first; ``box_xyxy`` alone in lines of earlier versions) and ``error``. It reads no
 run directory and no image: reading runs is :mod:`lostreg.export.readers`' job.
 
-Scores and filters (:func:`export_records`): ``with_score`` writes each box's confidence where the
-format can carry it (COCO annotations and results ``score``, detectron2 annotations ``score``, a
-sixth YOLO value, a VOC ``<score>`` element); without it the files are those of lostreg before
-scores (COCO results all 1.0). ``min_score`` and ``top_k`` keep the confident boxes
+Scores and filters (:func:`export_records`): every format that has a place for a box's confidence
+carries it: COCO annotations and results ``score`` and detectron2 annotations ``score`` always (1.0
+for runs without confidences); YOLO (a sixth value, which ``yolo train`` does not read) and VOC (a
+``<score>`` element) with ``with_score``. ``min_score`` and ``top_k`` keep the confident boxes
 (:func:`lostreg.export.records.select_objects`).
 
 Box conventions. ``box_xyxy`` is ``[x1, y1, x2, y2]`` in integer pixels of the original
@@ -104,8 +104,8 @@ def export_records(
     """Write ``records`` in format ``fmt`` (one of :data:`FORMATS`) to ``out``.
 
     ``results`` (a COCO results file) is for ``coco`` only; ``link_images`` for ``yolo``
-    and ``voc`` only. ``with_score`` writes the confidences; ``min_score`` and ``top_k`` filter
-    the boxes first (images left without a box are not written).
+    and ``voc`` only, as is ``with_score`` (COCO and detectron2 always carry the confidences);
+    ``min_score`` and ``top_k`` filter the boxes first (images left without a box are not written).
 
     Returns:
         What was written (``dropped``: the images the filters left without a box).
@@ -121,13 +121,15 @@ def export_records(
         raise ExportError("--results (a COCO results file) goes with --format coco")
     if link_images and fmt in FILE_FORMATS:
         raise ExportError("--link-images goes with --format yolo or voc")
+    if with_score and fmt in FILE_FORMATS:
+        raise ExportError("--with-score goes with --format yolo or voc (coco and detectron2 always carry the scores)")
     check_output(fmt, out, results)
     selection = select_objects(records, min_score, top_k)
     kept = selection.records
     if fmt == "coco":
-        result = write_coco(kept, out, root, results, with_score)
+        result = write_coco(kept, out, root, results, with_score=True)
     elif fmt == "detectron2":
-        result = write_detectron2(kept, out, root, with_score)
+        result = write_detectron2(kept, out, root, with_score=True)
     elif fmt == "yolo":
         result = write_yolo(kept, out, root, link_images, with_score)
     else:
