@@ -1,4 +1,4 @@
-"""timm Vision Transformers as LOST feature extractors (DINO, DINOv2, DINOv2+reg, any timm ViT).
+"""timm Vision Transformers as LOST feature extractors (DINO, DINOv2, DINOv2+reg, DeiT-III, CLIP, any timm ViT).
 
 The family's steps of :class:`~lostreg.backbones.timm_base.TimmBackbone`: the token sequence is
 assembled here so that each family's official position-embedding interpolation applies (timm's
@@ -45,6 +45,14 @@ class TimmViTBackbone(TimmBackbone):
             raise ConfigError(
                 f"{name}: not a timm VisionTransformer with a fused qkv projection in every block; "
                 "LOST needs blocks[i].attn.qkv"
+            )
+        # _embed assembles [CLS, registers, patches]: a model with other prefix tokens (DeiT's
+        # distillation token) would lose them.
+        assembled = int(model.cls_token is not None) + (0 if model.reg_token is None else int(model.reg_token.shape[1]))
+        if model.num_prefix_tokens != assembled:
+            raise ConfigError(
+                f"{name}: {model.num_prefix_tokens} prefix tokens, of which lostreg assembles only the class "
+                f"token and registers ({assembled}); distilled DeiT models are not supported"
             )
 
     @property
