@@ -214,6 +214,15 @@ def registered_spec(name: str) -> BackboneSpec | None:
     return _REGISTRY.get(ALIASES.get(name, name))
 
 
+def family_of(name: str) -> str:
+    """The family of a backbone name (registered name, alias or timm name), from the registry or the
+    name alone (never imports timm): ``dinov2_reg``, ``deit3``, ``openclip``, ..., else ``timm``."""
+    spec = registered_spec(name)
+    if spec is not None:
+        return spec.family
+    return "dinov3" if "dinov3" in name else _timm_family(name)
+
+
 def is_weight_free(name: str) -> bool:
     """Whether the backbone ``name`` has no learned weights (``pixels``); False for unknown names."""
     spec = registered_spec(name)

@@ -19,7 +19,7 @@ from torch import nn
 
 from lostreg.backbones.base import FeatureKind, refuse_rope_option
 from lostreg.backbones.edits import ForwardEdit
-from lostreg.backbones.pos_embed import resize_patch_pos_embed
+from lostreg.backbones.pos_embed import PosEmbedInterp, resize_patch_pos_embed
 from lostreg.backbones.registry import BackboneSpec, register_builder
 from lostreg.backbones.timm_base import AttentionTensors, TimmBackbone, create_timm_model
 from lostreg.backbones.weights import WeightsError
@@ -70,7 +70,11 @@ class TimmViTBackbone(TimmBackbone):
         variant that also checks a neuron file against these weights."""
         return self.with_forward_edit(registers)  # type: ignore[return-value]
 
-    def _embed(self, images: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    @property
+    def has_position_table(self) -> bool:
+        return self.model.pos_embed is not None
+
+    def _embed(self, images: torch.Tensor, pos_antialias: bool = False) -> tuple[torch.Tensor, Any]:
         model = self.model
         x = model.patch_embed(images)  # (B, rows, cols, D) with dynamic_img_size
         batch, rows, cols, dim = x.shape
@@ -91,7 +95,8 @@ class TimmViTBackbone(TimmBackbone):
                 model.pos_embed[:, n_pos_prefix:],
                 grid_hw=(rows, cols),
                 pretrained_grid_hw=tuple(model.patch_embed.grid_size),
-                mode=self.spec.pos_embed_interp,
+                # Antialiased: the exact-size bicubic resize with antialias of the DINOv2+reg code.
+                mode=PosEmbedInterp.TIMM if pos_antialias else self.spec.pos_embed_interp,
             )
             if model.no_embed_class:
                 x = torch.cat(prefix + [x + pos_patch], dim=1)
