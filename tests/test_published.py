@@ -234,3 +234,44 @@ def test_deit3_and_openclip_tables_show_their_registers_rows_as_references() -> 
             "jiang_t5_openclip", "jiang_t5_openclip_ttreg"} == keys, "their families only: no DINO row"
     text = table_text(table)
     assert any(note.startswith("values left out") and "LOST (DeiT-III+reg) ViT-B" in note for note in text.notes)
+
+
+def _write_sweep(root: Path, backbone: str, preset: str, best: dict[str, Any]) -> Path:
+    """A finished sweep directory on VOC07 as `lostreg sweep` leaves it: the summary (with its grid) and
+    the best configuration's own run directory (composed config, metrics)."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    overrides = [f"protocol={preset}", f"backbone={backbone}", "dataset=voc07"]
+    cfg = compose_config(overrides)
+    grid = SweepGrid.from_config(cfg, protocol_from_config(cfg))
+    chosen = _best_in(list(grid.configurations), **best)
+    sweep = root / f"{backbone}_{preset}"
+    sub = sweep / "configs" / chosen.name
+    sub.mkdir(parents=True)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(config, dict)
+    config.update(chosen.as_dict())
+    (sub / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
+    metrics = {"corloc": 50.0, "hits": 2506, "total": 5011, "failed": 0, "num_images": 5011, "complete": True}
+    (sub / "metrics.json").write_text(json.dumps(metrics))
+    summary = {"kind": "sweep", "dataset": "voc07", "backbone": backbone, "num_images": 5011, "total": 5011,
+               "complete": True, "grid": {k: list(v) for k, v in grid.lists.items()},
+               "configurations": [{"protocol": p.name} for p in grid.configurations],
+               "best": {"protocol": chosen.name}, "selected": None}
+    (sweep / "metrics.json").write_text(json.dumps(summary))
+    (sweep / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    return sweep
+
+
+def test_sweep_directories_on_disk_get_their_rows(tmp_path: Path) -> None:
+    """Through `lostreg compare`'s reading of sweep directories (their grid in metrics.json)."""
+    from lostreg.evaluation.compare import load_runs
+
+    best_of = _write_sweep(tmp_path, "dinov2_vitl14_reg", "best_of", {"which": "v", "layer": -4, "gram_bias": -1.0})
+    paper = _write_sweep(tmp_path, "dinov2_vitl14_reg", "registers_paper", {"gram_bias": -0.2})
+    (best_row,), (paper_row,) = load_runs([best_of]), load_runs([paper])
+    assert best_row.sweep_grid is not None and set(best_row.sweep_grid["which"]) == {"q", "k", "v"}
+    assert best_row.published().key == "jiang_t5_dinov2_reg"
+    assert paper_row.published() is None, "the registers paper's protocol on public weights: nothing beside it"
