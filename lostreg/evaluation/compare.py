@@ -224,7 +224,7 @@ def _method_order(method: str) -> int:
 # ------------------------------------------------------------------------------ rendering
 
 
-def _sources(table: Table) -> list[str]:
+def published_sources(table: Table) -> list[str]:
     """Published sources cited in the table, in first-use order ([1], [2], ...)."""
     sources: list[str] = []
     for row in table.rows:
@@ -287,7 +287,7 @@ def table_text(table: Table) -> TableText:
     cell starts with ``published:``.
     """
     published_cols = table.published_columns()
-    sources = _sources(table)
+    sources = published_sources(table)
     header = ["method", "backbone", "protocol"]
     for d in table.datasets:
         label = dataset_label(d)

@@ -25,6 +25,7 @@ from lostreg.evaluation.compare import (
     dataset_label,
     other_data_reason,
     published_cell,
+    published_sources,
     table_text,
 )
 from lostreg.evaluation.published import PublishedResult, published_by_key
@@ -108,8 +109,6 @@ def _cell(run: RunSummary | None, sources: list[str]) -> str:
     value = published.corloc(run.dataset) if published is not None else None
     if value is None:
         return corloc_cell(run)
-    if published.source not in sources:
-        sources.append(published.source)
     return f"{corloc_cell(run)} ({published_cell(value)} [{sources.index(published.source) + 1}])"
 
 
@@ -127,7 +126,7 @@ def gap_markdown(runs: Sequence[RunSummary], pairs: Sequence[GapPair], datasets:
     """
     gap = build_gap(runs, pairs)
     table = build_table(runs, include_published=True)
-    sources: list[str] = []
+    sources = published_sources(table)  # the numbering of the reference rows below
     header = ["family", "backbones", "protocol"]
     for d in datasets:
         label = dataset_label(d)
@@ -143,10 +142,9 @@ def gap_markdown(runs: Sequence[RunSummary], pairs: Sequence[GapPair], datasets:
                       _delta_cell(row.delta(d))]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     lines += ["", "Cells: our CorLoc (percent; `*` incomplete); in parentheses the published number it is comparable "
-                  "with (the same checkpoint and the published protocol) and its source. Δ: ours with registers "
-                  "minus ours without, in points."]
-    lines += [f"[{i}] {source}." for i, source in enumerate(sources, start=1)]
-    lines += ["", "![ours and published, per dataset](gap.png)", ""]
+                  "with (the same checkpoint and the published protocol) and its source, numbered as in the notes "
+                  "below. Δ: ours with registers minus ours without, in points.", ""]
+    lines += ["![ours and published, per dataset](gap.png)", ""]
     lines += _references_markdown(table)
     return "\n".join(lines) + "\n"
 
@@ -214,10 +212,9 @@ def gap_figure(runs: Sequence[RunSummary], pairs: Sequence[GapPair], datasets: S
                 published: PublishedResult | None = run.published() if run is not None and run.comparable else None
                 bars += [(ours, side), (None if published is None else published.corloc(dataset), "published"),
                          (_reference(key, dataset), "reference")]
-            for i, (value, kind) in enumerate(bars):
-                if value is None:
-                    continue
-                offset = x + (i - (len(bars) - 1) / 2) * width
+            drawn = [(value, kind) for value, kind in bars if value is not None]  # centred on the group
+            for i, (value, kind) in enumerate(drawn):
+                offset = x + (i - (len(drawn) - 1) / 2) * width
                 style: dict[str, Any] = {"color": _COLOURS[kind]}
                 if kind == "published":
                     style = {"facecolor": "none", "edgecolor": _COLOURS[kind], "linewidth": 1.2}
