@@ -162,7 +162,6 @@ def test_one_engine_runs_both_resizes_each_as_alone(dino: TimmViTBackbone) -> No
     smooth = plain.replace(features=FeatureConfig(pos_embed_antialias=True))
     engine = DiscoveryEngine(dino, [plain, smooth])
     assert engine.passes == {False: [FeatureKey("k", -1)], True: [FeatureKey("k", -1)]}
-    x = _images(16)
     calls: list[bool] = []
     real = dino.extract_many
 
