@@ -210,8 +210,11 @@ def _protocol_dir(*, _root_: DictConfig) -> str:
     methods = registered_methods()
     if str(_root_.get("method")) not in methods:
         return str(_root_.get("method"))  # protocol validation reports the unknown method, one line
-    sections = {key: _root_.get(key) for key in ("method", "features", "objects", *methods)}
-    name = DiscoveryProtocol.from_mapping(OmegaConf.to_container(OmegaConf.create(sections), resolve=True)).name
+    # Each section resolved where it stands: a preset's value may interpolate another section
+    # (registers_paper's features.which reads backbone.name).
+    sections = {key: OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+                for key in ("method", "features", "objects", *methods) for node in [_root_.get(key)]}
+    name = DiscoveryProtocol.from_mapping(sections).name
     max_size, precision = _root_.get("max_size"), _root_.get("precision")
     return name + (f"_max{max_size}" if max_size else "") + ("" if precision == "fp32" else f"_{precision}")
 
@@ -226,6 +229,19 @@ def _run_dir(dataset: Mapping[str, Any], backbone: str, weights: str, ttreg: str
     return default_run_dir(_dataset_dir(dataset), backbone_dir_name(backbone, weights, ttreg), protocol_dir)
 
 
+def _by_family(backbone: str, default: Any, table: Mapping[str, Any]) -> Any:
+    """``${lostreg_by_family:${backbone.name},k,{deit3: v, openclip: v}}``: a preset's value for the
+    backbone's family (:attr:`lostreg.backbones.registry.BackboneSpec.family`), else ``default``
+    (also for a name the registry does not know: the backbone check names it later)."""
+    from lostreg.backbones.registry import UnknownBackboneError, resolve_backbone
+
+    try:
+        family = resolve_backbone(str(backbone)).family
+    except UnknownBackboneError:
+        return default
+    return table.get(family, default)
+
+
 _register_schema()
 # lostreg_run_dir makes the schema's default run_dir; the parts stay available to a run_dir of
 # one's own (run_dir=runs/${lostreg_dataset_dir:${dataset}}/...).
@@ -233,6 +249,7 @@ OmegaConf.register_new_resolver("lostreg_run_dir", _run_dir, replace=True)
 OmegaConf.register_new_resolver("lostreg_protocol_dir", _protocol_dir, replace=True)
 OmegaConf.register_new_resolver("lostreg_dataset_dir", _dataset_dir, replace=True)
 OmegaConf.register_new_resolver("lostreg_backbone_dir", backbone_dir_name, replace=True)
+OmegaConf.register_new_resolver("lostreg_by_family", _by_family, replace=True)
 
 
 def _one_line(err: BaseException) -> str:

@@ -170,7 +170,7 @@ class ObjectDiscoverer:
         if not isinstance(protocol, DiscoveryProtocol):
             raise TypeError(f"protocol must be a DiscoveryProtocol, got {type(protocol).__name__}")
         protocol.validate()
-        backbone.check_feature_key(protocol.features.key)
+        backbone.check_feature_key(protocol.features.key, pos_antialias=protocol.features.pos_embed_antialias)
         if max_size is not None and (isinstance(max_size, bool) or max_size < 1):
             raise ConfigError(f"max_size must be a positive number of pixels or None, got {max_size!r}")
         self.backbone = backbone
@@ -203,7 +203,8 @@ class ObjectDiscoverer:
         if not items:
             return []
         images = batch_images(items, self.backbone.device, packed)
-        features = self.backbone.extract_many(images, self.feature_keys, precision=self.precision)
+        features = self.backbone.extract_many(images, self.feature_keys, precision=self.precision,
+                                              pos_antialias=self.protocol.features.pos_embed_antialias)
         return self.locate_features(items, features)
 
     @property

@@ -26,8 +26,10 @@ from typing import Any, Literal, Mapping, NamedTuple
 from lostreg.errors import ConfigError
 
 __all__ = [
+    "FEATURE_CHOICES",
     "FEATURE_KINDS",
     "OUTPUT_NORMS",
+    "OUTPUT_TOKENS",
     "PRECISIONS",
     "FeatureConfig",
     "FeatureKey",
@@ -40,14 +42,20 @@ __all__ = [
     "knob_label",
     "knob_type",
     "knobs_from_mapping",
+    "omitted_at_default",
     "validate_knobs",
 ]
 
-FeatureKind = Literal["q", "k", "v"]
+FeatureKind = Literal["q", "k", "v", "out"]
 #: Whether a rotary-embedding backbone's q/k features are taken before or after the rotation.
 RopeMode = Literal["pre", "post"]
 #: The slices of an attention qkv projection, in channel order.
 FEATURE_KINDS: tuple[str, ...] = ("q", "k", "v")
+#: A block's output tokens (after the model's final norm for the last block): the "output features"
+#: of the DINOv3 paper's TokenCut protocol (section 6.1.4).
+OUTPUT_TOKENS = "out"
+#: Every ``features.which``: the attention slices, then the output tokens.
+FEATURE_CHOICES: tuple[str, ...] = (*FEATURE_KINDS, OUTPUT_TOKENS)
 #: The backbone forward's numerics (``precision=``, ``--precision``; :mod:`lostreg.precision`):
 #: ``fp32`` exact (default), ``tf32`` and ``bf16`` faster on GPUs. It can change a box, so it is
 #: part of a run's identity, but it is not a knob of the method.
@@ -218,16 +226,26 @@ class FeatureConfig:
 
     Attributes:
         which: ``q``, ``k`` or ``v`` of block ``layer``'s attention qkv projection (bias included,
-            heads concatenated, no scaling).
+            heads concatenated, no scaling), or ``out``: the block's output tokens (the residual
+            stream after the block; for the last block, after the model's final norm).
         layer: block index, negative from the end (-1 = last block). Its range depends on the
             backbone and is checked when the backbone is known (:meth:`Backbone.check_feature_key`).
         l2_normalize: divide each patch feature by its L2 norm first (the Gram matrix becomes
             cosine similarities), as in the public-checkpoint protocol of spec section 6.
+        pos_embed_antialias: resize the position embeddings to the image's patch grid with
+            antialiasing (bicubic to the exact grid size, antialiased: the DINOv2+registers code's
+            resize), as the registers paper did for its DINOv2 models (appendix A). Changes DINO
+            and plain DINOv2, whose official resize has no antialias; families that already resize
+            this way (DINOv2+reg, DeiT-III, CLIP) are unchanged; backbones without a position
+            table (DINOv3, pixels) refuse it. Left out of run identities while false.
     """
 
-    which: str = knob("k", "attention features: q, k or v of the qkv projection", choices=FEATURE_KINDS)
+    which: str = knob("k", "features: q, k or v of the qkv projection, or out (the block's output tokens)",
+                      choices=FEATURE_CHOICES)
     layer: int = knob(-1, "block index, negative from the end")
     l2_normalize: bool = knob(False, "L2-normalise each patch feature first (cosine Gram matrix)", short="l2")
+    pos_embed_antialias: bool = knob(False, "resize position embeddings with antialiasing (registers paper, "
+                                            "appendix A)", short="antialias", omit_at_default=True)
 
     def validate(self) -> None:
         """Raise :class:`ProtocolError` for a value no backbone accepts."""
@@ -237,3 +255,8 @@ class FeatureConfig:
     def key(self) -> FeatureKey:
         """The backbone feature set this config asks for."""
         return FeatureKey(self.which, self.layer)  # type: ignore[arg-type]
+
+
+def omitted_at_default(field: dataclasses.Field) -> bool:
+    """Whether a setting is left out of run identities (and sweep columns) while at its default."""
+    return bool(_meta(field).get("omit_at_default"))

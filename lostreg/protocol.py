@@ -23,8 +23,10 @@ import dataclasses
 from typing import Any, Iterator, Mapping
 
 from lostreg.knobs import (
+    FEATURE_CHOICES,
     FEATURE_KINDS,
     OUTPUT_NORMS,
+    OUTPUT_TOKENS,
     PRECISIONS,
     FeatureConfig,
     FeatureKey,
@@ -43,9 +45,11 @@ from lostreg.methods.tokencut import EIG_SOLVERS, TokenCutConfig
 __all__ = [
     "DEFAULT_OBJECTS",
     "EIG_SOLVERS",
+    "FEATURE_CHOICES",
     "FEATURE_KINDS",
     "METHODS",
     "OUTPUT_NORMS",
+    "OUTPUT_TOKENS",
     "PRECISIONS",
     "DiscoveryProtocol",
     "FeatureConfig",
@@ -210,17 +214,18 @@ class DiscoveryProtocol:
         """What can change a box: the method, the features and the chosen method's knobs only.
 
         Knobs declared ``omit_at_default`` (added after run directories existed, e.g.
-        ``exclude_outliers``) are left out at their default, so those directories keep their identity;
-        so is ``objects`` at 1.
+        ``exclude_outliers``, ``features.pos_embed_antialias``) are left out at their default, so those
+        directories keep their identity; so is ``objects`` at 1.
         """
-        identity = {"method": self._method, "features": dataclasses.asdict(self._features),
+        identity = {"method": self._method, "features": identity_of(self._features),
                     self._method: identity_of(self.method_knobs)}
         return identity | self._objects_entry()
 
     def as_dict(self) -> dict[str, Any]:
         """Plain nested dict (``{"method", "features": {...}, "lost": {...}, ...}``) for JSON summaries
         (``objects`` only when not 1)."""
-        return {"method": self._method, "features": dataclasses.asdict(self._features),
+        # Feature settings newer than run directories stay out at their default, as in identity().
+        return {"method": self._method, "features": identity_of(self._features),
                 **{name: dataclasses.asdict(config) for name, config in self._sections.items()},
                 **self._objects_entry()}
 
@@ -257,12 +262,14 @@ class DiscoveryProtocol:
 
     @property
     def name(self) -> str:
-        """Directory-name form, e.g. ``k_layer-1_k100_bias0.0`` (``_l2`` appended when normalised).
+        """Directory-name form, e.g. ``k_layer-1_k100_bias0.0`` (``_l2`` appended when normalised,
+        ``_aa`` with antialiased position embeddings).
 
         Each method names itself (:attr:`MethodSpec.dir_name`); LOST keeps the form of the first
         lostreg versions, so their run directories are found again by the same command.
         """
-        name = self.spec.dir_name(self._features, self.method_knobs) + ("_l2" if self._features.l2_normalize else "")
+        name = (self.spec.dir_name(self._features, self.method_knobs) + ("_l2" if self._features.l2_normalize else "")
+                + ("_aa" if self._features.pos_embed_antialias else ""))
         return name + ("" if self._objects == DEFAULT_OBJECTS else f"_obj{self._objects}")
 
     def departures(self) -> list[str]:
@@ -308,14 +315,15 @@ def _changed(config: Any, default: Any) -> list[str]:
     return parts
 
 
-_KIND_WORDS = {"q": "queries", "k": "keys", "v": "values"}
+_KIND_WORDS = {"q": "queries", "k": "keys", "v": "values", OUTPUT_TOKENS: "output tokens"}
 
 
 def describe_features(features: FeatureConfig) -> str:
     """The features in words, e.g. ``raw keys of the last layer``."""
     layer = "the last layer" if features.layer == -1 else f"layer {features.layer}"
-    return f"{'L2-normalised' if features.l2_normalize else 'raw'} {_KIND_WORDS.get(features.which, features.which)} " \
+    text = f"{'L2-normalised' if features.l2_normalize else 'raw'} {_KIND_WORDS.get(features.which, features.which)} " \
            f"of {layer}"
+    return text + (" (antialiased position embeddings)" if features.pos_embed_antialias else "")
 
 
 def describe_protocol(protocol: DiscoveryProtocol) -> str:

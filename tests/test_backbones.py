@@ -64,13 +64,14 @@ def test_required_names_and_aliases_resolve() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", [n for n in list_backbones(include_aliases=False) if resolve_backbone(n).builder == "timm_vit"]
+    "name", [n for n in list_backbones(include_aliases=False)
+             if resolve_backbone(n).family in ("dino", "dinov2", "dinov2_reg")]
 )
 def test_spec_facts_agree_with_timm_model(name: str) -> None:
     """Published patch size / register count in the registry match the model timm builds.
 
     DINOv3 (builder ``timm_eva``: no position table, its own normalisation for .sat493m) is
-    checked in tests/test_dinov3.py.
+    checked in tests/test_dinov3.py; DeiT-III and CLIP below.
     """
     spec = resolve_backbone(name)
     assert timm.models.get_pretrained_cfg(spec.timm_name) is not None, "tag must exist in timm"
@@ -282,3 +283,85 @@ def test_pixels_backbone_features_are_patch_pixels() -> None:
     torch.testing.assert_close(feats[0, 5], patch, rtol=0, atol=0)
     with pytest.raises(ValueError, match="no attention layers"):
         backbone.extract(x, which="q")
+
+
+# --- DeiT-III and CLIP ------------------------------------------------------------------------------
+
+_NEW_FAMILIES = ("deit3", "openclip", "clip")
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in list_backbones(include_aliases=False) if resolve_backbone(n).family in _NEW_FAMILIES]
+)
+def test_deit3_and_clip_specs_agree_with_timm(name: str) -> None:
+    """Patch size and prefix tokens as timm builds them; normalisation from the tag's pretrained config;
+    every DeiT-III has layer scale and patch-only position embeddings, every CLIP a pre-norm."""
+    spec = resolve_backbone(name)
+    cfg = timm.models.get_pretrained_cfg(spec.timm_name)
+    assert cfg is not None and spec.pos_embed_interp is PosEmbedInterp.TIMM and spec.num_registers == 0
+    with torch.device("meta"):
+        model = timm.create_model(spec.timm_name, pretrained=False, num_classes=0, dynamic_img_size=True)
+    assert model.patch_embed.patch_size == (spec.patch_size, spec.patch_size) and model.num_prefix_tokens == 1
+    assert tuple(model.pretrained_cfg["mean"]) == tuple(cfg.mean)
+    if spec.family == "deit3":
+        assert model.no_embed_class and not isinstance(model.blocks[0].ls1, torch.nn.Identity)
+        assert cfg.mean == (0.485, 0.456, 0.406)
+    else:
+        assert isinstance(model.norm_pre, torch.nn.LayerNorm) and cfg.mean != (0.485, 0.456, 0.406)
+
+
+def test_new_family_aliases_and_full_timm_names() -> None:
+    assert resolve_backbone("deit3").timm_name == "deit3_base_patch16_224.fb_in22k_ft_in1k"
+    assert resolve_backbone("deit3_vitb16").timm_name == "deit3_base_patch16_224.fb_in22k_ft_in1k"
+    assert resolve_backbone("openclip").timm_name == "vit_base_patch16_clip_224.laion2b"
+    assert resolve_backbone("openclip_vitb16").family == "openclip"
+    # timm defines DeiT-III in its deit module: its full names resolve too, with their family.
+    assert resolve_backbone("deit3_base_patch16_224").family == "deit3"
+    assert resolve_backbone("deit3_small_patch16_384.fb_in1k").family == "deit3"
+    assert resolve_backbone("vit_large_patch14_clip_224.laion2b").family == "openclip"
+    assert resolve_backbone("vit_base_patch16_clip_224.openai").family == "clip"
+
+
+def test_distilled_deit_is_refused_when_built() -> None:
+    """Its distillation token is a prefix token lostreg does not assemble: refused, not silently dropped."""
+    with pytest.raises(ValueError, match="distilled DeiT"):
+        _random("deit_tiny_distilled_patch16_224")
+
+
+def _small(timm_name: str, registry_name: str) -> TimmViTBackbone:
+    """A 2-block model of the family's layout (LayerScale 1.0 where the family has it, so blocks act)."""
+    extra = {"init_values": 1.0} if registry_name.startswith("deit3") else {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = timm.create_model(timm_name, pretrained=False, num_classes=0, dynamic_img_size=True, depth=2,
+                                  embed_dim=64, num_heads=4, **extra)
+    return TimmViTBackbone(resolve_backbone(registry_name), model, torch.device("cpu"), random_weights=True)
+
+
+@pytest.mark.parametrize(("timm_name", "registry_name"), [
+    ("deit3_small_patch16_224", "deit3_vits16"),
+    ("vit_base_patch16_clip_224", "openclip_vitb16"),
+    ("vit_base_patch16_clip_quickgelu_224", "clip_vitb16"),
+])
+def test_deit3_and_clip_qkv_reproduce_the_blocks_attention(timm_name: str, registry_name: str) -> None:
+    """As for DINOv2+reg: the extracted q, k, v give the block's own attention output, and the token
+    assembly (no_embed_class, norm_pre) is timm's forward exactly (timm's resize is these families')."""
+    backbone = _small(timm_name, registry_name)
+    x = torch.randn(2, 3, 16 * 3, 16 * 5, generator=torch.Generator().manual_seed(3))
+    dim, heads = backbone.model.embed_dim, backbone.model.blocks[0].attn.num_heads
+    for layer in (0, -1):
+        block = backbone.model.blocks[layer]
+        with torch.no_grad():
+            inp = backbone.block_input(x, layer)
+            reference = block.attn(block.norm1(inp))
+            qkv = backbone.qkv(x, layer)
+        n_tokens = inp.shape[1]
+        q, k, v = (t.reshape(2, n_tokens, heads, dim // heads).transpose(1, 2) for t in qkv.split(dim, dim=-1))
+        weights = (q @ k.transpose(-1, -2) / math.sqrt(dim // heads)).softmax(dim=-1)
+        out = block.attn.proj((weights @ v).transpose(1, 2).reshape(2, n_tokens, dim))
+        torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5)
+        for i, which in enumerate("qkv"):
+            assert torch.equal(backbone.extract(x, which=which, layer=layer), qkv[:, 1:, i * dim:(i + 1) * dim])
+    with torch.no_grad():
+        ours = backbone.model.norm(backbone.model.blocks[-1](backbone.block_input(x, -1)))
+        torch.testing.assert_close(ours, backbone.model.forward_features(x), rtol=0, atol=1e-5)

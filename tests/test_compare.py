@@ -85,6 +85,11 @@ def parse_markdown(text: str) -> tuple[list[str], dict[tuple[str, str, str], dic
     return header, rows, notes
 
 
+def rows_protocol(rows: dict[tuple[str, str, str], dict[str, str]], label: str) -> str:
+    """The protocol cell of the reference row ``published: <label>``."""
+    return next(key[2] for key in rows if key[1] == f"published: {label}")
+
+
 def compare(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return run_command(capsys, "compare", *argv)
 
@@ -100,10 +105,19 @@ def test_published_numbers_are_the_spec_table() -> None:
         "lost_dino_vitb16": (60.1, 63.3, 50.0),
         "registers_t3_dinov2": (35.3, 40.2, 26.9),
         "registers_t3_dinov2_reg": (55.4, 60.0, 42.0),
-        "public_sweep_dinov2": (32.2, 36.8, 25.4),
-        "public_sweep_dinov2_reg": (56.2, 60.2, 42.3),
-        # spec test_time_registers_dinov3.md A4 (Jiang et al. 2025, Table 5): DINOv2-L + one test-time register
-        "public_sweep_dinov2_ttreg": (53.8, 57.9, 41.9),
+        # Table 3's DeiT-III and OpenCLIP rows: values not read in the primary source, left out.
+        "registers_t3_deit3": (None, None, None),
+        "registers_t3_deit3_reg": (None, None, None),
+        "registers_t3_openclip": (None, None, None),
+        "registers_t3_openclip_reg": (None, None, None),
+        # Jiang et al. 2025, Table 5 (the public checkpoints; formerly cited to lostreg's spec)
+        "jiang_t5_dinov2": (32.2, 36.8, 25.4),
+        "jiang_t5_dinov2_reg": (56.2, 60.2, 42.3),
+        "jiang_t5_dinov2_ttreg": (53.8, 57.9, 41.9),
+        "jiang_t5_openclip": (None, None, None),
+        "jiang_t5_openclip_ttreg": (None, None, None),
+        # a user's report (github facebookresearch/dinov2 #381): no VOC07 number
+        "dinov2_issue381_reg": (None, 35.94, 23.39),
         # spec tokencut.md section 3 (the TokenCut README)
         "tokencut_dino_vits16": (68.8, 72.1, 58.8),
         "tokencut_dino_vits8": (67.3, 71.6, 60.7),
@@ -122,9 +136,11 @@ def test_published_numbers_are_the_spec_table() -> None:
         ("dino_vits16", {}, "lost_dino_vits16"),
         ("dino_vits8", {}, "lost_dino_vits8"),
         ("dino_vitb16", {}, "lost_dino_vitb16"),
-        ("dinov2_vitl14", {}, "registers_t3_dinov2"),
-        ("dinov2_vitl14_reg", {}, "registers_t3_dinov2_reg"),
-        ("dinov2_vitl14_reg", {"gram_bias": -0.3}, "registers_t3_dinov2_reg"),  # their bias is unpublished
+        # Table 3 used the authors' own ViT-L/14, never released: no public-checkpoint run matches it,
+        # whatever its bias (issue 14; these three mapped to Table 3 before).
+        ("dinov2_vitl14", {}, None),
+        ("dinov2_vitl14_reg", {}, None),
+        ("dinov2_vitl14_reg", {"gram_bias": -0.3}, None),
         ("dino_vits16", {"gram_bias": -0.3}, None),  # LOST had no bias
         ("dino_vits16", {"which": "q"}, None),
         ("dino_vits16", {"layer": -2}, None),
@@ -252,13 +268,14 @@ def test_markdown_table_ours_beside_published(runs: Path, capsys: pytest.Capture
     assert (dino["VOC12 ours"], dino["VOC12 published"]) == ("63.95", "64.0")
     assert (dino["COCO20k ours"], dino["COCO20k published"]) == ("50.66", "50.7")
 
+    # Public checkpoints: no comparable published row (issue 14: Table 3 stood here before).
     v2 = rows[("LOST", "dinov2_vitl14", "default")]
-    assert (v2["VOC07 ours"], v2["VOC07 published"], v2["VOC12 ours"]) == ("34.81", "35.3", "39.50")
-    assert (v2["COCO20k ours"], v2["COCO20k published"]) == ("-", "26.9")  # not run; published still shown
+    assert (v2["VOC07 ours"], v2["VOC07 published"], v2["VOC12 ours"]) == ("34.81", "-", "39.50")
+    assert (v2["COCO20k ours"], v2["COCO20k published"]) == ("-", "-")
 
     reg = rows[("LOST", "dinov2_vitl14_reg", "default")]
-    assert (reg["VOC07 ours"], reg["VOC07 published"]) == ("54.10", "55.4")
-    assert (reg["VOC12 ours"], reg["VOC12 published"]) == ("41.20*", "60.0")
+    assert (reg["VOC07 ours"], reg["VOC07 published"]) == ("54.10", "-")
+    assert (reg["VOC12 ours"], reg["VOC12 published"]) == ("41.20*", "-")
 
     sweep = rows[("LOST", "dinov2_vitl14_reg", "which=v layer=-2 bias=-0.25")]
     assert (sweep["COCO20k ours"], sweep["COCO20k published"], sweep["VOC07 ours"]) == ("40.50", "-", "-")
@@ -266,8 +283,11 @@ def test_markdown_table_ours_beside_published(runs: Path, capsys: pytest.Capture
     random_row = rows[("LOST", "dinov2_vits14_reg (RANDOM weights)", "weights=random")]
     assert random_row["VOC07 ours"] == "3.00" and random_row["VOC07 published"] == "-"
 
-    # Sources: LOST paper [1] and registers paper [2] beside our rows, each named in a footnote.
-    assert dino["published source"] == "[1]" and v2["published source"] == reg["published source"] == "[2]"
+    # Sources: LOST paper [1] beside our row; the registers paper [2] on its reference rows; each named.
+    assert dino["published source"] == "[1]" and v2["published source"] == reg["published source"] == ""
+    t3_reg = rows[("LOST", "published: LOST (DINOv2+reg) ViT-L/14", rows_protocol(rows, "LOST (DINOv2+reg) ViT-L/14"))]
+    assert (t3_reg["VOC07 published"], t3_reg["VOC12 published"], t3_reg["published source"]) == ("55.4", "60.0", "[2]")
+    assert "not released" in t3_reg["protocol"] and "Gram bias value not published" in t3_reg["protocol"]
     assert any(n.startswith("[1] LOST paper") for n in notes)
     assert any(n.startswith("[2] Registers paper") and "Table 3" in n for n in notes)
     assert any("\\* incomplete: LOST dinov2_vitl14_reg [default] VOC12: 1000/11540 images" in n for n in notes)
@@ -280,13 +300,18 @@ def test_published_rows_without_a_run_are_labelled(runs: Path, capsys: pytest.Ca
     _, out, _ = compare(capsys, str(runs / "*"))
     _, rows, notes = parse_markdown(out)
     published = {key: row for key, row in rows.items() if key[1].startswith("published:")}
-    # The rows shown beside ours (ViT-S/16, both Table 3 rows) are not repeated.
+    # The row shown beside ours (ViT-S/16) is not repeated; Table 3 is now a reference row (issue 14: its
+    # models are the authors' own), and so are the rows of the table's families (dino, dinov2, dinov2_reg)
+    # that no run here is comparable with. No DeiT-III / OpenCLIP row: no run of those families.
     assert sorted(key[1] for key in published) == [
         "published: LOST (DINO) ViT-B/16 [lostreg: dino_vitb16]",
         "published: LOST (DINO) ViT-S/8 [lostreg: dino_vits8]",
-        "published: LOST (DINOv2 + test-time register, public checkpoint) ViT-L/14",
-        "published: LOST (DINOv2+reg, public checkpoint) ViT-L/14",
-        "published: LOST (DINOv2, public checkpoint) ViT-L/14",
+        "published: LOST (DINOv2 + test-time register, public checkpoint) ViT-L/14 [lostreg: dinov2_vitl14]",
+        "published: LOST (DINOv2) ViT-L/14",
+        "published: LOST (DINOv2+reg) ViT-L/14",
+        "published: LOST (DINOv2+reg, public checkpoint) ViT-L/14 [lostreg: dinov2_vitl14_reg]",
+        "published: LOST (DINOv2+reg, public checkpoint) user report, size not stated",
+        "published: LOST (DINOv2, public checkpoint) ViT-L/14 [lostreg: dinov2_vitl14]",
     ]
     s8 = published[next(k for k in published if "ViT-S/8" in k[1])]
     assert (s8["VOC07 ours"], s8["VOC07 published"], s8["VOC12 published"], s8["COCO20k published"]) == (
@@ -294,8 +319,12 @@ def test_published_rows_without_a_run_are_labelled(runs: Path, capsys: pytest.Ca
     pub_reg = published[next(k for k in published if "DINOv2+reg, public" in k[1])]
     assert (pub_reg["VOC07 published"], pub_reg["VOC12 published"], pub_reg["COCO20k published"]) == (
         "56.2", "60.2", "42.3")
-    assert "swept" in pub_reg["protocol"] and pub_reg["published source"] == "[3]"
-    assert any(n.startswith("[3] public DINOv2 checkpoints") for n in notes)
+    # The public-checkpoint rows cite Jiang et al., Table 5 (not lostreg's spec), and say why they stand apart.
+    assert "searched protocol" in pub_reg["protocol"] and pub_reg["published source"] == "[3]"
+    assert any(n.startswith("[3] Jiang et al.") and "Table 5" in n for n in notes)
+    report = published[next(k for k in published if "user report" in k[1])]
+    assert (report["VOC07 published"], report["VOC12 published"], report["COCO20k published"]) == ("-", "35.94", "23.39")
+    assert any(n.startswith("[4] a user's report") and "dinov2 issue #381" in n for n in notes)
     # Published-only rows come after all of ours.
     keys = list(rows)
     assert all(k[1].startswith("published:") for k in keys[keys.index(next(iter(published))):])
@@ -354,13 +383,14 @@ def test_csv_round_trip(runs: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
     reg = by_key[("lost", "dinov2_vitl14_reg", "default")]
     assert float(reg["voc12_ours"]) == 41.2 and reg["voc12_complete"] == "0"
     assert (reg["voc12_images_done"], reg["voc12_num_images"]) == ("1000", "11540")
-    assert reg["coco20k_ours"] == "" and float(reg["coco20k_published"]) == 42.0  # empty cell for missing
+    # Empty cells for missing values (issue 14: Table 3's 42.0 stood here, beside a public checkpoint).
+    assert reg["coco20k_ours"] == "" and reg["coco20k_published"] == ""
 
     assert by_key[("lost", "dinov2_vits14_reg", "weights=random")]["random_weights"] == "1"
     published = [r for r in records if r["row_type"] == "published"]
-    assert len(published) == 5 and all(r["voc07_ours"] == "" and r["voc07_published"] for r in published)
+    assert len(published) == 8 and all(r["voc07_ours"] == "" and r["voc12_published"] for r in published)
     assert all(r["published_source"] for r in published)
-    assert len(records) == 5 + 5  # one row per backbone + protocol, then published-only rows
+    assert len(records) == 5 + 8  # one row per backbone + protocol, then published-only rows
 
 
 def test_build_table_pure_functions(runs: Path, tmp_path: Path) -> None:
@@ -560,5 +590,6 @@ def test_test_time_register_runs_are_their_own_rows(tmp_path: Path, capsys: pyte
     _, rows, _ = parse_markdown(out)
     assert rows[("LOST", "dinov2_vitl14", "ttreg=l14_neurons")]["VOC07 ours"] == "50.00"
     assert rows[("LOST", "dinov2_vitl14", "ttreg=l14_neurons")]["VOC07 published"] == "-"
-    assert rows[("LOST", "dinov2_vitl14", "default")]["VOC07 published"] == "35.3"
+    # Issue 14: Table 3 (the authors' own ViT-L/14) no longer stands beside a public checkpoint.
+    assert rows[("LOST", "dinov2_vitl14", "default")]["VOC07 published"] == "-"
     assert any(key[1].startswith("published: LOST (DINOv2 + test-time register") for key in rows)

@@ -42,7 +42,7 @@ def test_one_protocol_from_either_front_end() -> None:
 
 @pytest.mark.parametrize("overrides, message", [
     (["lost.k_patches=0"], "lost.k_patches must be >= 1, got 0"),
-    (["features.which=x"], "features.which must be one of q, k, v; got 'x'"),
+    (["features.which=x"], "features.which must be one of q, k, v, out; got 'x'"),
     (["lost.gram_bias=nan"], "lost.gram_bias must be a finite number"),
 ])
 def test_out_of_range_values_name_the_key(overrides: list[str], message: str) -> None:

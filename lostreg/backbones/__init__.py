@@ -14,6 +14,7 @@ from lostreg.errors import ConfigError
 from lostreg.backbones.registry import (
     ALIASES,
     BUILDERS,
+    FAMILY_NOTES,
     BackboneSpec,
     PosEmbedInterp,
     UnknownBackboneError,
@@ -119,6 +120,7 @@ __all__ = [
     "BUILDER_MODULES",
     "Backbone",
     "BackboneSpec",
+    "FAMILY_NOTES",
     "FEATURE_KINDS",
     "FeatureKey",
     "FeatureKind",

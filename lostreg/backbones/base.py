@@ -17,7 +17,7 @@ import torch
 from lostreg.errors import ConfigError
 from lostreg.backbones.registry import BackboneSpec
 from lostreg.backbones.trace import Trace
-from lostreg.protocol import FEATURE_KINDS, OUTPUT_NORMS, FeatureKey, FeatureKind
+from lostreg.protocol import FEATURE_CHOICES, OUTPUT_NORMS, FeatureKey, FeatureKind
 
 if TYPE_CHECKING:  # pragma: no cover
     from lostreg.backbones.edits import ForwardEdit
@@ -148,12 +148,22 @@ class Backbone(abc.ABC):
             raise ConfigError(f"{self.name} has {n} blocks; layer must be in [{-n}, {n - 1}], got {layer!r}")
         return layer % n
 
-    def check_feature_key(self, key: FeatureKey) -> None:
-        """Raise ``ValueError`` (one line, naming the setting) if ``key`` does not apply to this backbone."""
+    @property
+    def has_position_table(self) -> bool:
+        """Whether the backbone adds a learned position table resized to each grid (ViTs); False for
+        rotary embeddings (DINOv3) and for ``pixels`` (``features.pos_embed_antialias`` does not apply)."""
+        return False
+
+    def check_feature_key(self, key: FeatureKey, pos_antialias: bool = False) -> None:
+        """Raise ``ValueError`` (one line, naming the setting) if ``key`` does not apply to this backbone,
+        or (``pos_antialias``) if it has no position table to resize with antialiasing."""
+        if pos_antialias and not self.has_position_table:
+            raise ConfigError(f"features.pos_embed_antialias applies to backbones with a position-embedding table; "
+                              f"{self.name} has none")
         if key == OUTPUT_NORMS:
             return  # every backbone has output tokens
-        if key.which not in FEATURE_KINDS:
-            raise ConfigError(f"features.which must be one of q, k, v; got {key.which!r}")
+        if key.which not in FEATURE_CHOICES:
+            raise ConfigError(f"features.which must be one of {', '.join(FEATURE_CHOICES)}; got {key.which!r}")
         if not self.has_attention and key.which != "k":
             raise ConfigError(f"{self.name} has no attention layers: features.which must be k, got {key.which!r}")
         try:
@@ -165,32 +175,36 @@ class Backbone(abc.ABC):
                              f"got {key.layer!r}") from None
 
     def extract(self, images: torch.Tensor, which: FeatureKind = "k", layer: int = -1,
-                precision: str = "fp32") -> torch.Tensor:
+                precision: str = "fp32", *, pos_antialias: bool = False) -> torch.Tensor:
         """Patch features of a batch.
 
         Args:
             images: (B, 3, H, W) float32, normalised, H and W multiples of :attr:`patch_size`.
             which: ``q``, ``k`` or ``v`` of the attention's qkv projection (bias included,
-                heads concatenated in head order, no scaling, no normalisation).
+                heads concatenated in head order, no scaling, no normalisation), or ``out``: the
+                block's output tokens (after the model's final norm for the last block).
             layer: block index, negative counts from the end (-1 = last block).
             precision: the forward pass's numerics, ``fp32`` (exact, default), ``tf32`` or ``bf16``
                 (:func:`lostreg.precision.forward_precision`).
+            pos_antialias: resize the position embeddings with antialiasing
+                (:attr:`~lostreg.knobs.FeatureConfig.pos_embed_antialias`).
 
         Returns:
             (B, rows*cols, D) float32 on :attr:`device`, rows = H / p, cols = W / p, row-major.
         """
         key = FeatureKey(which, layer)
-        return self.extract_many(images, [key], precision=precision)[key]
+        return self.extract_many(images, [key], precision=precision, pos_antialias=pos_antialias)[key]
 
     @abc.abstractmethod
     def extract_many(self, images: torch.Tensor, keys: Sequence[FeatureKey],
-                     precision: str = "fp32") -> dict[FeatureKey, torch.Tensor]:
+                     precision: str = "fp32", *, pos_antialias: bool = False) -> dict[FeatureKey, torch.Tensor]:
         """Several feature sets of a batch from ONE forward pass (a protocol sweep's features).
 
         Args:
             images: as for :meth:`extract`.
             keys: the feature sets wanted; each is validated by :meth:`check_feature_key` first.
             precision: as for :meth:`extract`.
+            pos_antialias: as for :meth:`extract` (the forward pass of every key).
 
         Returns:
             ``{key: (B, rows*cols, D) float32}`` for every key given (keys as given, so ``-1`` and
@@ -202,7 +216,7 @@ class Backbone(abc.ABC):
 
     @abc.abstractmethod
     def trace(self, images: torch.Tensor, layer: int = -1, *, keep_layers: bool = False,
-              precision: str = "fp32") -> Trace:
+              precision: str = "fp32", pos_antialias: bool = False) -> Trace:
         """One forward pass as the diagnostics read it (see :class:`~lostreg.backbones.trace.Trace`).
 
         Args:
@@ -210,7 +224,9 @@ class Backbone(abc.ABC):
             layer: the block whose attention and features are kept (negative from the end).
             keep_layers: also keep the output of every block (:attr:`Trace.layers`).
             precision: as for :meth:`extract`; ``trace.features(which)`` equals
-                ``extract_many(images, [(which, layer)], precision)`` bit for bit.
+                ``extract_many(images, [(which, layer)], precision, pos_antialias=...)`` bit for bit.
+            pos_antialias: resize the position embeddings with antialiasing
+                (:attr:`~lostreg.knobs.FeatureConfig.pos_embed_antialias`).
 
         Raises:
             ConfigError: ``layer`` out of range.

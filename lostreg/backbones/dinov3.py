@@ -134,7 +134,8 @@ class DinoV3Backbone(TimmBackbone):
         """``"pre"`` or ``"post"``: whether q/k features are taken before or after RoPE."""
         return self._rope
 
-    def _embed(self, images: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    def _embed(self, images: torch.Tensor, pos_antialias: bool = False) -> tuple[torch.Tensor, Any]:
+        # No position table to resize (RoPE): pos_antialias is refused by check_feature_key.
         model = self.model
         x = model.patch_embed(images)  # (B, rows, cols, D) with dynamic_img_size
         batch, rows, cols, dim = x.shape

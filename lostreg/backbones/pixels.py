@@ -63,7 +63,7 @@ class PixelBackbone(Backbone):
         return 3 * self.patch_size * self.patch_size
 
     def extract_many(self, images: torch.Tensor, keys: Sequence[FeatureKey],
-                     precision: str = "fp32") -> dict[FeatureKey, torch.Tensor]:
+                     precision: str = "fp32", *, pos_antialias: bool = False) -> dict[FeatureKey, torch.Tensor]:
         """(B, 3, H, W) normalised -> ``{key: (B, rows*cols, 3*p*p)}``; only ``which='k'`` applies (one layer).
 
         ``precision`` is accepted for a uniform interface: pixels involve no matrix product.
@@ -71,7 +71,7 @@ class PixelBackbone(Backbone):
         check_precision(precision)
         keys = [FeatureKey(*key) for key in keys]
         for key in keys:
-            self.check_feature_key(key)
+            self.check_feature_key(key, pos_antialias)
         p = self.patch_size
         if images.shape[-2] % p or images.shape[-1] % p:
             raise ValueError(f"image size {tuple(images.shape[-2:])} is not a multiple of the patch size {p}")
@@ -81,16 +81,16 @@ class PixelBackbone(Backbone):
         return {key: features.norm(dim=-1, keepdim=True) if key == OUTPUT_NORMS else features for key in keys}
 
     def trace(self, images: torch.Tensor, layer: int = -1, *, keep_layers: bool = False,
-              precision: str = "fp32") -> Trace:
+              precision: str = "fp32", pos_antialias: bool = False) -> Trace:
         """What applies without weights: ``final``, ``prenorm`` and the one kept layer are the pixel
         features (B, rows*cols, 3*p*p) float32, ``features("k")`` is them too; no attention (q/k/v None).
 
         Raises:
-            ConfigError: ``layer`` is not 0 or -1.
+            ConfigError: ``layer`` is not 0 or -1; ``pos_antialias`` (pixels have no position table).
         """
         index = self.layer_index(layer)
         key = FeatureKey("k", layer)
-        features = self.extract_many(images, [key], precision)[key]
+        features = self.extract_many(images, [key], precision, pos_antialias=pos_antialias)[key]
         return Trace(
             final=features, prenorm=features, feature_tokens={"k": features}, layer=index, num_prefix_tokens=0,
             num_registers=0, has_class_token=False, grid_hw=self.grid_hw((int(images.shape[-2]), int(images.shape[-1]))),

@@ -47,8 +47,8 @@ class BackboneSpec:
 
     Attributes:
         name: lostreg name (``dinov2_vits14_reg``).
-        family: ``dino``, ``dinov2``, ``dinov2_reg``, ``dinov3``, ``timm`` (any other timm ViT) or
-            ``pixels``.
+        family: ``dino``, ``dinov2``, ``dinov2_reg``, ``deit3``, ``openclip``, ``clip``, ``dinov3``,
+            ``timm`` (any other timm ViT) or ``pixels``.
         timm_name: tagged timm model name, None for weight-free backbones.
         patch_size: published patch size in pixels (informative; the model is the authority).
         num_registers: published register count (informative; the model is the authority).
@@ -76,6 +76,15 @@ ALIASES: dict[str, str] = {
     "dinov2": "dinov2_vits14",
     "dinov2_reg": "dinov2_vits14_reg",
     "dinov3": "dinov3_vits16",
+    "deit3": "deit3_vitb16",
+    "openclip": "openclip_vitb16",
+    "clip": "clip_vitb16",
+}
+
+#: What a listing says about a family besides its rows (``lostreg backbones``, docs).
+FAMILY_NOTES: dict[str, str] = {
+    "deit3": "DeiT-III with registers (the registers paper's own ViT-B) was never released: no lostreg name.",
+    "openclip": "OpenCLIP with registers (the registers paper's own ViT-B/16) was never released: no lostreg name.",
 }
 #: builder name -> callable(spec, weights, device, *, rope) -> Backbone; filled by the builder
 #: modules. ``rope`` is ``"pre"`` or ``"post"`` (see :func:`lostreg.backbones.build_backbone`);
@@ -128,6 +137,43 @@ for _size, _timm_size in [("s", "small"), ("b", "base"), ("l", "large"), ("g", "
         pos_embed_interp=PosEmbedInterp.TIMM, official_url=_DINOV2_URL,
     ))
 
+# DeiT-III (Touvron et al. 2022): supervised timm VisionTransformers of timm's ``deit`` module, with
+# layer scale and position embeddings for the patches only (``no_embed_class``). The ImageNet-22k
+# pretrained, ImageNet-1k fine-tuned weights (``fb_in22k_ft_in1k``). timm's resize (bicubic,
+# antialias) is used at other resolutions: the official DeiT code defines none for inference.
+_DEIT_URL = "https://github.com/facebookresearch/deit"
+for _name, _timm in [
+    ("deit3_vits16", "deit3_small_patch16_224.fb_in22k_ft_in1k"),
+    ("deit3_vitm16", "deit3_medium_patch16_224.fb_in22k_ft_in1k"),
+    ("deit3_vitb16", "deit3_base_patch16_224.fb_in22k_ft_in1k"),
+    ("deit3_vitl16", "deit3_large_patch16_224.fb_in22k_ft_in1k"),
+    ("deit3_vith14", "deit3_huge_patch14_224.fb_in22k_ft_in1k"),
+]:
+    register_backbone(BackboneSpec(
+        name=_name, family="deit3", timm_name=_timm, patch_size=int(_name[-2:]), num_registers=0,
+        official_url=_DEIT_URL,
+    ))
+
+# CLIP image towers in timm's vision_transformer module: pre-norm ViTs (``norm_pre`` before block 0)
+# with CLIP's own mean/std (read from timm's pretrained config). OpenCLIP (LAION-2B, Cherti et al.
+# 2023) and OpenAI CLIP (Radford et al. 2021, QuickGELU). open_clip resizes position embeddings
+# bicubically with antialias, as timm does.
+_OPENCLIP_URL = "https://github.com/mlfoundations/open_clip"
+for _name, _family, _timm in [
+    ("openclip_vitb32", "openclip", "vit_base_patch32_clip_224.laion2b"),
+    ("openclip_vitb16", "openclip", "vit_base_patch16_clip_224.laion2b"),
+    ("openclip_vitl14", "openclip", "vit_large_patch14_clip_224.laion2b"),
+    ("openclip_vith14", "openclip", "vit_huge_patch14_clip_224.laion2b"),
+    ("openclip_vitg14", "openclip", "vit_giant_patch14_clip_224.laion2b"),
+    ("clip_vitb32", "clip", "vit_base_patch32_clip_quickgelu_224.openai"),
+    ("clip_vitb16", "clip", "vit_base_patch16_clip_quickgelu_224.openai"),
+    ("clip_vitl14", "clip", "vit_large_patch14_clip_quickgelu_224.openai"),
+]:
+    register_backbone(BackboneSpec(
+        name=_name, family=_family, timm_name=_timm, patch_size=int(_name[-2:]), num_registers=0,
+        official_url=_OPENCLIP_URL if _family == "openclip" else "https://github.com/openai/CLIP",
+    ))
+
 # DINOv3 (Simeoni et al. 2025): timm Eva models, 4 registers, RoPE inside attention, patch 16.
 # timm also carries each of S, S+, B, L, H+ as a ``*_dinov3_qkvb`` twin: the same released
 # weights in another layout, with separate q/v bias Parameters that timm documents as zero. They
@@ -168,6 +214,15 @@ def registered_spec(name: str) -> BackboneSpec | None:
     return _REGISTRY.get(ALIASES.get(name, name))
 
 
+def family_of(name: str) -> str:
+    """The family of a backbone name (registered name, alias or timm name), from the registry or the
+    name alone (never imports timm): ``dinov2_reg``, ``deit3``, ``openclip``, ..., else ``timm``."""
+    spec = registered_spec(name)
+    if spec is not None:
+        return spec.family
+    return "dinov3" if "dinov3" in name else _timm_family(name)
+
+
 def is_weight_free(name: str) -> bool:
     """Whether the backbone ``name`` has no learned weights (``pixels``); False for unknown names."""
     spec = registered_spec(name)
@@ -185,7 +240,7 @@ def resolve_backbone(name: str) -> BackboneSpec:
     if key in _REGISTRY:
         return _REGISTRY[key]
     if _is_timm_vit(name):
-        return BackboneSpec(name=name, family="timm", timm_name=name, patch_size=None, num_registers=0)
+        return BackboneSpec(name=name, family=_timm_family(name), timm_name=name, patch_size=None, num_registers=0)
     if _is_timm_dinov3(name):
         return BackboneSpec(
             name=name, family="dinov3", timm_name=name, patch_size=None, num_registers=4,
@@ -202,8 +257,20 @@ def resolve_backbone(name: str) -> BackboneSpec:
 
 #: timm modules whose models :class:`~lostreg.backbones.vit.TimmViTBackbone` reads (timm
 #: ``VisionTransformer`` with ``blocks[i].attn.qkv``); a family built on VisionTransformer in another
-#: timm module (e.g. DeiT-III in ``deit``) joins by being listed here.
-TIMM_VIT_MODULES: tuple[str, ...] = ("vision_transformer",)
+#: timm module joins by being listed here. ``deit`` holds DeiT and DeiT-III; its distilled models
+#: (an extra distillation token) are refused when built (:meth:`TimmViTBackbone._check_model`).
+TIMM_VIT_MODULES: tuple[str, ...] = ("vision_transformer", "deit")
+
+
+def _timm_family(name: str) -> str:
+    """The family of an unregistered timm ViT name, as far as its name tells (``deit3``, ``openclip``,
+    ``clip``), else ``timm``: tables group runs and published rows by family."""
+    arch, _, tag = name.partition(".")
+    if arch.startswith("deit3_"):
+        return "deit3"
+    if "_clip_" in arch:
+        return "clip" if tag.startswith("openai") else "openclip"
+    return "timm"
 
 
 def _is_timm_vit(name: str) -> bool:

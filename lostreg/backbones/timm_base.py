@@ -36,7 +36,7 @@ from lostreg.backbones.trace import Trace
 from lostreg.backbones.weights import RandomWeightsWarning, hub_weights_file, load_into_model, read_state_dict
 from lostreg.errors import ConfigError
 from lostreg.precision import forward_precision
-from lostreg.protocol import FEATURE_KINDS, OUTPUT_NORMS, FeatureKey
+from lostreg.protocol import FEATURE_KINDS, OUTPUT_NORMS, OUTPUT_TOKENS, FeatureKey
 
 __all__ = [
     "RANDOM_WEIGHTS_SEED",
@@ -149,8 +149,8 @@ class TimmBackbone(Backbone):
         """Raise :class:`ConfigError` (one line, naming ``name``) for a model the steps cannot read."""
 
     @abc.abstractmethod
-    def _embed(self, images: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        """(B, 3, H, W) checked images -> ``(tokens, context)``.
+    def _embed(self, images: torch.Tensor, pos_antialias: bool = False) -> tuple[torch.Tensor, Any]:
+        """(B, 3, H, W) checked images -> ``(tokens, context)``; ``pos_antialias``: see :meth:`begin`.
 
         tokens: (B, P + rows*cols, D) ``[prefix, patches row-major]`` with the family's position
         information, before ``patch_drop``/``norm_pre``; context: see :class:`ForwardState`.
@@ -239,11 +239,13 @@ class TimmBackbone(Backbone):
 
     # --- the forward pass ---------------------------------------------------------------------
 
-    def begin(self, images: torch.Tensor) -> ForwardState:
+    def begin(self, images: torch.Tensor, *, pos_antialias: bool = False) -> ForwardState:
         """The tokens entering block 0, with the edit's tokens appended after the patches.
 
         Args:
             images: (B, 3, H, W) float, normalised, H and W multiples of :attr:`patch_size`.
+            pos_antialias: resize the position table with antialiasing instead of the family's
+                official resize (:attr:`~lostreg.knobs.FeatureConfig.pos_embed_antialias`).
 
         Raises:
             ValueError: wrong shape, or a side that is not a multiple of the patch size (timm
@@ -255,7 +257,7 @@ class TimmBackbone(Backbone):
             raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
         if images.shape[-2] % p or images.shape[-1] % p:
             raise ValueError(f"image size {tuple(images.shape[-2:])} is not a multiple of the patch size {p}")
-        x, context = self._embed(images)
+        x, context = self._embed(images, pos_antialias)
         if self._edit is not None:
             # After the position information and before norm_pre, as in the registers paper's
             # CLIP fork: the extra tokens get no position embedding.
@@ -326,10 +328,10 @@ class TimmBackbone(Backbone):
 
     @torch.inference_mode()
     def extract_many(self, images: torch.Tensor, keys: Sequence[FeatureKey],
-                     precision: str = "fp32") -> dict[FeatureKey, torch.Tensor]:
+                     precision: str = "fp32", *, pos_antialias: bool = False) -> dict[FeatureKey, torch.Tensor]:
         keys = [FeatureKey(*key) for key in keys]
         for key in keys:
-            self.check_feature_key(key)  # before the forward pass: a bad key costs nothing
+            self.check_feature_key(key, pos_antialias)  # before the forward pass: a bad key costs nothing
         wanted: dict[int, list[FeatureKey]] = {}
         for key in keys:
             # The output norms need every block (and the final norm) after the last one asked.
@@ -340,38 +342,52 @@ class TimmBackbone(Backbone):
         # The features feed LOST's sign thresholds: by default no TF32 in the patch-embedding conv or
         # matmuls; precision=tf32|bf16 trades that for speed (the features still leave as float32).
         with forward_precision(precision, self.device):
-            state = self.begin(images)
+            state = self.begin(images, pos_antialias=pos_antialias)
             last = max(wanted)
             for index in range(last + 1):
-                if index in wanted:
-                    kinds = {key.which for key in wanted[index] if key != OUTPUT_NORMS}
-                    if kinds:
-                        # One projection serves every kind asked of this layer.
-                        channels = self._features(self.model.blocks[index], state.tokens, state.context, kinds)
-                        for key in wanted[index]:
-                            if key != OUTPUT_NORMS:
-                                out[key] = self.patch_tokens(channels[key.which], state.grid_hw).float()
-                if index < last or OUTPUT_NORMS in wanted.get(index, ()):
+                here = wanted.get(index, [])
+                kinds = {key.which for key in here if key.which in FEATURE_KINDS}
+                if kinds:
+                    # One projection serves every kind asked of this layer.
+                    channels = self._features(self.model.blocks[index], state.tokens, state.context, kinds)
+                    for key in here:
+                        if key.which in FEATURE_KINDS:
+                            out[key] = self.patch_tokens(channels[key.which], state.grid_hw).float()
+                # Output tokens and output norms are read after the block has run.
+                after = [key for key in here if key.which not in FEATURE_KINDS]
+                if index < last or after:
                     state = self.advance(state, index + 1)
+                outputs = [key for key in after if key.which == OUTPUT_TOKENS]
+                if outputs:
+                    tokens = self.patch_tokens(self.output_tokens(state), state.grid_hw).float()
+                    out.update((key, tokens) for key in outputs)
             if OUTPUT_NORMS in keys:
                 final = self.patch_tokens(self.model.norm(state.tokens), state.grid_hw).float()
                 out[OUTPUT_NORMS] = final.norm(dim=-1, keepdim=True)
         return {key: out[key] for key in keys}  # in the order asked
 
+    def output_tokens(self, state: ForwardState) -> torch.Tensor:
+        """The output tokens (B, T, D) of the block before ``state.next_block``: the residual stream,
+        after the model's final norm when it is the last block (``features.which=out``)."""
+        return self.model.norm(state.tokens) if state.next_block == self.num_layers else state.tokens
+
     @torch.inference_mode()
     def trace(self, images: torch.Tensor, layer: int = -1, *, keep_layers: bool = False,
-              precision: str = "fp32") -> Trace:
+              precision: str = "fp32", pos_antialias: bool = False) -> Trace:
         index = self.layer_index(layer)
+        self.check_feature_key(FeatureKey("k", layer), pos_antialias)
         images = images.to(self.device, torch.float32)
         kept: list[torch.Tensor] = []
         with forward_precision(precision, self.device):
-            state = self.begin(images)
+            state = self.begin(images, pos_antialias=pos_antialias)
             for i in range(self.num_layers):
                 if i == index:
                     block = self.model.blocks[i]
                     channels = self._features(block, state.tokens, state.context, FEATURE_KINDS)
                     attention = self._attention(block, state.tokens, state.context)
                 state = self.advance(state, i + 1)
+                if i == index:
+                    channels[OUTPUT_TOKENS] = self.output_tokens(state)
                 if keep_layers:
                     kept.append(state.tokens.float())
             final = self.model.norm(state.tokens)

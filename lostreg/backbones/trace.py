@@ -35,7 +35,8 @@ class Trace:
         feature_tokens: ``{kind: (B, T, C)}`` for the feature kinds of the traced block, every
             token: the very channels :meth:`~lostreg.backbones.base.Backbone.extract_many` takes
             the patch rows of (ViT: slices of the qkv projection; DINOv3: heads concatenated,
-            q/k rotated when built with ``rope="post"``; pixels: only ``k``, the pixels).
+            q/k rotated when built with ``rope="post"``; pixels: only ``k``, the pixels), and
+            ``out``: the block's output tokens (after the final norm for the last block).
         layer: non-negative index of the traced block.
         num_prefix_tokens: P, CLS (if any) + trained registers at the start of T.
         num_registers: trained registers R among the prefix tokens.

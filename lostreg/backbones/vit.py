@@ -1,4 +1,4 @@
-"""timm Vision Transformers as LOST feature extractors (DINO, DINOv2, DINOv2+reg, any timm ViT).
+"""timm Vision Transformers as LOST feature extractors (DINO, DINOv2, DINOv2+reg, DeiT-III, CLIP, any timm ViT).
 
 The family's steps of :class:`~lostreg.backbones.timm_base.TimmBackbone`: the token sequence is
 assembled here so that each family's official position-embedding interpolation applies (timm's
@@ -19,7 +19,7 @@ from torch import nn
 
 from lostreg.backbones.base import FeatureKind, refuse_rope_option
 from lostreg.backbones.edits import ForwardEdit
-from lostreg.backbones.pos_embed import resize_patch_pos_embed
+from lostreg.backbones.pos_embed import PosEmbedInterp, resize_patch_pos_embed
 from lostreg.backbones.registry import BackboneSpec, register_builder
 from lostreg.backbones.timm_base import AttentionTensors, TimmBackbone, create_timm_model
 from lostreg.backbones.weights import WeightsError
@@ -46,6 +46,14 @@ class TimmViTBackbone(TimmBackbone):
                 f"{name}: not a timm VisionTransformer with a fused qkv projection in every block; "
                 "LOST needs blocks[i].attn.qkv"
             )
+        # _embed assembles [CLS, registers, patches]: a model with other prefix tokens (DeiT's
+        # distillation token) would lose them.
+        assembled = int(model.cls_token is not None) + (0 if model.reg_token is None else int(model.reg_token.shape[1]))
+        if model.num_prefix_tokens != assembled:
+            raise ConfigError(
+                f"{name}: {model.num_prefix_tokens} prefix tokens, of which lostreg assembles only the class "
+                f"token and registers ({assembled}); distilled DeiT models are not supported"
+            )
 
     @property
     def supports_forward_edits(self) -> bool:
@@ -62,7 +70,11 @@ class TimmViTBackbone(TimmBackbone):
         variant that also checks a neuron file against these weights."""
         return self.with_forward_edit(registers)  # type: ignore[return-value]
 
-    def _embed(self, images: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    @property
+    def has_position_table(self) -> bool:
+        return self.model.pos_embed is not None
+
+    def _embed(self, images: torch.Tensor, pos_antialias: bool = False) -> tuple[torch.Tensor, Any]:
         model = self.model
         x = model.patch_embed(images)  # (B, rows, cols, D) with dynamic_img_size
         batch, rows, cols, dim = x.shape
@@ -79,7 +91,8 @@ class TimmViTBackbone(TimmBackbone):
                 model.pos_embed[:, n_pos_prefix:],
                 grid_hw=(rows, cols),
                 pretrained_grid_hw=tuple(model.patch_embed.grid_size),
-                mode=self.spec.pos_embed_interp,
+                # Antialiased: the exact-size bicubic resize with antialias of the DINOv2+reg code.
+                mode=PosEmbedInterp.TIMM if pos_antialias else self.spec.pos_embed_interp,
             )
             if model.no_embed_class:
                 x = torch.cat(prefix + [x + pos_patch], dim=1)

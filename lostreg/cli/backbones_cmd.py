@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lostreg.backbones import ALIASES, list_backbones, resolve_backbone
+from lostreg.backbones import ALIASES, FAMILY_NOTES, list_backbones, resolve_backbone
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,5 +29,8 @@ def run(args: argparse.Namespace) -> int:
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for row in rows:
             print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-    print("\nAny other timm VisionTransformer name also works (e.g. vit_base_patch16_224.augreg_in21k).")
+    print()
+    for note in FAMILY_NOTES.values():
+        print(note)
+    print("Any other timm VisionTransformer name also works (e.g. vit_base_patch16_224.augreg_in21k).")
     return 0

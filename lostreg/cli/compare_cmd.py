@@ -2,11 +2,14 @@
 
 stdout: a markdown table (rows = method + backbone + protocol, in columns ``method``,
 ``backbone``, ``protocol``; column pairs ``<dataset> ours`` / ``<dataset> published``) and its
-footnotes; a published number stands only beside runs of its own method and protocol; then, for
-runs whose boxes have scores, the CorLoc of their most confident images and AP50 ranked by score
-and by image order (:mod:`lostreg.evaluation.confidence`). stderr:
-one line per bad run directory and per ambiguous cell. Exit code 0, 1 when any run directory was bad (the table still shows the
-others), 2 when none was usable.
+footnotes; a published number stands only beside a comparable run (the same released checkpoint,
+the published protocol; for a searched protocol, a sweep whose grid covers it:
+:mod:`lostreg.evaluation.published`), every other published row of the table's methods and
+families below, as a reference row saying what differs; then, for runs whose boxes have scores,
+the CorLoc of their most confident images and AP50 ranked by score and by image order
+(:mod:`lostreg.evaluation.confidence`). stderr: one line per bad run directory and per ambiguous
+cell. Exit code 0, 1 when any run directory was bad (the table still shows the others), 2 when
+none was usable.
 """
 
 from __future__ import annotations

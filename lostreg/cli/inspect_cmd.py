@@ -154,13 +154,17 @@ def _load_image(text: str) -> "np.ndarray":
 
 
 def _protocol_for(backbone: "Backbone", protocol: DiscoveryProtocol) -> tuple[DiscoveryProtocol, str | None]:
-    """The protocol to run on ``backbone``: a backbone without attention ignores --which/--layer (with a note)."""
+    """The protocol to run on ``backbone``: a backbone without attention ignores --which/--layer, one without
+    a position table ignores --pos-embed-antialias (each with a note)."""
     default = FeatureConfig()
-    if backbone.has_attention or (protocol.features.which, protocol.features.layer) == (default.which, default.layer):
-        return protocol, None
-    features = FeatureConfig(l2_normalize=protocol.features.l2_normalize)
-    return protocol.replace(features=features), \
-        f"{backbone.name} has no layers: --which/--layer do not apply"
+    features, notes = protocol.features, []
+    if not backbone.has_attention and (features.which, features.layer) != (default.which, default.layer):
+        features = dataclasses.replace(features, which=default.which, layer=default.layer)
+        notes.append(f"{backbone.name} has no layers: --which/--layer do not apply")
+    if features.pos_embed_antialias and not backbone.has_position_table:
+        features = dataclasses.replace(features, pos_embed_antialias=False)
+        notes.append(f"{backbone.name} has no position table: --pos-embed-antialias does not apply")
+    return protocol.replace(features=features), "; ".join(notes) or None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -207,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
             backbones = [b for plain in backbones for b in (plain, attach_test_time_registers(plain, args.ttreg))]
         plans = [(backbone, *_protocol_for(backbone, protocol)) for backbone in backbones]
         for backbone, used, _ in plans:
-            backbone.check_feature_key(used.features.key)
+            backbone.check_feature_key(used.features.key, used.features.pos_embed_antialias)
     except errors as err:
         report_user_error(err, as_flag(str(err)))
         return 2

@@ -9,7 +9,6 @@ degree and expansion maps, or TokenCut's eigenvector and bipartition) into an :c
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -36,6 +35,7 @@ from lostreg.diagnostics.tokens import (
 from lostreg.discovery import ObjectDiscoverer
 from lostreg.preprocess import ImagePreparer, downscale_to_max_size
 from lostreg.lost import LostResult
+from lostreg.knobs import identity_of
 from lostreg.protocol import DiscoveryProtocol
 from lostreg.tokencut import TokenCutResult
 
@@ -49,7 +49,8 @@ def protocol_summary(protocol: DiscoveryProtocol) -> dict[str, Any]:
     """The protocol as one flat JSON object: ``method``, the feature settings and the chosen method's
     knobs, e.g. ``{"method": "tokencut", "which": "k", "layer": -1, "l2_normalize": false,
     "tau": 0.2, "eps": 1e-05, "eig": "torch64"}`` (the other method's knobs play no part)."""
-    return {"method": protocol.method, **dataclasses.asdict(protocol.features), **protocol.knobs()}
+    # Feature settings newer than the summaries (pos_embed_antialias) appear only when set.
+    return {"method": protocol.method, **identity_of(protocol.features), **protocol.knobs()}
 
 
 @dataclass(frozen=True)
@@ -233,7 +234,7 @@ def inspect_image(
     layer: int | None = None
     note: str | None = None
     with torch.inference_mode():
-        trace = backbone.trace(images, features_config.layer)
+        trace = backbone.trace(images, features_config.layer, pos_antialias=features_config.pos_embed_antialias)
     tokens = trace.final if norm_source == "final" else trace.prenorm
     # Patch rows only: a test-time register token sits after the patches.
     patch_tokens = trace.patches(tokens)[0]

@@ -8,9 +8,9 @@ Layout: the first column names the discovery method (``LOST``, ``TokenCut``; the
 config value ``lost`` / ``tokencut``), then the backbone, then the protocol as departures from
 *that method's* defaults (``default``, ``k=50``, ``tau=0.3 eig=scipy``). Rows are grouped by
 method (in registration order, :func:`lostreg.methods.method_names`), then backbone, default protocol first.
-A published number stands only beside runs of its own method, backbone and protocol
-(:func:`lostreg.evaluation.published.published_match`); published rows without a run of ours
-follow, for the methods the table has runs of.
+A published number stands only beside a run it is comparable with: the same checkpoint and the
+published protocol (:mod:`lostreg.evaluation.published`). The other published rows of the table's
+methods and backbone families follow apart, as reference rows whose protocol cell says what differs.
 
 A run directory holds ``config.yaml`` (the composed, resolved hydra config) and
 ``metrics.json`` (``corloc``, ``hits``, ``total``, ``failed``, ``num_images``, ``complete``).
@@ -23,18 +23,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lostreg.backbones.registry import family_of
 from lostreg.evaluation.published import (
     PUBLIC_CHECKPOINT_NOTE,
-    PUBLISHED,
     PUBLISHED_DATASETS,
-    PUBLISHED_DETECTORS,
-    SOURCE_PUBLIC_SWEEP,
+    SOURCE_ISSUE_381,
+    SOURCE_JIANG,
     SOURCE_REGISTERS,
     SOURCE_TOKENCUT,
     TOKENCUT_SOLVER_NOTE,
     PublishedResult,
     lostreg_backbone_for,
     method_label,
+    reference_rows,
 )
 from lostreg.evaluation.runs import (
     DEFAULT_PROTOCOL_TEXT,
@@ -169,8 +170,8 @@ def build_table(runs: Iterable[RunSummary], include_published: bool = True) -> T
 
     Args:
         runs: From :func:`load_runs`.
-        include_published: Add published numbers beside matching rows, and a row for
-            each published result of a method present in ``runs`` that no row of ours matches.
+        include_published: Add published numbers beside the rows they are comparable with, and a
+            reference row for each other published result of the methods and backbone families in ``runs``.
     """
     rows: dict[tuple[str, str, str], Row] = {}
     warnings: list[str] = []
@@ -197,12 +198,27 @@ def build_table(runs: Iterable[RunSummary], include_published: bool = True) -> T
             first = next(iter(row.runs.values()))
             row.published = first.published()  # the same for every run of the row: same protocol
         shown = {row.published.key for row in ordered if row.published is not None}
-        # Reference rows only for the methods compared here: a LOST-only table stays LOST-only.
-        methods = {row.method for row in ordered}
-        ordered += [Row(backbone=p.label, protocol=p.protocol, published=p, method=p.lostreg_method)
-                    for p in sorted(PUBLISHED + PUBLISHED_DETECTORS, key=lambda p: _method_order(p.lostreg_method))
-                    if p.key not in shown and p.lostreg_method in methods]
+        # Reference rows only for the methods and backbone families compared here: a LOST-only table
+        # stays LOST-only, a DINO table shows no OpenCLIP row.
+        methods = [row.method for row in ordered]
+        families = [family_of(row.backbone) for row in ordered]
+        ordered += [Row(backbone=p.label, protocol=reference_text(p), published=p, method=p.lostreg_method)
+                    for p in sorted(reference_rows(methods, families, sorted(shown)),
+                                    key=lambda p: _method_order(p.lostreg_method))]
     return Table(datasets=tuple(datasets), rows=ordered, include_published=include_published, warnings=warnings)
+
+
+def reference_text(result: PublishedResult) -> str:
+    """A reference row's protocol cell: what makes it not comparable with a stock run of public weights
+    (``differs: authors' ... not released; Gram bias value not published``), else its protocol."""
+    return "differs: " + "; ".join(result.differs) if result.differs else result.protocol
+
+
+def other_data_reason(run: RunSummary) -> str:
+    """Why a run is not on its dataset's published data: ``split=small``, ``no_hard`` or
+    ``300 images, not the published 5011``."""
+    published_size = dataset_kind(run.dataset, strict=False).published_size
+    return " ".join(run.variant) or f"{run.num_images} images, not the published {published_size}"
 
 
 def _method_order(method: str) -> int:
@@ -213,7 +229,7 @@ def _method_order(method: str) -> int:
 # ------------------------------------------------------------------------------ rendering
 
 
-def _sources(table: Table) -> list[str]:
+def published_sources(table: Table) -> list[str]:
     """Published sources cited in the table, in first-use order ([1], [2], ...)."""
     sources: list[str] = []
     for row in table.rows:
@@ -229,6 +245,14 @@ def published_value(row: Row, dataset: str) -> float | None:
     if row.published is None or (run is not None and not run.comparable):
         return None
     return row.published.corloc(dataset)
+
+
+def published_cell(value: float | None) -> str:
+    """A published CorLoc as a cell: as the source gives it (one decimal, two for a report such as 35.94);
+    ``-`` when none."""
+    if value is None:
+        return "-"
+    return f"{value:.1f}" if round(value, 1) == value else f"{value:.2f}"
 
 
 def corloc_cell(run: RunSummary | None) -> str:
@@ -268,7 +292,7 @@ def table_text(table: Table) -> TableText:
     cell starts with ``published:``.
     """
     published_cols = table.published_columns()
-    sources = _sources(table)
+    sources = published_sources(table)
     header = ["method", "backbone", "protocol"]
     for d in table.datasets:
         label = dataset_label(d)
@@ -296,15 +320,12 @@ def table_text(table: Table) -> TableText:
                 footnotes.append(f"* incomplete: {row.label} {dataset_label(d)}: "
                                  f"{_progress(run)} ({run.run_dir})")
             if run is not None and d in published_cols and not run.comparable:
-                published_size = dataset_kind(d, strict=False).published_size
-                why = " ".join(run.variant) or f"{run.num_images} images, not the published {published_size}"
                 footnotes.append(f"not comparable with published numbers: {row.label} "
-                                 f"{dataset_label(d)}: {why} ({run.run_dir})")
+                                 f"{dataset_label(d)}: {other_data_reason(run)} ({run.run_dir})")
             if run is not None and run.sweep_role is not None:
                 footnotes.append(f"{row.label} {dataset_label(d)}: the configuration is {sweep_configuration(run)}")
             if d in published_cols:
-                value = published_value(row, d)
-                cells.append("-" if value is None else f"{value:.1f}")
+                cells.append(published_cell(published_value(row, d)))
         if published_cols:
             cells.append(f"[{sources.index(row.published.source) + 1}]" if row.published is not None else "")
         rows.append(cells)
@@ -323,7 +344,16 @@ def table_text(table: Table) -> TableText:
         notes.append(RANDOM_NOTE + ".")
     if published_cols:
         notes += [f"[{i}] {source}." for i, source in enumerate(sources, start=1)]
-        if any(s in sources for s in (SOURCE_REGISTERS, SOURCE_PUBLIC_SWEEP)):
+        if any(row.is_published_only for row in table.rows):
+            notes.append("published: rows are reference rows: no run of this table is comparable with them (other "
+                         "weights or another protocol; the protocol column says what differs). A published number "
+                         "stands beside our run only for the same checkpoint and the published protocol.")
+        by_note: dict[str, list[str]] = {}
+        for row in table.rows:
+            if row.published is not None and row.published.note:
+                by_note.setdefault(row.published.note, []).append(row.published.label)
+        notes += [f"{note}: {', '.join(labels)}." for note, labels in by_note.items()]
+        if any(s in sources for s in (SOURCE_REGISTERS, SOURCE_JIANG, SOURCE_ISSUE_381)):
             notes.append("Why the public-checkpoint numbers differ from Table 3: " + PUBLIC_CHECKPOINT_NOTE)
         if SOURCE_TOKENCUT in sources:
             notes.append(TOKENCUT_SOLVER_NOTE)

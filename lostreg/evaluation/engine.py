@@ -6,7 +6,8 @@ or more discovery protocols (an eval is a sweep of one configuration). For every
 prepared images of one padded size) it
 
 1. asks the backbone ONCE per group for the union of the feature keys every configuration needs
-   (:meth:`~lostreg.backbones.base.Backbone.extract_many`),
+   (:meth:`~lostreg.backbones.base.Backbone.extract_many`; twice when some configurations resize the
+   position embeddings with antialiasing and others do not),
 2. runs each configuration's method on its features (:meth:`ObjectDiscoverer.locate_features`),
 3. hands the :class:`Outcome` of every image in every configuration to the caller's consumer
    (a run-directory sink that scores and appends lines, or ``discover``'s JSON lines and pictures).
@@ -75,6 +76,7 @@ class DiscoveryEngine:
         self.discoverers = [ObjectDiscoverer(backbone, p, max_size=max_size, precision=precision) for p in protocols]
         self.precision = self.discoverers[0].precision
         self.feature_keys = self.feature_keys_of(self.protocols)
+        self.passes = self.passes_of(self.protocols)
 
     @staticmethod
     def feature_keys_of(protocols: Sequence[DiscoveryProtocol]) -> list[FeatureKey]:
@@ -83,6 +85,15 @@ class DiscoveryEngine:
         keys = [p.features.key for p in protocols]
         keys += [k for p in protocols for k in p.spec.extra_keys(p.method_knobs)]
         return list(dict.fromkeys(keys))
+
+    @staticmethod
+    def passes_of(protocols: Sequence[DiscoveryProtocol]) -> dict[bool, list[FeatureKey]]:
+        """The backbone passes the configurations need: position embeddings resized with antialiasing
+        (``features.pos_embed_antialias``) or not -> the feature keys of that pass. One pass each."""
+        passes: dict[bool, list[DiscoveryProtocol]] = {}
+        for protocol in protocols:
+            passes.setdefault(protocol.features.pos_embed_antialias, []).append(protocol)
+        return {antialias: DiscoveryEngine.feature_keys_of(group) for antialias, group in sorted(passes.items())}
 
     @property
     def protocols(self) -> list[DiscoveryProtocol]:
@@ -163,8 +174,9 @@ class DiscoveryEngine:
             ``[configuration][image]`` discoveries (boxes in original pixels, xyxy, max exclusive).
         """
         images = batch_images(items, self.backbone.device, packed)
-        features = self.backbone.extract_many(images, self.feature_keys, precision=self.precision)
-        return [d.locate_features(items, features) for d in self.discoverers]
+        features = {antialias: self.backbone.extract_many(images, keys, precision=self.precision, pos_antialias=antialias)
+                    for antialias, keys in self.passes.items()}
+        return [d.locate_features(items, features[d.protocol.features.pos_embed_antialias]) for d in self.discoverers]
 
 
 def _release_cached_memory(device: torch.device) -> None:

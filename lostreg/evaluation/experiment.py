@@ -1,14 +1,16 @@
 """``lostreg experiment``: a whole comparison in one command (``configs/experiment/<name>.yaml``).
 
-An experiment file names backbones (per size) and datasets (as eval overrides, with
-``{data_root}`` filled in). :class:`Experiment` composes every (backbone, dataset) config first,
+An experiment file names model families (a backbone per size; ``families=`` picks some) and
+datasets (as eval overrides, with ``{data_root}`` filled in). :class:`Experiment` composes every (backbone, dataset) config first,
 reads every dataset index once and checks every run directory and the output folder — so a missing
 dataset, a bad setting or a folder in the way stops it before any backbone is built — then builds
 each backbone once and runs ``lostreg eval`` (or ``lostreg sweep``) on each of its datasets.
 ``datasets=voc07,voc12`` runs a subset; with ``sweep=PRESET``, ``select_on=voc07`` chooses each
 backbone's configuration on VOC07 and reports it, fixed, on the others ("chosen on" rows). The run directories are the ones the single commands would use, so an experiment
-resumes them and they resume it. At the end the gap table (markdown and CSV) and one HTML report
-per dataset go to the experiment's folder.
+resumes them and they resume it. At the end the experiment's folder gets ``gap.md`` (one row per family,
+without and with registers side by side, beside the published numbers each run is comparable with;
+reference rows and notes below: :mod:`lostreg.evaluation.gap`), ``gap.csv`` (every run), ``gap.png``
+and one HTML report per dataset.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from lostreg.config import (
 from lostreg.datasets import build_dataset
 from lostreg.datasets.base import DatasetLayoutError, ImageDataset
 from lostreg.errors import LostregError
+from lostreg.evaluation.gap import GapPair, gap_figure, gap_markdown, pairs_from_spec
 from lostreg.evaluation.runner import BackboneBuilder, EvalJob, resolved
 from lostreg.evaluation.sweep import SweepGrid, SweepJob, sweep_identity
 from lostreg.io.paths import check_output_folder
@@ -43,7 +46,7 @@ from lostreg.rundir import RunDir
 __all__ = ["Experiment", "ExperimentRun", "experiment_names", "load_experiment"]
 
 #: Keys of the experiment command itself; every other ``key=value`` goes to each run's config.
-EXPERIMENT_KEYS = ("data_root", "size", "sweep", "out", "ttreg", "datasets", "select_on")
+EXPERIMENT_KEYS = ("data_root", "size", "sweep", "out", "ttreg", "datasets", "select_on", "families")
 
 
 def experiment_names() -> list[str]:
@@ -75,6 +78,8 @@ class ExperimentRun:
     cfg: DictConfig
     overrides: list[str]
     kind: str = "eval"
+    #: the experiment file's family of the backbone (``dinov2_reg``)
+    family: str = ""
 
     @property
     def command(self) -> str:
@@ -91,12 +96,14 @@ class Experiment:
         runs: in order, grouped by backbone (each backbone is built once for its runs).
         out: where the gap table and reports go.
         sweep: the protocol preset swept instead of a single protocol (``best_of``), or None.
+        pairs: the headline's rows (a family without registers beside its registers variant).
     """
 
     name: str
     runs: list[ExperimentRun]
     out: Path
     sweep: str | None = None
+    pairs: list[GapPair] = field(default_factory=list)
     #: each dataset's index, read once in :meth:`prepare` (and handed to every run of it)
     datasets: dict[str, ImageDataset] = field(default_factory=dict)
 
@@ -123,8 +130,10 @@ class Experiment:
         if "data_root" not in own:
             raise ConfigError(f"lostreg experiment {name} needs data_root=DIR (the folder holding the datasets)")
         size = own.get("size", "s")
-        if size not in spec.backbones:
-            raise ConfigError(f"size must be one of {', '.join(spec.backbones)}; got {size!r}")
+        sizes = list(next(iter(spec.families.values())))
+        if size not in sizes:
+            raise ConfigError(f"size must be one of {', '.join(sizes)}; got {size!r}")
+        families = _chosen_families(spec, own.get("families"))
         sweep = own.get("sweep") or None
         datasets = _chosen_datasets(spec, own.get("datasets"))
         select_on = own.get("select_on") or None
@@ -136,15 +145,17 @@ class Experiment:
                                   f"({', '.join(datasets)})")
             # The dataset the configuration is chosen on runs first for each backbone.
             datasets = [select_on] + [d for d in datasets if d != select_on]
-        out = Path(own.get("out") or f"outputs/experiment_{name}_{size}" + (f"_{sweep}" if sweep else ""))
+        default_families = [str(f) for f in spec.get("default_families") or spec.families]
+        out = Path(own.get("out") or f"outputs/experiment_{name}_{size}" + (f"_{sweep}" if sweep else "")
+                   + ("" if families == default_families else "_" + "-".join(families)))
         check_output_folder(out, "out=")
         data_root = str(Path(own["data_root"]).expanduser())
         runs: list[ExperimentRun] = []
-        plan = [(str(b), []) for b in spec.backbones[size]]
+        plan = [(str(spec.families[family][size]), [], family) for family in families]
         if own.get("ttreg"):
             # One more row: the plain backbone of this size with a test-time register.
-            plan.append((str(spec.ttreg_backbone[size]), [f"ttreg={own['ttreg']}"]))
-        for backbone, extra in plan:
+            plan.append((str(spec.ttreg_backbone[size]), [f"ttreg={own['ttreg']}"], "ttreg"))
+        for backbone, extra, family in plan:
             for dataset in datasets:
                 filled = [str(o).replace("{data_root}", data_root) for o in spec.datasets[dataset]]
                 run_overrides = [f"backbone={backbone}", *filled, *extra, *rest]
@@ -157,7 +168,8 @@ class Experiment:
                 protocol = protocol_from_config(cfg)
                 if sweep:  # the directory `lostreg sweep` would use with these overrides
                     cfg.run_dir = SweepGrid.from_config(cfg, protocol).default_run_dir(cfg)
-                runs.append(ExperimentRun(backbone, str(dataset), cfg, run_overrides, "sweep" if sweep else "eval"))
+                runs.append(ExperimentRun(backbone, str(dataset), cfg, run_overrides, "sweep" if sweep else "eval",
+                                          family))
         # Every dataset index once, before any backbone is built: all missing ones in one message.
         indexes, problems = {}, []
         for dataset in datasets:
@@ -173,7 +185,10 @@ class Experiment:
             directory = RunDir(str(run.cfg.run_dir))
             directory.check_writable()
             directory.check_pinned(resolved(run.cfg), sweep_identity if sweep else run_identity)
-        return cls(name, runs, out, sweep, indexes)
+        container = OmegaConf.to_container(spec, resolve=True)
+        assert isinstance(container, dict)
+        pairs = pairs_from_spec(container, families, size, own.get("ttreg")) if "pairs" in container else []
+        return cls(name, runs, out, sweep, pairs, indexes)
 
     def run(self, builder: BackboneBuilder, progress: bool = True,
             log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -207,8 +222,9 @@ class Experiment:
         return {"runs": done, "failed": failed, **self.write_outputs(done)}
 
     def write_outputs(self, run_dirs: list[Path]) -> dict[str, Any]:
-        """The gap table (``gap.md``, ``gap.csv``) and one HTML report per dataset in :attr:`out`."""
-        from lostreg.evaluation.compare import build_table, load_runs, to_csv, to_markdown
+        """``gap.md`` (the compact headline, reference rows and notes), ``gap.csv`` (every run), ``gap.png``
+        (ours vs published, per dataset) and one HTML report per dataset in :attr:`out`."""
+        from lostreg.evaluation.compare import build_table, load_runs, to_csv
         from lostreg.report.html import build_report, write_report
         from lostreg.report.runs import load_report_runs
 
@@ -216,10 +232,14 @@ class Experiment:
         files: list[Path] = []
         if not run_dirs:
             return {"table": "", "files": files}
-        table = build_table(load_runs([str(d) for d in run_dirs]), include_published=True)
-        markdown = to_markdown(table)
+        summaries = load_runs([str(d) for d in run_dirs])
+        datasets = list(dict.fromkeys(run.dataset for run in self.runs))
+        markdown = gap_markdown(summaries, self.pairs, datasets)
         (self.out / "gap.md").write_text(markdown, encoding="utf-8")
-        files += [self.out / "gap.md", to_csv(table, self.out / "gap.csv")]
+        files += [self.out / "gap.md", to_csv(build_table(summaries, include_published=True), self.out / "gap.csv")]
+        figure = gap_figure(summaries, self.pairs, datasets)
+        figure.savefig(self.out / "gap.png", dpi=120)
+        files.append(self.out / "gap.png")
         by_dataset: dict[str, list[Path]] = {}
         for run in self.runs:
             path = Path(str(run.cfg.run_dir))
@@ -233,6 +253,23 @@ class Experiment:
             report = build_report(load_report_runs([str(p) for p in paths]), progress=False)
             files.append(write_report(report, self.out / f"report_{dataset}.html"))
         return {"table": markdown, "files": files}
+
+
+def _chosen_families(spec: DictConfig, chosen: str | None) -> list[str]:
+    """The families to run: ``families=deit3,openclip`` (in the file's order), else the file's
+    ``default_families``.
+
+    Raises:
+        ConfigError: a name the experiment does not have.
+    """
+    names = [str(f) for f in spec.families]
+    if not chosen:
+        return [str(f) for f in spec.get("default_families") or names]
+    wanted = [f.strip() for f in chosen.split(",") if f.strip()]
+    unknown = [f for f in wanted if f not in names]
+    if unknown or not wanted:
+        raise ConfigError(f"families={chosen}: this experiment's families are {', '.join(names)}")
+    return [f for f in names if f in wanted]
 
 
 def _chosen_datasets(spec: DictConfig, chosen: str | None) -> list[str]:

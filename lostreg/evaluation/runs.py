@@ -23,7 +23,7 @@ from lostreg.evaluation.published import (
     method_label,
     published_detector_match,
     published_match,
-    published_sweep_for,
+    published_sweep_match,
 )
 from lostreg.methods import DEFAULT_METHOD
 from lostreg.protocol import DiscoveryProtocol, ProtocolError
@@ -97,6 +97,8 @@ class RunSummary:
     def source_dir(self) -> Path:
         """The ordinary run directory holding this row's predictions."""
         return self.predictions_dir or self.run_dir
+    #: For a sweep's rows: the values it tried per setting (its ``metrics.json`` ``grid``); None otherwise.
+    sweep_grid: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def method(self) -> str:
@@ -191,17 +193,21 @@ class RunSummary:
         return self.method, self.backbone, self.protocol
 
     def published(self) -> PublishedResult | None:
-        """The published row this run compares with (see :func:`~lostreg.evaluation.published.published_match`;
-        for a detector, the "+ CAD" row of what it was trained on, when it is scored on that same data)."""
+        """The published row this run is comparable with (same checkpoint, the published protocol; see
+        :mod:`lostreg.evaluation.published`): for a sweep's best configuration, a searched-protocol row
+        whose grid it covers; never for a configuration chosen on other data (the sources chose on the
+        data they scored: an oracle, another selection than ``select_on``); for a detector, the "+ CAD"
+        row of what it was trained on, when it is scored on that same data."""
         if self.detector is not None:
             if self.detector.trained_on is None or self.detector.trained_dataset != self.dataset:
                 return None
             return published_detector_match(self.backbone, self.discovery, self.weights)
-        if self.sweep_role is not None:
-            return published_sweep_for(self.backbone, weights=self.weights, ttreg=bool(self.ttreg))
-        if self.ttreg:
-            return None  # no published single-protocol row has a test-time register
-        return published_match(self.backbone, self.discovery, self.weights)
+        if self.sweep_role == "chosen":
+            return None
+        common: dict[str, Any] = {"ttreg": bool(self.ttreg), "max_size": self.max_size}
+        if self.sweep_role == "best":
+            return published_sweep_match(self.backbone, self.discovery, self.sweep_grid or {}, self.weights, **common)
+        return published_match(self.backbone, self.discovery, self.weights, **common)
 
 
 def _select(data: Any, dotted: str, source: Path) -> Any:
@@ -280,7 +286,7 @@ def load_run_rows(run_dir: str | Path) -> list[RunSummary]:
         summary = _summary(sub, sub.read_config(), sub.read_metrics() or {})
         rows.append(dataclasses.replace(summary, run_dir=run.path, predictions_dir=sub.path, sweep_size=size,
                                         sweep_role="best" if role == "best" else "chosen",
-                                        selected_on=entry.get("on")))
+                                        selected_on=entry.get("on"), sweep_grid=_grid(metrics)))
     if not rows:
         raise RunError(f"{run.path}: a sweep without results yet")
     return rows
@@ -309,6 +315,14 @@ def sweep_choice(run_dir: str | Path) -> tuple[Path, str] | None:
     path = run.configuration(str(entry["protocol"])).path
     return path, (f"{run.path} is a sweep of {len(metrics.get('configurations') or [])} configurations: using {how}, "
                   f"{entry['protocol']} ({path}); pass another {path.parent}/<protocol> directory for another")
+
+
+def _grid(summary: Mapping[str, Any]) -> dict[str, list[Any]] | None:
+    """A sweep's values per setting, from its summary (None when absent or malformed)."""
+    grid = summary.get("grid")
+    if not isinstance(grid, dict) or not all(isinstance(v, list) for v in grid.values()):
+        return None
+    return {str(k): list(v) for k, v in grid.items()}
 
 
 def _current_best(run: RunDir, summary: Mapping[str, Any]) -> dict[str, Any] | None:

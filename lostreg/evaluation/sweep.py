@@ -57,7 +57,7 @@ from lostreg.evaluation.runner import (
     retry_failed,
 )
 from lostreg.io.atomic import atomic_write_text
-from lostreg.knobs import FeatureConfig, knob_fields
+from lostreg.knobs import FeatureConfig, knob_fields, omitted_at_default
 from lostreg.protocol import DiscoveryProtocol, FeatureKey, ProtocolError
 from lostreg.rundir import SWEEP_CSV, RunDir, RunError, run_dir_on_dataset, sweep_dir_name, sweep_run_dir
 
@@ -109,7 +109,11 @@ class SweepGrid:
             if not values:
                 raise ConfigError(f"sweep.{name} is an empty list; give values or leave it out")
         knobs = base.spec.knob_names()
-        columns = [f.name for f in knob_fields(FeatureConfig)] + list(base.spec.table_knobs)
+        # A feature setting left out of run identities at its default (pos_embed_antialias) gets a
+        # column only when set or swept: older sweeps keep their grid, hence their directory name.
+        columns = [f.name for f in knob_fields(FeatureConfig)
+                   if not omitted_at_default(f) or f.name in given or getattr(base.features, f.name) != f.default]
+        columns += list(base.spec.table_knobs)
         columns += [name for name in knobs if name in given and name not in columns]
         current = {**vars(base.features), **vars(base.method_knobs)}
         lists = {name: list(dict.fromkeys(given[name])) if name in given else [current[name]] for name in columns}
