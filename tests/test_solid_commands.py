@@ -266,7 +266,7 @@ def test_compare_names_the_configuration_a_sweep_chose(voc4, tmp_path: Path,
 def test_sweep_errors_name_the_sweep_key(voc_small, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*sweep_args(voc_small), "sweep.which=[k,x]", f"run_dir={tmp_path / 's'}"]) == 2
     line = one_error_line(capsys.readouterr().err)
-    assert "sweep.which must be one of q, k, v; got 'x'" in line
+    assert "sweep.which must be one of q, k, v, out; got 'x'" in line
 
 
 def test_sweeps_report_failed_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
