@@ -61,7 +61,7 @@ def planted_twin(base: TimmViTBackbone, x: torch.Tensor, flat: torch.Tensor, tar
     Args:
         base: the plain model (never modified).
         x: (B, 3, H, W) images the direction is fitted on.
-        flat: (K,) flat patch indices (row-major) where the unit must fire.
+        flat: (B, rows*cols) bool, True at each image's flat patches (row-major), where the unit must fire.
     """
     planted = TimmViTBackbone(base.spec, copy.deepcopy(base.model), base.device, random_weights=True)
     block = planted.model.blocks[LAYER]
@@ -69,12 +69,12 @@ def planted_twin(base: TimmViTBackbone, x: torch.Tensor, flat: torch.Tensor, tar
     with torch.no_grad():
         h = planted.block_input(x, LAYER)
         features = block.norm2(h + block.ls1(block.attn(block.norm1(h))))
-        chosen = torch.zeros(features.shape[1], dtype=torch.bool)
-        chosen[prefix + flat] = True
-        on, off = features[:, chosen].flatten(0, 1), features[:, ~chosen].flatten(0, 1)
+        chosen = torch.zeros(features.shape[:2], dtype=torch.bool)  # (B, T)
+        chosen[:, prefix:prefix + flat.shape[1]] = flat
+        on, off = features[chosen], features[~chosen]
         direction = on.mean(0) - off.mean(0)
         # Orthogonal to CLS's offset from the other patches, else CLS sits close to the flat patches.
-        others = features[:, prefix:][:, ~chosen[prefix:]].flatten(0, 1)
+        others = features[:, prefix:][~chosen[:, prefix:]]
         cls_offset = F.normalize(features[:, 0].mean(0) - others.mean(0), dim=0)
         direction = F.normalize(direction - (direction @ cls_offset) * cls_offset, dim=0)
         low, high = float((off @ direction).max()), float((on @ direction).min())
