@@ -359,18 +359,20 @@ def test_command_end_to_end_with_the_test_time_register(lab: dict, tmp_path: Pat
     captured = capsys.readouterr()
     assert code == 0, captured.err
     lines = [json.loads(line) for line in captured.out.splitlines()]
-    assert [line["label"] for line in lines] == ["dinov2_vits14", "dinov2_vits14-ttreg"]
+    labels = ["dinov2_vits14-planted", "dinov2_vits14-planted-ttreg-neurons"]  # as eval names run folders
+    assert [line["label"] for line in lines] == labels
     assert lines[0]["outlier_share"] == pytest.approx(3 / 64) and lines[1]["outlier_share"] == 0.0
     for name in ("compare.md", "compare.json", "report.html", "outlier_share_by_size.png"):
         assert (out / name).is_file(), name
-    record = json.loads((out / "dinov2_vits14" / "artifacts.json").read_text())
+    record = json.loads((out / labels[0] / "artifacts.json").read_text())
     # Files sorted by folder (bright/, plain/): the study's images are in that order, same numbers.
     assert [row["outlier_tokens"] for row in record["layers"]] == [0] * LAYER + [36] * (12 - LAYER)
     assert record["images"] == N_IMAGES and record["labels"] == {"classes": ["bright", "plain"], "multilabel": False}
+    assert record["weights"] == "planted.pth" and record["ttreg"] is None
     assert record["global"]["cls"]["test_images"] == 3
     assert record["cost"]["seconds_per_image"] > 0 and "cpu" in record["cost"]["device"]
     for name in ("summary.md", "report.html", "norms_by_layer.png", "norm_histogram.png", "neighbour_cosine.png"):
-        assert (out / "dinov2_vits14" / name).is_file(), name
+        assert (out / labels[0] / name).is_file(), name
     summary = (out / "compare.md").read_text()
     assert "4.69% (36/768)" in summary and "0.00% (0/768)" in summary and "test-time register" in summary
     # The comparison again, from the folders alone.
@@ -388,6 +390,7 @@ def test_command_on_a_voc_dataset_is_multilabel(voc6, tmp_path: Path, capsys: py
                  "--test-fraction", "0.5"])
     assert code == 0, capsys.readouterr().err
     record = json.loads((out / "artifacts.json").read_text())
+    assert record["label"] == "dinov2_vits14-random" and record["weights"] == "random"
     assert record["images"] == 6 and record["grid"] == [4, 4] and record["random_weights"]
     assert record["labels"]["multilabel"] is True
     classes = sorted({obj.name for image in voc6.images for obj in image.gt_objects()})

@@ -156,15 +156,16 @@ def _inputs(args: argparse.Namespace) -> tuple[list["StudyImage"], str, list[str
     return images, source, problems
 
 
-def _class_names(images: list["StudyImage"]) -> tuple[list[str] | None, bool]:
-    """The label vocabulary (None without labels) and whether an image has several labels."""
+def _class_names(images: list["StudyImage"], multilabel: bool) -> tuple[list[str] | None, bool]:
+    """The label vocabulary (None without labels), and whether to treat the labels as multi-label:
+    always for a dataset's object classes (``multilabel``), else when an image has not exactly one."""
     if not images or any(image.labels is None for image in images):
         return None, False
     names = sorted({name for image in images for name in image.labels or ()})
-    return names, any(len(image.labels or ()) != 1 for image in images)
+    return names, multilabel or any(len(image.labels or ()) != 1 for image in images)
 
 
-def _study_one(backbone: "Backbone", label: str, images: list["StudyImage"], settings: "StudySettings",
+def _study_one(backbone: "Backbone", label: str, weights: str, images: list["StudyImage"], settings: "StudySettings",
                args: argparse.Namespace, failures: dict[int, str]) -> tuple[dict[str, Any], Any]:
     """Run one backbone over every image; returns ``(record, study)``."""
     import torch
@@ -173,7 +174,7 @@ def _study_one(backbone: "Backbone", label: str, images: list["StudyImage"], set
     from lostreg.study.inputs import study_batches
     from lostreg.study.run import ArtifactStudy
 
-    names, multilabel = _class_names(images)
+    names, multilabel = _class_names(images, multilabel=bool(args.overrides))
     study = ArtifactStudy(backbone, settings, class_names=names, multilabel=multilabel)
 
     def failed(index: int, image: "StudyImage", err: Exception) -> None:
@@ -196,7 +197,8 @@ def _study_one(backbone: "Backbone", label: str, images: list["StudyImage"], set
     record = study.result()
     seconds = time.perf_counter() - started
     record["label"] = label
-    record["weights"] = args.weights if args.weights in ("pretrained", "random") else "file"
+    # A checkpoint by its file name only (no local directories in a record meant to be shared).
+    record["weights"] = weights if weights in ("pretrained", "random") else Path(weights).name
     record["ttreg"] = str(args.ttreg) if backbone.forward_edit is not None else None
     record["failed_images"] = len(failures)
     record["labels"] = None if names is None else {"classes": names, "multilabel": multilabel}
@@ -253,6 +255,7 @@ def run(args: argparse.Namespace) -> int:
         error("no images to study" + (f" in {source}" if source else ""))
         return 2
 
+    from lostreg.rundir import backbone_dir_name
     from lostreg.study.output import write_comparison, write_study
     from lostreg.study.run import require_layers
 
@@ -267,17 +270,20 @@ def run(args: argparse.Namespace) -> int:
                 raise ConfigError(f"--image-size {args.image_size} is not a multiple of {plain.name}'s patch size "
                                   f"{plain.patch_size}")
             plain.layer_index(args.layer)
-            variants = [(plain.name, plain)]
+            # Labels (and sub-folders) name the weights and the neuron file as eval's run directories do:
+            # dinov2_vitl14, dinov2_vitl14-random, dinov2_vitl14-<checkpoint stem>-ttreg-<neuron file stem>.
+            variants = [(backbone_dir_name(plain.name, weights[name]), plain)]
             if args.ttreg:
                 from lostreg.ttreg import attach_test_time_registers
 
-                variants.append((f"{plain.name}-ttreg", attach_test_time_registers(plain, args.ttreg)))
+                variants.append((backbone_dir_name(plain.name, weights[name], args.ttreg),
+                                 attach_test_time_registers(plain, args.ttreg)))
         except user_errors() as err:
             report_user_error(err)
             return 2
         for label, backbone in variants:
             try:
-                record, study = _study_one(backbone, label, images, settings, args, failures)
+                record, study = _study_one(backbone, label, weights[name], images, settings, args, failures)
             except user_errors() as err:
                 report_user_error(err)
                 return 2

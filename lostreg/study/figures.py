@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import ScalarFormatter
+from matplotlib.ticker import FuncFormatter, ScalarFormatter
 
 from lostreg.study.sketch import Histogram
 
@@ -53,7 +53,15 @@ def _plain_ticks(axis: Any) -> None:
     formatter = ScalarFormatter()
     formatter.set_scientific(False)
     axis.set_major_formatter(formatter)
-    axis.set_minor_formatter(formatter)
+
+    def minor(value: float, _position: object) -> str:
+        # Only 2x and 5x a power of ten among the minor ticks: all of them would overlap.
+        if value <= 0:
+            return ""
+        leading = round(value / 10 ** math.floor(math.log10(value)), 6)
+        return f"{value:g}" if leading in (2.0, 5.0) else ""
+
+    axis.set_minor_formatter(FuncFormatter(minor))
 
 
 def _empty(ax: Axes, text: str) -> None:

@@ -74,6 +74,12 @@ def _scaler(train_x: np.ndarray) -> Any:
     return StandardScaler().fit(train_x.astype(np.float64))
 
 
+def _standard32(scaler: Any, x: np.ndarray) -> np.ndarray:
+    """Standardised features as float32 for the logistic regressions: lbfgs keeps float32 through
+    (about 1.5x faster on the ~10^4 x 10^3 problems here); the standardisation itself is float64."""
+    return scaler.transform(x.astype(np.float64)).astype(np.float32)
+
+
 def position_probe(train_x: np.ndarray, train_cell: np.ndarray, tests: Mapping[str, tuple[np.ndarray, np.ndarray]],
                    grid_hw: tuple[int, int], settings: ProbeSettings = ProbeSettings()) -> dict[str, Any]:
     """Linear position classification, scored per kind of test token.
@@ -93,20 +99,21 @@ def position_probe(train_x: np.ndarray, train_cell: np.ndarray, tests: Mapping[s
     notes: list[str] = []
     classes = np.unique(train_cell)
     out: dict[str, Any] = {"train_tokens": int(train_x.shape[0]), "classes": int(classes.size),
-                           "chance_top1": 1.0 / (grid_hw[0] * grid_hw[1])}
+                           "chance_top1": 1.0 / (grid_hw[0] * grid_hw[1]), "iterations": None}
     if classes.size < 2:
         notes.append("fewer than two grid cells among the training tokens: no position probe")
         return {**out, **{kind: None for kind in tests}, "notes": notes}
     scaler = _scaler(train_x)
     model = LogisticRegression(C=settings.position_c, max_iter=settings.max_iter)
-    _fit_quietly(lambda: model.fit(scaler.transform(train_x.astype(np.float64)), train_cell), notes, "position probe")
+    _fit_quietly(lambda: model.fit(_standard32(scaler, train_x), train_cell), notes, "position probe")
+    out["iterations"] = int(np.max(model.n_iter_))  # the solver's, of at most settings.max_iter
     cols = grid_hw[1]
     for kind, (x, cell) in tests.items():
         if x.shape[0] == 0:
             out[kind] = None
             notes.append(f"no {kind} test tokens: no position score for them")
             continue
-        predicted = model.predict(scaler.transform(x.astype(np.float64)))
+        predicted = model.predict(_standard32(scaler, x))
         distance = np.hypot(predicted // cols - cell // cols, predicted % cols - cell % cols)
         out[kind] = {"top1": float(np.mean(predicted == cell)), "mean_distance": float(distance.mean()),
                      "tokens": int(x.shape[0])}
@@ -186,7 +193,7 @@ def global_probe(train_x: np.ndarray, train_labels: np.ndarray, test_x: np.ndarr
         if not usable:
             return {**out, "notes": ["no class has positive and negative images in both splits"]}
         scaler = _scaler(train_x)
-        train_s, test_s = scaler.transform(train_x.astype(np.float64)), scaler.transform(test_x.astype(np.float64))
+        train_s, test_s = _standard32(scaler, train_x), _standard32(scaler, test_x)
         scores = []
         for k in usable:
             model = LogisticRegression(C=settings.global_c, max_iter=settings.max_iter)
@@ -199,7 +206,7 @@ def global_probe(train_x: np.ndarray, train_labels: np.ndarray, test_x: np.ndarr
         return {**out, "notes": ["fewer than two classes among the training images"]}
     scaler = _scaler(train_x)
     model = LogisticRegression(C=settings.global_c, max_iter=settings.max_iter)
-    _fit_quietly(lambda: model.fit(scaler.transform(train_x.astype(np.float64)), train_y), notes, "global probe")
-    predicted = model.predict(scaler.transform(test_x.astype(np.float64)))
+    _fit_quietly(lambda: model.fit(_standard32(scaler, train_x), train_y), notes, "global probe")
+    predicted = model.predict(_standard32(scaler, test_x))
     return {**out, "value": float(np.mean(predicted == test_y)), "classes_scored": int(np.unique(test_y).size),
             "notes": notes}

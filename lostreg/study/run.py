@@ -122,7 +122,7 @@ class StudySettings:
     test_fraction: float = 0.25
     train_tokens: int = 10000
     test_tokens: int = 5000
-    global_images: int = 10000
+    global_images: int = 5000
     seed: int = 0
     precision: str = "fp32"
     probes: ProbeSettings = field(default_factory=ProbeSettings)
@@ -367,8 +367,12 @@ class ArtifactStudy:
                 tests_pos[kind] = (sample.column("x"), sample.column("cell"))
                 tests_pix[kind] = (sample.column("x"), sample.column("pixels"))
         x = self.train.column("x")
+        started = time.perf_counter()
         out["position"] = position_probe(x, self.train.column("cell"), tests_pos, self.grid_hw, s.probes)
+        out["position"]["seconds"] = round(time.perf_counter() - started, 3)
+        started = time.perf_counter()
         out["pixels"] = pixel_probe(x, self.train.column("pixels"), tests_pix, s.probes)
+        out["pixels"]["seconds"] = round(time.perf_counter() - started, 3)
         out["notes"] = []
         if self.split_images["test"] == 0:
             out["notes"].append("no test image (too few images for the split): no score")

@@ -161,7 +161,7 @@ def compare_tables(records: Sequence[Mapping[str, Any]]) -> list[Table]:
                      ["model", "registers", "parameters", "blocks", "images", "outlier share", "norm > threshold",
                       "first block with outliers", "max norm", "neighbour cosine outlier / normal"])
     probes = Table("Linear probes, outlier vs normal tokens",
-                   ["model", "position top-1 out / norm", "distance out / norm", "pixel L2 out / norm",
+                   ["model", "position top-1 out / norm", "distance out / norm", "pixel L2 out / norm (mean-patch baseline)",
                     "global CLS / normal / outlier"])
     for r in ordered:
         row = r["layers"][r["study_layer"]]
@@ -186,7 +186,7 @@ def compare_tables(records: Sequence[Mapping[str, Any]]) -> list[Table]:
         glob = " / ".join(NA if not g.get(t) or g[t].get("value") is None else _pct(g[t]["value"])
                           for t in ("cls", "normal", "outlier")) if g else "no labels"
         probes.rows.append([_label(r), pair(position, "top1", True), pair(position, "mean_distance"),
-                            pair(pixels, "l2_error"), glob])
+                            f"{pair(pixels, 'l2_error')} (baseline {pair(pixels, 'baseline_l2_error')})", glob])
     rules = sorted({f"{r['outlier_rule_text']} ({r['norm_source']} norms)" for r in records})
     overview.notes.append("Outliers: " + "; ".join(rules) + ". Shares are of all patch tokens (count/total).")
     probes.notes.append("n/a: no outlier token in that model's test images (or no labels for the global probe). "
