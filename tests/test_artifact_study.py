@@ -231,6 +231,23 @@ def test_no_outliers_means_null_and_a_note(lab: dict) -> None:
     assert any("no outlier token" in note for note in record["notes"])
 
 
+def test_final_norm_source_reads_the_output_features(lab: dict) -> None:
+    """norm_source="final": at the last block, the norms of the features extract_many's output norms give."""
+    from lostreg.protocol import OUTPUT_NORMS
+
+    planted, x = lab["planted"], lab["x"]
+    study = _study(planted, x, settings=StudySettings(norm_source="final", norm_threshold=50.0))
+    last = study.result()["layers"][-1]
+    with torch.inference_mode():
+        norms = planted.extract_many(x, [OUTPUT_NORMS])[OUTPUT_NORMS].double().flatten()
+    assert last["max_norm"] == pytest.approx(float(norms.max()), rel=1e-5)
+    assert last["min_norm"] == pytest.approx(float(norms.min()), rel=1e-5)
+    assert last["median_norm"] == pytest.approx(float(torch.quantile(norms, 0.5)), rel=0.0047)
+    # The final LayerNorm (unit gains in this random model) rescales every token to about the same
+    # norm: the planted artifacts no longer stand out above 50 there, unlike before it.
+    assert last["absolute_tokens"] == 0 and lab["planted_record"]["layers"][-1]["absolute_tokens"] == 36
+
+
 def test_batching_does_not_change_the_study(lab: dict) -> None:
     one = _study(lab["planted"], lab["x"], batch_size=N_IMAGES)
     record = one.result()
@@ -326,6 +343,41 @@ def test_the_split_is_by_image_and_proportional() -> None:
         assert len(test) == math.floor(n * f)
 
 
+def test_label_files_and_folders(tmp_path: Path) -> None:
+    from lostreg.study.inputs import LabelError, folder_labels, read_label_file
+
+    images = [tmp_path / "a" / "x.png", tmp_path / "b" / "y.png", tmp_path / "b" / "z.png"]
+    (tmp_path / "l.json").write_text(json.dumps({"x.png": "cat", str(images[1]): ["dog", "cat"], "z.png": ["dog"]}))
+    assert read_label_file(tmp_path / "l.json", images) == [("cat",), ("cat", "dog"), ("dog",)]
+    (tmp_path / "l.csv").write_text("x.png,cat\ny.png,dog\ny.png,cat\nz.png,dog\n")
+    assert read_label_file(tmp_path / "l.csv", images) == [("cat",), ("cat", "dog"), ("dog",)]
+    (tmp_path / "short.csv").write_text("x.png,cat\n")
+    with pytest.raises(LabelError, match="no labels for 2 image"):
+        read_label_file(tmp_path / "short.csv", images)
+    twins = [tmp_path / "a" / "x.png", tmp_path / "b" / "x.png"]
+    with pytest.raises(LabelError, match="names several images"):
+        read_label_file(tmp_path / "l.csv", twins)
+    (tmp_path / "bad.csv").write_text("x.png\n")
+    with pytest.raises(LabelError, match="line 1: expected 'image,label'"):
+        read_label_file(tmp_path / "bad.csv", images)
+    assert folder_labels(images, tmp_path) == [("a",), ("b",), ("b",)]
+    with pytest.raises(LabelError, match="not in a class sub-folder"):
+        folder_labels([tmp_path / "top.png"], tmp_path)
+
+
+def test_square_crop() -> None:
+    from lostreg.study.inputs import square_crop
+
+    wide = np.zeros((375, 500, 3), np.uint8)
+    wide[:, 250:] = 255  # right half white
+    out = square_crop(wide, 224)
+    assert out.shape == (224, 224, 3)
+    # Shorter side 375 -> 224, longer 500 -> 299; the centre crop keeps the middle, where the edge is.
+    assert out[:, 0].max() < 10 and out[:, -1].min() > 245
+    same = np.random.default_rng(0).integers(0, 256, (112, 112, 3), dtype=np.uint8)
+    assert np.array_equal(square_crop(same, 112), same), "an image of the study size is not resampled"
+
+
 def test_pixels_are_refused_clearly() -> None:
     from lostreg.backbones import build_backbone
     from lostreg.errors import ConfigError
@@ -407,7 +459,7 @@ def test_command_on_a_voc_dataset_is_multilabel(voc6, tmp_path: Path, capsys: py
     (["--images", "{img}", "--image-size", "100"], "--image-size 100 is not a multiple of dinov2_vits14's patch size 14"),
     (["--images", "{img}", "--outlier-rule", "lots"], "outlier rule (--outlier-rule) must be"),
     (["--images", "{img}", "--labels", "{file}"], "no labels for 1 image(s)"),
-    (["--images", "{img}", "--layer", "12"], "dinov2_vits14 has 12 blocks"),
+    (["--images", "{img}", "--layer", "12"], "--layer: dinov2_vits14 has 12 blocks"),
     (["dataset=voc07", "backbone=dino", "--images", "{img}"], "give --images or dataset=... overrides, not both"),
 ])
 def test_bad_inputs_are_one_line_errors(argv: list[str], text: str, tmp_path: Path,

@@ -269,7 +269,10 @@ def run(args: argparse.Namespace) -> int:
             if args.image_size % plain.patch_size:
                 raise ConfigError(f"--image-size {args.image_size} is not a multiple of {plain.name}'s patch size "
                                   f"{plain.patch_size}")
-            plain.layer_index(args.layer)
+            try:
+                plain.layer_index(args.layer)
+            except ConfigError as err:
+                raise ConfigError(f"--layer: {err}") from None
             # Labels (and sub-folders) name the weights and the neuron file as eval's run directories do:
             # dinov2_vitl14, dinov2_vitl14-random, dinov2_vitl14-<checkpoint stem>-ttreg-<neuron file stem>.
             variants = [(backbone_dir_name(plain.name, weights[name]), plain)]
