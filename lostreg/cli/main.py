@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("report_cmd", "self-contained HTML report of eval runs"),
     "inspect": ("inspect_cmd", "diagnostic figures: token norms, attention, PCA, the method's internals"),
     "calibrate": ("calibrate_cmd", "find a ViT's register neurons (test-time registers) from unlabeled images"),
+    "artifacts": ("artifacts_cmd", "the registers paper's artifact study: norms along layers, outliers, probes"),
     "backbones": ("backbones_cmd", "list the backbones lostreg knows"),
 }
 
