@@ -110,3 +110,24 @@ def test_unknown_family_is_refused_before_any_backbone(data_root: Path, capsys: 
     err = capsys.readouterr().err
     assert "families=dinov3: this experiment's families are dino, dinov2, dinov2_reg, deit3, openclip" in err
     assert "RANDOM" not in err
+
+
+def test_a_swept_experiment_chooses_on_one_dataset_and_reports_on_the_others(
+        data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue [13]: ``sweep=PRESET select_on=voc07 datasets=voc07,voc12``: each backbone's configuration is
+    chosen on VOC07 (which runs first) and reported, fixed, on VOC12 ("chosen on" rows)."""
+    monkeypatch.chdir(tmp_path)
+    args = ["experiment", "registers_gap", f"data_root={data_root}", "datasets=voc12,voc07", "sweep=registers_paper",
+            "select_on=voc07", "weights=random", "num_workers=0", "--no-progress"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    import json
+
+    for backbone in ("dino_vits16-random", "dinov2_vits14-random", "dinov2_vits14_reg-random"):
+        (voc07,) = (tmp_path / "outputs" / "voc07" / backbone).glob("sweep_*")
+        (voc12,) = (tmp_path / "outputs" / "voc12" / backbone).glob("sweep_*")
+        chosen = json.loads((voc07 / "metrics.json").read_text())["best"]["protocol"]
+        selected = json.loads((voc12 / "metrics.json").read_text())["selected"]
+        assert (selected["on"], selected["protocol"]) == ("voc07", chosen)
+        assert json.loads((voc07 / "metrics.json").read_text())["selected"] is None
+    assert "chosen on voc07" in captured.out and not (tmp_path / "outputs" / "coco20k").exists()
