@@ -79,6 +79,19 @@ def _as_hw(hw: Sequence[int], what: str) -> tuple[int, int]:
     return h, w
 
 
+def mask_box(mask: np.ndarray) -> Box:
+    """The box of the True cells of a (rows, cols) bool grid, in its own units: ``(x1, y1, x2, y2)`` =
+    (min col, min row, max col + 1, max row + 1), max exclusive (a method's box in patch units).
+
+    Raises:
+        ValueError: the mask has no True cell.
+    """
+    rows, cols = np.nonzero(np.asarray(mask))
+    if rows.size == 0:
+        raise ValueError("an empty mask has no box")
+    return int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1
+
+
 def patch_box_to_pixels(
     box_patch: Sequence[int], patch_size: int, image_hw: tuple[int, int]
 ) -> Box:

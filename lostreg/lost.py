@@ -41,6 +41,7 @@ import scipy.ndimage
 import torch
 
 from lostreg.artifacts import outlier_mask
+from lostreg.boxes import mask_box
 from lostreg.knobs import OUTPUT_NORMS, FeatureKey
 from lostreg.lost_tiles import auto_chunk_rows, lost_degrees, lost_expansion
 from lostreg.methods.lost import LostConfig
@@ -362,13 +363,7 @@ def _assemble(degree: torch.Tensor, potentials: torch.Tensor, similar: torch.Ten
     seed = int(potentials[0])
     exp_map = expansion.reshape(rows, cols).clone()
     component, seed_in_mask = _seed_component(exp_map.numpy(), seed, allowed)
-    mask_rows, mask_cols = np.nonzero(component)
-    box = (
-        int(mask_cols.min()),
-        int(mask_rows.min()),
-        int(mask_cols.max()) + 1,
-        int(mask_rows.max()) + 1,
-    )
+    box = mask_box(component)
     return LostResult(
         seed=seed,
         similars=potentials[similar].clone(),

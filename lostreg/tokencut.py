@@ -137,6 +137,7 @@ import scipy.ndimage
 import torch
 import torch.nn.functional as F
 
+from lostreg.boxes import mask_box
 from lostreg.knobs import FeatureKey
 from lostreg.methods.tokencut import EIG_SOLVERS, EigSolver, TokenCutConfig
 from lostreg.precision import strict_fp32
@@ -487,13 +488,7 @@ def _assemble(
     # scipy's default structuring element in 2-D is the 4-neighbourhood cross.
     labels, _ = scipy.ndimage.label(fg_grid)
     component = labels == labels[seed_row, seed_col]  # the seed is always in fg
-    mask_rows, mask_cols = np.nonzero(component)
-    box = (
-        int(mask_cols.min()),
-        int(mask_rows.min()),
-        int(mask_cols.max()) + 1,
-        int(mask_rows.max()) + 1,
-    )
+    box = mask_box(component)
     return TokenCutResult(
         seed=seed,
         mask=torch.from_numpy(component),

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+import planted
 from lostreg.backbones import FeatureKey, resolve_backbone
 from lostreg.backbones.vit import TimmViTBackbone
 from lostreg.cli import calibrate_cmd
@@ -62,7 +63,6 @@ CHOSEN_RC = [(1, 2), (4, 6), (6, 3)]
 CHOSEN = torch.tensor([r * GRID + c for r, c in CHOSEN_RC])  # flat patch indices
 OTHERS = torch.tensor([i for i in range(GRID * GRID) if i not in set(CHOSEN.tolist())])
 LAYER, UNIT = 8, 777
-MEAN_RGB = (124, 116, 104)  # ImageNet mean x 255, rounded: normalises to ~0
 
 
 # --- models and images ---------------------------------------------------------------------------
@@ -92,17 +92,10 @@ def _layerscale_one_vit(name: str = "dinov2_vits14", timm_name: str = "vit_small
     return TimmViTBackbone(resolve_backbone(name), model, torch.device("cpu"), random_weights=True)
 
 
-def _noise_images(n: int, seed: int, size: int = SIZE, chosen_rc: list[tuple[int, int]] = CHOSEN_RC,
-                  patch: int = 14) -> list[np.ndarray]:
-    """(size, size, 3) uint8 noise with mean-colour patches at ``chosen_rc``."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-        for r, c in chosen_rc:
-            image[r * patch:(r + 1) * patch, c * patch:(c + 1) * patch] = MEAN_RGB
-        out.append(image)
-    return out
+def _noise_images(n: int, seed: int, size: int = SIZE, chosen_rc: list[tuple[int, int]] = CHOSEN_RC
+                  ) -> list[np.ndarray]:
+    """(size, size, 3) uint8 noise with mean-colour patches at ``chosen_rc`` (tests/planted.py's images)."""
+    return planted.noise_images(n, seed, size, chosen_rc)
 
 
 def _prepare(backbone: TimmViTBackbone, images: list[np.ndarray]) -> torch.Tensor:
