@@ -122,10 +122,17 @@ DEFAULT_RUN_DIR = "${lostreg_run_dir:${dataset},${backbone.name},${weights},${tt
 def _eval_node() -> type:
     """The whole ``lostreg eval`` config, with one settings section per registered method (after ``features``).
 
-    Built from the method registry, so it is made anew when a method is registered at run time.
-    Group options fill ``backbone`` and ``dataset``.
+    Built from the method registry, so it is made anew when a method is registered at run time
+    (cached per set of registered methods: compose and the unknown-key check ask for it often).
     """
-    nodes = {name: _schema_node(spec.config) for name, spec in registered_methods().items()}
+    return _eval_node_for(tuple((name, spec.config) for name, spec in registered_methods().items()))
+
+
+@functools.lru_cache(maxsize=8)
+def _eval_node_for(registered: tuple[tuple[str, type], ...]) -> type:
+    """:func:`_eval_node` for the registered ``(method name, settings class)`` pairs. Group options fill
+    ``backbone`` and ``dataset``."""
+    nodes = {name: _schema_node(config) for name, config in registered}
     methods = [(name, node, field(default_factory=node)) for name, node in nodes.items()]
     return dataclasses.make_dataclass("EvalNode", [
         ("backbone", BackboneNode, field(default_factory=BackboneNode)),

@@ -123,7 +123,7 @@ class ClassAgnosticAP(_LinesEvaluator):
 
 
 class ImageOrderAP(_LinesEvaluator):
-    """``ap50_image_order``: AP50 with every box tied at score 1.0 (image order), the value lostreg
+    """``image_order_ap50``: AP50 with every box tied at score 1.0 (image order), the value lostreg
     reported before scores: the baseline the method's confidence must beat (``ap50``)."""
 
     def evaluate(self) -> dict[str, Any]:
